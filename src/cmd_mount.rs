@@ -1,0 +1,56 @@
+//! `litefs-py mount`: the shim in the foreground until SIGINT/SIGTERM.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use litefs_py_fuse::{ClusterView, DataPath, MountOptions, StateHandle};
+
+use crate::cli::{DataPathArg, MountArgs};
+
+/// How long files still open on the detached mount get before the connection is aborted.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its length.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(s) = std::str::from_utf8(&buf[..len]) {
+            return s.to_string();
+        }
+    }
+    "localhost".to_string()
+}
+
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let mut opts = MountOptions::new(&args.lower, &args.mountpoint);
+    opts.data_path = match args.data_path {
+        DataPathArg::Passthrough => DataPath::Passthrough,
+        DataPathArg::Symlink => DataPath::Symlink,
+    };
+    opts.allow_other = args.allow_other;
+    if let Some(n) = args.threads {
+        opts.threads = n as usize;
+    }
+    opts.auto_unmount = !args.no_auto_unmount;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+
+    let state = StateHandle::new(ClusterView::single_node(args.hostname.unwrap_or_else(hostname)));
+    let shim = litefs_py_fuse::mount(&opts, state)?;
+    while !stop.load(Ordering::Relaxed) {
+        if shim.session_ended() {
+            tracing::info!("the mount was unmounted from outside; exiting");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("signal received; unmounting");
+    shim.unmount_with_grace(UNMOUNT_GRACE).context("unmounting")?;
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! `litefs-py`: high availability for SQLite apps on LiteFS, without Consul.
+
+mod cli;
+mod cmd_mount;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    let result = match cli.command {
+        cli::Command::Mount(args) => cmd_mount::run(args),
+        cli::Command::Version => {
+            println!("litefs-py {}", env!("CARGO_PKG_VERSION"));
+            println!("expects LiteFS {}", cli::LITEFS_VERSION);
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        // One line naming the problem; the chain of causes is in the context already.
+        eprintln!("litefs-py: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_env("LITEFS_PY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
