@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const LITEFS_VERSION: &str = "v0.5.14";
 
 #[derive(Debug, Parser)]
-#[command(name = "litefs-py", version, about = "High availability for SQLite apps on LiteFS, without Consul")]
+#[command(
+    name = "litefs-py",
+    version,
+    about = "High availability for SQLite apps on LiteFS, without Consul"
+)]
 pub struct Cli {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
     /// `litefs_py_fuse=debug`. Defaults to $LITEFS_PY_LOG, else info.

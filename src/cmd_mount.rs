@@ -1,7 +1,7 @@
 //! `litefs-py mount`: the shim in the foreground until SIGINT/SIGTERM.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -41,7 +41,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
 
-    let state = StateHandle::new(ClusterView::single_node(args.hostname.unwrap_or_else(hostname)));
+    let state = StateHandle::new(ClusterView::single_node(
+        args.hostname.unwrap_or_else(hostname),
+    ));
     let shim = litefs_py_fuse::mount(&opts, state)?;
     while !stop.load(Ordering::Relaxed) {
         if shim.session_ended() {
@@ -51,6 +53,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("signal received; unmounting");
-    shim.unmount_with_grace(UNMOUNT_GRACE).context("unmounting")?;
+    shim.unmount_with_grace(UNMOUNT_GRACE)
+        .context("unmounting")?;
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! No filesystem logic lives here.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -46,7 +46,11 @@ fn fail(op: &'static str, e: &FsError) -> Errno {
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
 }
 
 fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
@@ -65,9 +69,13 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Without FUSE_POSIX_LOCKS the kernel keeps locks to itself: SQLite would still work
         // through the mount, and LiteFS would never see a lock. Refuse to run like that.
-        config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS).map_err(|_| {
-            io::Error::other("the kernel does not offer FUSE_POSIX_LOCKS: locks could not reach LiteFS")
-        })?;
+        config
+            .add_capabilities(InitFlags::FUSE_POSIX_LOCKS)
+            .map_err(|_| {
+                io::Error::other(
+                    "the kernel does not offer FUSE_POSIX_LOCKS: locks could not reach LiteFS",
+                )
+            })?;
         let caps = config.capabilities();
         for optional in [
             InitFlags::FUSE_FLOCK_LOCKS,
@@ -90,8 +98,12 @@ impl Filesystem for FuseAdapter {
                 "the kernel does not offer FUSE_PASSTHROUGH (needs Linux >= 6.9)",
             );
         }
-        if !caps.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) && !caps.contains(InitFlags::FUSE_PASSTHROUGH) {
-            tracing::warn!("the kernel offers neither passthrough nor mmap on direct I/O: SQLite WAL mode will fail");
+        if !caps.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            && !caps.contains(InitFlags::FUSE_PASSTHROUGH)
+        {
+            tracing::warn!(
+                "the kernel offers neither passthrough nor mmap on direct I/O: SQLite WAL mode will fail"
+            );
         }
         Ok(())
     }
@@ -154,14 +166,31 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         match self.fs.mknod(caller(req), parent.0, name, mode, rdev) {
             Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(fail("mknod", &e)),
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         match self.fs.mkdir(caller(req), parent.0, name, mode) {
             Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(fail("mkdir", &e)),
@@ -182,7 +211,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         match self.fs.symlink(caller(req), parent.0, link_name, target) {
             Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(fail("symlink", &e)),
@@ -199,13 +235,23 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+        match self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("rename", &e)),
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         match self.fs.link(ino.0, newparent.0, newname) {
             Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(fail("link", &e)),
@@ -261,7 +307,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.flush(ino.0, lock_owner.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("flush", &e)),
@@ -284,7 +337,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fsync", &e)),
@@ -298,28 +358,56 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let entries = match self.fs.readdir(fh.0, offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(fail("readdir", &e)),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), i as u64 + 1, e.kind, OsStr::from_bytes(&e.name)) {
+            if reply.add(
+                INodeNo(e.ino),
+                i as u64 + 1,
+                e.kind,
+                OsStr::from_bytes(&e.name),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let entries = match self.fs.readdir(fh.0, offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(fail("readdirplus", &e)),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             // An entry removed since the snapshot is skipped, as a fresh listing would.
-            let Ok(attr) = self.fs.listing_attr(ino.0, e) else { continue };
-            if reply.add(INodeNo(attr.ino.0), i as u64 + 1, OsStr::from_bytes(&e.name), &TTL, &attr, GENERATION) {
+            let Ok(attr) = self.fs.listing_attr(ino.0, e) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(attr.ino.0),
+                i as u64 + 1,
+                OsStr::from_bytes(&e.name),
+                &TTL,
+                &attr,
+                GENERATION,
+            ) {
                 // Not sent: the kernel will not count this reference, so neither do we.
                 if !e.is_dot_or_dotdot() {
                     self.fs.forget(attr.ino.0, 1);
@@ -330,12 +418,26 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fsyncdir(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fsyncdir", &e)),
@@ -358,7 +460,16 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("setxattr", &e)),
@@ -406,7 +517,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let backer = |fd: std::os::fd::BorrowedFd<'_>| reply.open_backing(fd);
-        match self.fs.create(caller(req), parent.0, name, mode, flags, Some(&backer)) {
+        match self
+            .fs
+            .create(caller(req), parent.0, name, mode, flags, Some(&backer))
+        {
             Ok((attr, Opened::Passthrough { fh, backing })) => reply.created_passthrough(
                 &TTL,
                 &attr,
@@ -438,7 +552,10 @@ impl Filesystem for FuseAdapter {
         _pid: u32,
         reply: ReplyLock,
     ) {
-        match self.fs.getlk(ino.0, lock_owner.0, LockRange { typ, start, end }) {
+        match self
+            .fs
+            .getlk(ino.0, lock_owner.0, LockRange { typ, start, end })
+        {
             Ok(Some(c)) => reply.locked(c.start, lock_end(c.end), c.typ, 0),
             Ok(None) => reply.locked(start, end, UNLCK, 0),
             Err(e) => reply.error(fail("getlk", &e)),
@@ -487,14 +604,31 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fallocate", &e)),
         }
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(off) => reply.offset(off),
             Err(e) => reply.error(fail("lseek", &e)),
@@ -514,7 +648,14 @@ impl Filesystem for FuseAdapter {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, flags.bits() as u32) {
+        match self.fs.copy_file_range(
+            fh_in.0,
+            offset_in,
+            fh_out.0,
+            offset_out,
+            len,
+            flags.bits() as u32,
+        ) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail("copy_file_range", &e)),
         }

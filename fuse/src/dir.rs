@@ -7,8 +7,8 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
 
 use fuser::FileType;
 
@@ -74,7 +74,10 @@ pub fn read_all(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             let name_field = &rec[19..reclen];
-            let len = name_field.iter().position(|&b| b == 0).unwrap_or(name_field.len());
+            let len = name_field
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_field.len());
             let name: Box<[u8]> = name_field[..len].into();
             let kind = match kind_from_dtype(dtype) {
                 Some(k) => k,
@@ -104,8 +107,16 @@ mod tests {
         let f = std::fs::File::open(dir.path()).unwrap();
         let entries = read_all(f.as_fd()).unwrap();
         assert_eq!(entries.len(), 503);
-        assert!(entries.iter().any(|e| &*e.name == b"sub" && e.kind == FileType::Directory));
-        assert!(entries.iter().any(|e| &*e.name == b"file-0499" && e.kind == FileType::RegularFile));
+        assert!(
+            entries
+                .iter()
+                .any(|e| &*e.name == b"sub" && e.kind == FileType::Directory)
+        );
+        assert!(
+            entries
+                .iter()
+                .any(|e| &*e.name == b"file-0499" && e.kind == FileType::RegularFile)
+        );
         assert_eq!(entries.iter().filter(|e| e.is_dot_or_dotdot()).count(), 2);
         // A second read starts over.
         assert_eq!(read_all(f.as_fd()).unwrap().len(), 503);

@@ -94,10 +94,19 @@ fn time_from(secs: i64, nsecs: i64) -> SystemTime {
 
 fn timespec_of(t: Option<TimeSpec>) -> libc::timespec {
     match t {
-        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        Some(TimeSpec::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSpec::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
         Some(TimeSpec::At(t)) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => libc::timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 },
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
             Err(e) => {
                 // Before 1970: seconds round down, nanoseconds stay positive.
                 let d = e.duration();
@@ -107,7 +116,10 @@ fn timespec_of(t: Option<TimeSpec>) -> libc::timespec {
                     secs -= 1;
                     nsec = 1_000_000_000 - nsec;
                 }
-                libc::timespec { tv_sec: secs, tv_nsec: nsec }
+                libc::timespec {
+                    tv_sec: secs,
+                    tv_nsec: nsec,
+                }
             }
         },
     }
@@ -136,18 +148,21 @@ pub(crate) fn attr_from_stat(id: u64, st: &libc::stat) -> FileAttr {
 impl ShimFs {
     /// Opens the lower dir and prepares the shim. Fails with a message naming the problem.
     pub fn new(lower: &Path, data_path: DataPath, state: StateHandle) -> io::Result<Self> {
-        let lower_path = lower.canonicalize().map_err(|e| {
-            io::Error::new(e.kind(), format!("lower dir {}: {e}", lower.display()))
+        let lower_path = lower
+            .canonicalize()
+            .map_err(|e| io::Error::new(e.kind(), format!("lower dir {}: {e}", lower.display())))?;
+        let c = CString::new(lower_path.as_os_str().as_bytes()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "lower dir path contains NUL")
         })?;
-        let c = CString::new(lower_path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "lower dir path contains NUL"))?;
         let root_fd = sys::openat(
             std::fs::File::open("/")?.as_fd(),
             &c,
             libc::O_PATH | libc::O_DIRECTORY,
             0,
         )
-        .map_err(|e| io::Error::new(e.kind(), format!("lower dir {}: {e}", lower_path.display())))?;
+        .map_err(|e| {
+            io::Error::new(e.kind(), format!("lower dir {}: {e}", lower_path.display()))
+        })?;
         let root_st = sys::fstat(root_fd.as_fd())?;
         let proc_self_fd = sys::openat(
             std::fs::File::open("/")?.as_fd(),
@@ -197,7 +212,9 @@ impl ShimFs {
         let prev = self.passthrough.swap(s as u8, Ordering::Relaxed);
         if prev != s as u8 {
             match s {
-                PassthroughState::Active => tracing::info!("data path: kernel FUSE passthrough active"),
+                PassthroughState::Active => {
+                    tracing::info!("data path: kernel FUSE passthrough active")
+                }
                 PassthroughState::Unavailable => tracing::warn!(
                     reason = why,
                     "data path: kernel FUSE passthrough unavailable; the shim forwards reads and \
@@ -396,9 +413,8 @@ impl ShimFs {
         let link = sys::FdName::new(std::os::fd::AsRawFd::as_raw_fd(&inode.fd())).proc_path();
         let mut buf = vec![0u8; libc::PATH_MAX as usize];
         // SAFETY: valid path and writable buffer.
-        let n = unsafe {
-            libc::readlink(link.as_cstr().as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        };
+        let n =
+            unsafe { libc::readlink(link.as_cstr().as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             return Err(io::Error::last_os_error().into());
         }
@@ -434,17 +450,41 @@ impl ShimFs {
         self.attr_of(&inode, &st)
     }
 
-    pub fn mknod(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32, rdev: u32) -> FsResult<FileAttr> {
-        self.create_entry(caller, parent, name, |p, c| sys::mknodat(p.fd(), c, mode, rdev as u64))
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<FileAttr> {
+        self.create_entry(caller, parent, name, |p, c| {
+            sys::mknodat(p.fd(), c, mode, rdev as u64)
+        })
     }
 
-    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32) -> FsResult<FileAttr> {
+    pub fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> FsResult<FileAttr> {
         self.create_entry(caller, parent, name, |p, c| sys::mkdirat(p.fd(), c, mode))
     }
 
-    pub fn symlink(&self, caller: Caller, parent: u64, name: &OsStr, target: &Path) -> FsResult<FileAttr> {
-        let target = CString::new(target.as_os_str().as_bytes()).map_err(|_| FsError::InvalidArgument)?;
-        self.create_entry(caller, parent, name, |p, c| sys::symlinkat(&target, p.fd(), c))
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+    ) -> FsResult<FileAttr> {
+        let target =
+            CString::new(target.as_os_str().as_bytes()).map_err(|_| FsError::InvalidArgument)?;
+        self.create_entry(caller, parent, name, |p, c| {
+            sys::symlinkat(&target, p.fd(), c)
+        })
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<FileAttr> {
@@ -454,7 +494,9 @@ impl ShimFs {
         self.refuse_virtual_name(newparent, newname)?;
         let inode = self.inodes.get(ino)?;
         let parent = self.inodes.get(newparent)?;
-        with_name(newname, |c| sys::link_fd(self.proc_self_fd.as_fd(), inode.fd(), parent.fd(), c))?;
+        with_name(newname, |c| {
+            sys::link_fd(self.proc_self_fd.as_fd(), inode.fd(), parent.fd(), c)
+        })?;
         let (inode, st) = self.reference_child(&parent, newname, Some(inode.key.view))?;
         self.attr_of(&inode, &st)
     }
@@ -468,16 +510,27 @@ impl ShimFs {
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.refuse_virtual_name(parent, name)?;
         let parent = self.inodes.get(parent)?;
-        Ok(with_name(name, |c| sys::unlinkat(parent.fd(), c, libc::AT_REMOVEDIR))?)
+        Ok(with_name(name, |c| {
+            sys::unlinkat(parent.fd(), c, libc::AT_REMOVEDIR)
+        })?)
     }
 
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
         self.refuse_virtual_name(parent, name)?;
         self.refuse_virtual_name(newparent, newname)?;
         let from = self.inodes.get(parent)?;
         let to = self.inodes.get(newparent)?;
         Ok(with_name(name, |old| {
-            with_name(newname, |new| sys::renameat2(from.fd(), old, to.fd(), new, flags))
+            with_name(newname, |new| {
+                sys::renameat2(from.fd(), old, to.fd(), new, flags)
+            })
         })?)
     }
 

@@ -59,21 +59,34 @@ impl ShimFs {
     fn reopen_rw(&self, inode: &Inode) -> io::Result<(OwnedFd, bool)> {
         match self.reopen(inode, libc::O_RDWR) {
             Ok(fd) => Ok((fd, false)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EROFS | libc::EPERM | libc::ETXTBSY)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EROFS | libc::EPERM | libc::ETXTBSY)
+                ) =>
+            {
                 Ok((self.reopen(inode, libc::O_RDONLY)?, true))
             }
             Err(e) => Err(e),
         }
     }
 
-    fn backing_for(&self, inode: &Inode, backer: BackingOpener<'_>) -> Result<Arc<Backing>, BackingError> {
+    fn backing_for(
+        &self,
+        inode: &Inode,
+        backer: BackingOpener<'_>,
+    ) -> Result<Arc<Backing>, BackingError> {
         let mut st = inode.open.lock();
         if let Some(b) = st.backing.upgrade() {
             return Ok(b);
         }
         let (file, read_only) = self.reopen_rw(inode).map_err(BackingError::Lower)?;
         let id = backer(file.as_fd()).map_err(BackingError::Kernel)?;
-        let b = Arc::new(Backing { file, id, read_only });
+        let b = Arc::new(Backing {
+            file,
+            id,
+            read_only,
+        });
         st.backing = Arc::downgrade(&b);
         Ok(b)
     }
@@ -85,7 +98,9 @@ impl ShimFs {
         flags: i32,
         backer: Option<BackingOpener<'_>>,
     ) -> FsResult<Option<Opened>> {
-        let Some(backer) = backer else { return Ok(None) };
+        let Some(backer) = backer else {
+            return Ok(None);
+        };
         if self.passthrough_state() == PassthroughState::Unavailable {
             return Ok(None);
         }
@@ -111,12 +126,24 @@ impl ShimFs {
         if wants_write(flags) || flags & libc::O_TRUNC != 0 {
             return Err(FsError::ReadOnlyVirtual(f.name()));
         }
-        let contents = self.state.load().contents(f, Instant::now()).ok_or(FsError::NotFound)?;
-        let fh = self.handles.insert(Handle { inode: None, kind: HandleKind::Virtual(contents) });
+        let contents = self
+            .state
+            .load()
+            .contents(f, Instant::now())
+            .ok_or(FsError::NotFound)?;
+        let fh = self.handles.insert(Handle {
+            inode: None,
+            kind: HandleKind::Virtual(contents),
+        });
         Ok(Opened::DirectIo { fh })
     }
 
-    pub fn open(&self, ino: u64, flags: i32, backer: Option<BackingOpener<'_>>) -> FsResult<Opened> {
+    pub fn open(
+        &self,
+        ino: u64,
+        flags: i32,
+        backer: Option<BackingOpener<'_>>,
+    ) -> FsResult<Opened> {
         if let Some(f) = VirtualFile::from_ino(ino) {
             return self.open_virtual(f, flags);
         }
@@ -128,7 +155,10 @@ impl ShimFs {
             return Ok(opened);
         }
         let fd = self.reopen(&inode, flags & !CREATE_ONLY_FLAGS)?;
-        let fh = self.handles.insert(Handle { inode: Some(inode), kind: HandleKind::Direct(fd) });
+        let fh = self.handles.insert(Handle {
+            inode: Some(inode),
+            kind: HandleKind::Direct(fd),
+        });
         Ok(Opened::DirectIo { fh })
     }
 
@@ -154,13 +184,19 @@ impl ShimFs {
         })?;
         let st = sys::fstat(created.as_fd())?;
         let inode = self.inodes.reference(LowerKey::of(&st, View::Real), || {
-            Ok((sys::reopen(self.proc_self_fd.as_fd(), created.as_fd(), libc::O_PATH)?, st))
+            Ok((
+                sys::reopen(self.proc_self_fd.as_fd(), created.as_fd(), libc::O_PATH)?,
+                st,
+            ))
         })?;
         let attr = attr_from_stat(inode.id, &st);
         let opened = match self.try_passthrough(&inode, flags, backer) {
             Ok(Some(opened)) => opened,
             Ok(None) => {
-                let fh = self.handles.insert(Handle { inode: Some(inode.clone()), kind: HandleKind::Direct(created) });
+                let fh = self.handles.insert(Handle {
+                    inode: Some(inode.clone()),
+                    kind: HandleKind::Direct(created),
+                });
                 Opened::DirectIo { fh }
             }
             Err(e) => {
@@ -217,7 +253,9 @@ impl ShimFs {
 
     pub fn release(&self, ino: u64, fh: u64, flock_owner: Option<u64>) -> FsResult<()> {
         let handle = self.handles.remove(fh);
-        if let (Some(owner), Some(inode)) = (flock_owner, handle.as_ref().and_then(|h| h.inode.as_ref())) {
+        if let (Some(owner), Some(inode)) =
+            (flock_owner, handle.as_ref().and_then(|h| h.inode.as_ref()))
+        {
             inode.locks.release_owner(owner);
         }
         if handle.is_none() && VirtualFile::from_ino(ino).is_none() {
@@ -263,7 +301,10 @@ impl ShimFs {
         let src = self.handles.get(fh_in)?;
         let dst = self.handles.get(fh_out)?;
         let len = len.min(u32::MAX as u64 & !0xfff);
-        Ok(sys::copy_file_range(src.data_fd()?, off_in, dst.data_fd()?, off_out, len, flags)? as u32)
+        Ok(
+            sys::copy_file_range(src.data_fd()?, off_in, dst.data_fd()?, off_out, len, flags)?
+                as u32,
+        )
     }
 
     // ----- locks -----------------------------------------------------------------------------
@@ -292,7 +333,9 @@ impl ShimFs {
     /// A blocking lock request, to be waited for off the FUSE worker (see `waiters.rs`).
     pub fn prepare_wait(&self, ino: u64, owner: u64, range: LockRange) -> FsResult<PendingWait> {
         let inode = self.lock_inode(ino)?;
-        inode.locks.prepare_wait(owner, range, &self.lock_opener(&inode))
+        inode
+            .locks
+            .prepare_wait(owner, range, &self.lock_opener(&inode))
     }
 
     // ----- directories -----------------------------------------------------------------------
@@ -308,7 +351,10 @@ impl ShimFs {
         let fd = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
         Ok(self.handles.insert(Handle {
             inode: Some(inode),
-            kind: HandleKind::Dir { fd, entries: Default::default() },
+            kind: HandleKind::Dir {
+                fd,
+                entries: Default::default(),
+            },
         }))
     }
 
@@ -344,14 +390,22 @@ impl ShimFs {
             } else {
                 View::Real
             };
-            e.ino = self.inodes.id_for(LowerKey { dev, ino: e.ino, view });
+            e.ino = self.inodes.id_for(LowerKey {
+                dev,
+                ino: e.ino,
+                view,
+            });
             true
         });
         if dir.id == ROOT_ID {
             let snap = self.state.load();
             for f in VirtualFile::ALL {
                 if snap.exists(f) {
-                    list.push(DirEntry { ino: f.ino(), kind: FileType::RegularFile, name: f.name().as_bytes().into() });
+                    list.push(DirEntry {
+                        ino: f.ino(),
+                        kind: FileType::RegularFile,
+                        name: f.name().as_bytes().into(),
+                    });
                 }
             }
         }
@@ -399,17 +453,31 @@ impl ShimFs {
         let path = FdName::new(inode.fd().as_raw_fd()).proc_path();
         let mut buf = vec![0u8; size as usize];
         let n = with_name(name, |c| sys::getxattr(path.as_cstr(), c, &mut buf))?;
-        Ok(if size == 0 { XattrReply::Size(n as u32) } else { buf.truncate(n); XattrReply::Data(buf) })
+        Ok(if size == 0 {
+            XattrReply::Size(n as u32)
+        } else {
+            buf.truncate(n);
+            XattrReply::Data(buf)
+        })
     }
 
     pub fn listxattr(&self, ino: u64, size: u32) -> FsResult<XattrReply> {
         let Some(inode) = self.xattr_inode(ino)? else {
-            return Ok(if size == 0 { XattrReply::Size(0) } else { XattrReply::Data(Vec::new()) });
+            return Ok(if size == 0 {
+                XattrReply::Size(0)
+            } else {
+                XattrReply::Data(Vec::new())
+            });
         };
         let path = FdName::new(inode.fd().as_raw_fd()).proc_path();
         let mut buf = vec![0u8; size as usize];
         let n = sys::listxattr(path.as_cstr(), &mut buf)?;
-        Ok(if size == 0 { XattrReply::Size(n as u32) } else { buf.truncate(n); XattrReply::Data(buf) })
+        Ok(if size == 0 {
+            XattrReply::Size(n as u32)
+        } else {
+            buf.truncate(n);
+            XattrReply::Data(buf)
+        })
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
@@ -417,7 +485,9 @@ impl ShimFs {
             return Err(FsError::PinnedVirtual("virtual file"));
         };
         let path = FdName::new(inode.fd().as_raw_fd()).proc_path();
-        Ok(with_name(name, |c| sys::setxattr(path.as_cstr(), c, value, flags))?)
+        Ok(with_name(name, |c| {
+            sys::setxattr(path.as_cstr(), c, value, flags)
+        })?)
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {

@@ -39,7 +39,10 @@ pub enum HandleKind {
     /// A virtual file's contents as of open.
     Virtual(Arc<[u8]>),
     /// A directory listing snapshot; `None` until the first read.
-    Dir { fd: OwnedFd, entries: Mutex<Option<Arc<[DirEntry]>>> },
+    Dir {
+        fd: OwnedFd,
+        entries: Mutex<Option<Arc<[DirEntry]>>>,
+    },
 }
 
 #[derive(Debug)]
@@ -69,7 +72,10 @@ pub struct HandleTable {
 
 impl Default for HandleTable {
     fn default() -> Self {
-        HandleTable { map: RwLock::default(), next: AtomicU64::new(1) }
+        HandleTable {
+            map: RwLock::default(),
+            next: AtomicU64::new(1),
+        }
     }
 }
 
@@ -81,7 +87,11 @@ impl HandleTable {
     }
 
     pub fn get(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.map.read().get(&fh).cloned().ok_or(FsError::UnknownHandle(fh))
+        self.map
+            .read()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::UnknownHandle(fh))
     }
 
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {

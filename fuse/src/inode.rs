@@ -45,7 +45,11 @@ pub struct LowerKey {
 
 impl LowerKey {
     pub fn of(st: &libc::stat, view: View) -> Self {
-        LowerKey { dev: st.st_dev, ino: st.st_ino, view }
+        LowerKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            view,
+        }
     }
 }
 
@@ -135,7 +139,11 @@ impl InodeTable {
     }
 
     pub fn get(&self, id: u64) -> FsResult<Arc<Inode>> {
-        self.map.read().get(&id).cloned().ok_or(FsError::UnknownInode(id))
+        self.map
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or(FsError::UnknownInode(id))
     }
 
     /// Counts one more kernel reference to the inode for `key`, creating it if needed.
@@ -185,7 +193,10 @@ impl InodeTable {
         }
         let mut map = self.map.write();
         let inode = map.get(&id)?;
-        let prev = inode.nlookup.fetch_sub(n.min(inode.nlookup.load(Ordering::Relaxed)), Ordering::Relaxed);
+        let prev = inode.nlookup.fetch_sub(
+            n.min(inode.nlookup.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         if prev <= n {
             return map.remove(&id);
         }

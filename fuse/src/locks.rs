@@ -65,12 +65,20 @@ impl Drop for OwnerState {
 /// Unlocks everything `held` on `fd`: the whole range in one call, or range by range where the
 /// lower file refuses that (LiteFS's lock file accepts single bytes only).
 fn unlock_all(fd: &OwnedFd, held: &RangeSet) {
-    let whole = LockRange { typ: UNLCK, start: 0, end: EOF };
+    let whole = LockRange {
+        typ: UNLCK,
+        start: 0,
+        end: EOF,
+    };
     if sys::ofd_setlk(fd.as_fd(), whole, false).is_ok() {
         return;
     }
     for seg in held.segments() {
-        let r = LockRange { typ: UNLCK, start: seg.start, end: seg.end };
+        let r = LockRange {
+            typ: UNLCK,
+            start: seg.start,
+            end: seg.end,
+        };
         if let Err(e) = sys::ofd_setlk(fd.as_fd(), r, false) {
             tracing::warn!(error = %e, start = seg.start, end = seg.end, "could not unlock a lower lock range");
         }
@@ -98,7 +106,8 @@ impl PendingWait {
                 Ok(())
             }
             Ok(()) => {
-                st.held.apply(self.range.start, self.range.end, self.range.typ);
+                st.held
+                    .apply(self.range.start, self.range.end, self.range.typ);
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => Err(FsError::Interrupted),
@@ -150,7 +159,10 @@ impl InodeLocks {
         range: LockRange,
         open: &dyn Fn() -> io::Result<OwnedFd>,
     ) -> FsResult<()> {
-        let range = LockRange { end: normalise_end(range.end), ..range };
+        let range = LockRange {
+            end: normalise_end(range.end),
+            ..range
+        };
         let lock = if range.typ == UNLCK {
             match self.existing_owner(owner) {
                 Some(lock) => lock,
@@ -195,14 +207,21 @@ impl InodeLocks {
         range: LockRange,
         open: &dyn Fn() -> io::Result<OwnedFd>,
     ) -> FsResult<PendingWait> {
-        let range = LockRange { end: normalise_end(range.end), ..range };
+        let range = LockRange {
+            end: normalise_end(range.end),
+            ..range
+        };
         let lock = self.owner(owner);
         let fd = {
             let mut st = lock.state.lock();
             st.blocking = true;
             self.ensure_fd(&mut st, open)?
         };
-        Ok(PendingWait { owner: lock, fd, range })
+        Ok(PendingWait {
+            owner: lock,
+            fd,
+            range,
+        })
     }
 
     /// `F_GETLK`: the first lock held by *another* owner that conflicts with `range`.
@@ -212,7 +231,10 @@ impl InodeLocks {
         range: LockRange,
         open: &dyn Fn() -> io::Result<OwnedFd>,
     ) -> FsResult<Option<LockRange>> {
-        let range = LockRange { end: normalise_end(range.end), ..range };
+        let range = LockRange {
+            end: normalise_end(range.end),
+            ..range
+        };
         if let Some(lock) = self.existing_owner(owner) {
             let st = lock.state.lock();
             if let Some(fd) = &st.fd {
@@ -254,7 +276,10 @@ impl InodeLocks {
     /// How many owners currently hold an fd, and how many fds are idle (for tests and metrics).
     pub fn counts(&self) -> (usize, usize) {
         let owners = self.owners.lock();
-        let with_fd = owners.values().filter(|o| o.state.lock().fd.is_some()).count();
+        let with_fd = owners
+            .values()
+            .filter(|o| o.state.lock().fd.is_some())
+            .count();
         (with_fd, self.pool.lock().len())
     }
 }
@@ -267,10 +292,18 @@ fn restore(fd: &OwnedFd, held: &RangeSet, start: u64, end: u64) {
     let mut ok = true;
     for seg in &before {
         if seg.start > cursor {
-            let gap = LockRange { typ: UNLCK, start: cursor, end: seg.start - 1 };
+            let gap = LockRange {
+                typ: UNLCK,
+                start: cursor,
+                end: seg.start - 1,
+            };
             ok &= sys::ofd_setlk(fd.as_fd(), gap, false).is_ok();
         }
-        let keep = LockRange { typ: seg.typ, start: seg.start, end: seg.end };
+        let keep = LockRange {
+            typ: seg.typ,
+            start: seg.start,
+            end: seg.end,
+        };
         ok &= sys::ofd_setlk(fd.as_fd(), keep, false).is_ok();
         cursor = if seg.end == EOF { EOF } else { seg.end + 1 };
         if seg.end == EOF {
@@ -279,11 +312,19 @@ fn restore(fd: &OwnedFd, held: &RangeSet, start: u64, end: u64) {
     }
     let tail_done = before.last().is_some_and(|s| s.end == EOF);
     if !tail_done && cursor <= end {
-        let gap = LockRange { typ: UNLCK, start: cursor, end };
+        let gap = LockRange {
+            typ: UNLCK,
+            start: cursor,
+            end,
+        };
         ok &= sys::ofd_setlk(fd.as_fd(), gap, false).is_ok();
     }
     if !ok {
-        tracing::warn!(start, end, "could not restore lock state after a failed lock request");
+        tracing::warn!(
+            start,
+            end,
+            "could not restore lock state after a failed lock request"
+        );
     }
 }
 
@@ -320,7 +361,10 @@ mod tests {
         // Owner 2 holds nothing after its failure; its fd went back to the pool.
         assert_eq!(locks.counts(), (1, 1));
         let conflict = locks.getlk(2, r(RDLCK, 0, EOF), &open).unwrap().unwrap();
-        assert_eq!((conflict.typ, conflict.start, conflict.end), (WRLCK, 100, 100));
+        assert_eq!(
+            (conflict.typ, conflict.start, conflict.end),
+            (WRLCK, 100, 100)
+        );
         assert!(locks.getlk(1, r(WRLCK, 0, EOF), &open).unwrap().is_none());
 
         // Unlocking everything returns owner 1's fd to the pool too.

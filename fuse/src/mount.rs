@@ -48,7 +48,10 @@ impl MountOptions {
 }
 
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,22 +66,31 @@ pub enum MountError {
     MountpointNotDir(PathBuf),
     #[error("mountpoint {path} is already a mount point ({fstype}); unmount it first")]
     AlreadyMounted { path: PathBuf, fstype: String },
-    #[error("mountpoint {0} is a stale FUSE mount (transport endpoint is not connected); clean it up with `umount -l {0}`")]
+    #[error(
+        "mountpoint {0} is a stale FUSE mount (transport endpoint is not connected); clean it up with `umount -l {0}`"
+    )]
     StaleMount(PathBuf),
     #[error("mountpoint {mountpoint} is inside the lower dir {lower}: the shim would see itself")]
     MountpointInsideLower { mountpoint: PathBuf, lower: PathBuf },
-    #[error("/dev/fuse is missing: load the fuse module (`modprobe fuse`) or, in a container, pass --device /dev/fuse")]
+    #[error(
+        "/dev/fuse is missing: load the fuse module (`modprobe fuse`) or, in a container, pass --device /dev/fuse"
+    )]
     NoFuseDevice,
     #[error("permission denied opening /dev/fuse: run as root or with CAP_SYS_ADMIN")]
     FuseDevicePermission,
-    #[error("permission denied mounting on {0}: run as root (or install fusermount3 for user mounts)")]
+    #[error(
+        "permission denied mounting on {0}: run as root (or install fusermount3 for user mounts)"
+    )]
     MountPermission(PathBuf),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
 
 fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> MountError {
-    move |source| MountError::Io { context: context.into(), source }
+    move |source| MountError::Io {
+        context: context.into(),
+        source,
+    }
 }
 
 /// The mount point entries of /proc/self/mountinfo: (mount point, fstype).
@@ -101,7 +113,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -116,9 +131,14 @@ fn unescape_mountinfo(s: &str) -> String {
 /// Checks everything that can be checked before mounting, with one clear error each.
 pub fn preflight(opts: &MountOptions) -> Result<(PathBuf, PathBuf), MountError> {
     let lower = match std::fs::metadata(&opts.lower) {
-        Ok(m) if m.is_dir() => opts.lower.canonicalize().map_err(io_ctx(format!("lower dir {}", opts.lower.display())))?,
+        Ok(m) if m.is_dir() => opts
+            .lower
+            .canonicalize()
+            .map_err(io_ctx(format!("lower dir {}", opts.lower.display())))?,
         Ok(_) => return Err(MountError::LowerNotDir(opts.lower.clone())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(MountError::LowerMissing(opts.lower.clone())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(MountError::LowerMissing(opts.lower.clone()));
+        }
         Err(e) => return Err(io_ctx(format!("lower dir {}", opts.lower.display()))(e)),
     };
     let mountpoint = match std::fs::metadata(&opts.mountpoint) {
@@ -133,7 +153,11 @@ pub fn preflight(opts: &MountOptions) -> Result<(PathBuf, PathBuf), MountError> 
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             return Err(MountError::StaleMount(opts.mountpoint.clone()));
         }
-        Err(e) => return Err(io_ctx(format!("mountpoint {}", opts.mountpoint.display()))(e)),
+        Err(e) => {
+            return Err(io_ctx(format!("mountpoint {}", opts.mountpoint.display()))(
+                e,
+            ));
+        }
     };
     if let Some((_, fstype)) = mounts()
         .map_err(io_ctx("reading /proc/self/mountinfo"))?
@@ -141,7 +165,10 @@ pub fn preflight(opts: &MountOptions) -> Result<(PathBuf, PathBuf), MountError> 
         .rev()
         .find(|(p, _)| *p == mountpoint)
     {
-        return Err(MountError::AlreadyMounted { path: mountpoint, fstype });
+        return Err(MountError::AlreadyMounted {
+            path: mountpoint,
+            fstype,
+        });
     }
     if mountpoint.starts_with(&lower) && mountpoint != lower {
         return Err(MountError::MountpointInsideLower { mountpoint, lower });
@@ -149,7 +176,9 @@ pub fn preflight(opts: &MountOptions) -> Result<(PathBuf, PathBuf), MountError> 
     match File::options().read(true).write(true).open("/dev/fuse") {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(MountError::NoFuseDevice),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(MountError::FuseDevicePermission),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(MountError::FuseDevicePermission);
+        }
         Err(e) => return Err(io_ctx("/dev/fuse")(e)),
     }
     Ok((lower, mountpoint))
@@ -166,7 +195,10 @@ pub struct MountedShim {
 
 impl std::fmt::Debug for MountedShim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MountedShim").field("mountpoint", &self.mountpoint).field("dev", &self.dev).finish()
+        f.debug_struct("MountedShim")
+            .field("mountpoint", &self.mountpoint)
+            .field("dev", &self.dev)
+            .finish()
     }
 }
 
@@ -176,23 +208,30 @@ pub fn mount(opts: &MountOptions, state: StateHandle) -> Result<MountedShim, Mou
     // Modes come from the kernel with the caller's umask applied; ours must not mask again.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
-    let fs = Arc::new(ShimFs::new(&lower, opts.data_path, state).map_err(io_ctx("opening the lower dir"))?);
+    let fs = Arc::new(
+        ShimFs::new(&lower, opts.data_path, state).map_err(io_ctx("opening the lower dir"))?,
+    );
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(FSNAME.into()),
         MountOption::CUSTOM(format!("subtype={FSNAME}")),
         MountOption::DefaultPermissions,
     ];
-    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = Session::new(FuseAdapter::new(fs.clone()), &mountpoint, &config).map_err(|e| {
-        if e.kind() == io::ErrorKind::PermissionDenied {
-            MountError::MountPermission(mountpoint.clone())
-        } else {
-            io_ctx(format!("mounting on {}", mountpoint.display()))(e)
-        }
-    })?;
+    let session =
+        Session::new(FuseAdapter::new(fs.clone()), &mountpoint, &config).map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                MountError::MountPermission(mountpoint.clone())
+            } else {
+                io_ctx(format!("mounting on {}", mountpoint.display()))(e)
+            }
+        })?;
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("fuse-session".into())
@@ -201,8 +240,16 @@ pub fn mount(opts: &MountOptions, state: StateHandle) -> Result<MountedShim, Mou
         })
         .map_err(io_ctx("starting the FUSE session"))?;
     // From here on the mount is served, so it can be looked at.
-    let mut shim = MountedShim { fs, mountpoint: mountpoint.clone(), dev: 0, done: Some(rx), watchdog: None };
-    shim.dev = std::fs::metadata(&mountpoint).map_err(io_ctx("stat of the new mount"))?.dev();
+    let mut shim = MountedShim {
+        fs,
+        mountpoint: mountpoint.clone(),
+        dev: 0,
+        done: Some(rx),
+        watchdog: None,
+    };
+    shim.dev = std::fs::metadata(&mountpoint)
+        .map_err(io_ctx("stat of the new mount"))?
+        .dev();
     if opts.auto_unmount {
         shim.watchdog = Some(Watchdog::start(&mountpoint)?);
     }
@@ -244,10 +291,15 @@ impl MountedShim {
     }
 
     fn shutdown(&mut self, grace: Duration) -> io::Result<()> {
-        let Some(done) = self.done.take() else { return Ok(()) };
-        let still_ours = std::fs::metadata(&self.mountpoint).map(|m| m.dev() == self.dev).unwrap_or(false);
+        let Some(done) = self.done.take() else {
+            return Ok(());
+        };
+        let still_ours = std::fs::metadata(&self.mountpoint)
+            .map(|m| m.dev() == self.dev)
+            .unwrap_or(false);
         if still_ours {
-            let c = CString::new(self.mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
+            let c =
+                CString::new(self.mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
             // SAFETY: valid path. MNT_DETACH: open files keep working until closed.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
                 let e = io::Error::last_os_error();
@@ -257,11 +309,16 @@ impl MountedShim {
         let result = match done.recv_timeout(grace) {
             Ok(r) => r,
             Err(_) => {
-                tracing::info!("files still open on the detached mount; aborting the FUSE connection");
+                tracing::info!(
+                    "files still open on the detached mount; aborting the FUSE connection"
+                );
                 abort_connection(self.dev);
-                done.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| {
-                    Err(io::Error::other("the FUSE session did not end after the connection was aborted"))
-                })
+                done.recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::other(
+                            "the FUSE session did not end after the connection was aborted",
+                        ))
+                    })
             }
         };
         if let Some(w) = self.watchdog.take() {
@@ -290,7 +347,15 @@ fn abort_connection(dev: u64) {
         let src = c"fusectl";
         let target = c"/sys/fs/fuse/connections";
         // SAFETY: valid strings; fails harmlessly if not permitted or already mounted.
-        unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+        unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
     }
     if let Err(e) = std::fs::write(&abort, b"1") {
         tracing::warn!(error = %e, path = %abort.display(), "could not abort the FUSE connection");
@@ -311,7 +376,9 @@ impl Watchdog {
     fn start(mountpoint: &Path) -> Result<Watchdog, MountError> {
         let root = File::open(mountpoint).map_err(io_ctx("opening the new mount"))?;
         let root_fd = crate::sys::reopen(
-            std::os::fd::AsFd::as_fd(&File::open("/proc/self/fd").map_err(io_ctx("/proc/self/fd"))?),
+            std::os::fd::AsFd::as_fd(
+                &File::open("/proc/self/fd").map_err(io_ctx("/proc/self/fd"))?,
+            ),
             std::os::fd::AsFd::as_fd(&root),
             libc::O_PATH,
         )
@@ -323,8 +390,10 @@ impl Watchdog {
             return Err(io_ctx("pipe")(io::Error::last_os_error()));
         }
         // SAFETY: both fds were just created.
-        let (pipe_r, pipe_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let target = CString::new(format!("/proc/self/fd/{}", root_fd.as_raw_fd())).expect("no NUL");
+        let (pipe_r, pipe_w) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let target =
+            CString::new(format!("/proc/self/fd/{}", root_fd.as_raw_fd())).expect("no NUL");
         // SAFETY: the child only makes async-signal-safe syscalls, then _exit.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -336,7 +405,10 @@ impl Watchdog {
         }
         drop(pipe_r);
         drop(root_fd);
-        Ok(Watchdog { pid, pipe_w: Some(pipe_w) })
+        Ok(Watchdog {
+            pid,
+            pipe_w: Some(pipe_w),
+        })
     }
 
     fn stop(mut self) {
@@ -372,7 +444,13 @@ unsafe fn watchdog_child(pipe_r: RawFd, root_fd: RawFd, target: &CString) -> ! {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
-        libc::prctl(libc::PR_SET_NAME, c"litefs-py-wd".as_ptr() as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"litefs-py-wd".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         let mut byte = [0u8; 1];
         loop {
             let n = libc::read(pipe_r, byte.as_mut_ptr().cast(), 1);
@@ -411,7 +489,10 @@ mod tests {
         let inner = dir.path().join("inner");
         std::fs::create_dir(&inner).unwrap();
         let err = preflight(&MountOptions::new(dir.path(), &inner)).unwrap_err();
-        assert!(matches!(err, MountError::MountpointInsideLower { .. }), "{err}");
+        assert!(
+            matches!(err, MountError::MountpointInsideLower { .. }),
+            "{err}"
+        );
         let err = preflight(&MountOptions::new(dir.path(), "/proc")).unwrap_err();
         assert!(matches!(err, MountError::AlreadyMounted { .. }), "{err}");
     }

@@ -57,10 +57,18 @@ impl RangeSet {
                 continue;
             }
             if s.start < start {
-                out.push(Segment { start: s.start, end: start - 1, typ: s.typ });
+                out.push(Segment {
+                    start: s.start,
+                    end: start - 1,
+                    typ: s.typ,
+                });
             }
             if s.end > end {
-                out.push(Segment { start: end + 1, end: s.end, typ: s.typ });
+                out.push(Segment {
+                    start: end + 1,
+                    end: s.end,
+                    typ: s.typ,
+                });
             }
         }
         if typ != UNLCK {
@@ -89,7 +97,11 @@ impl RangeSet {
         self.segs
             .iter()
             .filter(|s| s.end >= start && s.start <= end)
-            .map(|s| Segment { start: s.start.max(start), end: s.end.min(end), typ: s.typ })
+            .map(|s| Segment {
+                start: s.start.max(start),
+                end: s.end.min(end),
+                typ: s.typ,
+            })
             .collect()
     }
 }
@@ -116,7 +128,10 @@ mod tests {
         let mut s = RangeSet::default();
         s.apply(0, 99, RDLCK);
         s.apply(40, 49, WRLCK);
-        assert_eq!(s.segments(), &[seg(0, 39, RDLCK), seg(40, 49, WRLCK), seg(50, 99, RDLCK)]);
+        assert_eq!(
+            s.segments(),
+            &[seg(0, 39, RDLCK), seg(40, 49, WRLCK), seg(50, 99, RDLCK)]
+        );
         s.apply(40, 49, RDLCK);
         assert_eq!(s.segments(), &[seg(0, 99, RDLCK)]);
         s.apply(50, 59, UNLCK);

@@ -205,7 +205,9 @@ pub fn link_fd(
         )
     });
     match r {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EPERM) => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EPERM) =>
+        {
             let n = FdName::new(fd.as_raw_fd());
             // SAFETY: valid fds and paths.
             cvt(unsafe {
@@ -488,7 +490,11 @@ impl LockRange {
 /// `F_OFD_SETLK` (or `F_OFD_SETLKW` when `wait`).
 pub fn ofd_setlk(fd: BorrowedFd<'_>, range: LockRange, wait: bool) -> io::Result<()> {
     let fl = range.to_flock();
-    let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
+    let cmd = if wait {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
     // SAFETY: valid fd and flock struct.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &fl) }).map(drop)
 }
@@ -576,11 +582,26 @@ mod tests {
 
     #[test]
     fn lock_range_to_flock() {
-        let fl = LockRange { typ: libc::F_WRLCK, start: 10, end: 19 }.to_flock();
+        let fl = LockRange {
+            typ: libc::F_WRLCK,
+            start: 10,
+            end: 19,
+        }
+        .to_flock();
         assert_eq!((fl.l_start, fl.l_len), (10, 10));
-        let fl = LockRange { typ: libc::F_RDLCK, start: 5, end: u64::MAX }.to_flock();
+        let fl = LockRange {
+            typ: libc::F_RDLCK,
+            start: 5,
+            end: u64::MAX,
+        }
+        .to_flock();
         assert_eq!((fl.l_start, fl.l_len), (5, 0));
-        let fl = LockRange { typ: libc::F_RDLCK, start: 5, end: i64::MAX as u64 }.to_flock();
+        let fl = LockRange {
+            typ: libc::F_RDLCK,
+            start: 5,
+            end: i64::MAX as u64,
+        }
+        .to_flock();
         assert_eq!((fl.l_start, fl.l_len), (5, 0));
     }
 }

@@ -24,7 +24,8 @@ pub enum VirtualFile {
 }
 
 impl VirtualFile {
-    pub const ALL: [VirtualFile; 3] = [VirtualFile::Primary, VirtualFile::Role, VirtualFile::Health];
+    pub const ALL: [VirtualFile; 3] =
+        [VirtualFile::Primary, VirtualFile::Role, VirtualFile::Health];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -191,7 +192,12 @@ impl Snapshot {
             Primary::Unknown => Some(Arc::from(&b""[..])),
         };
         let role = format!("{}\n", view.role().as_str()).into_bytes().into();
-        Snapshot { view, primary, role, published: SystemTime::now() }
+        Snapshot {
+            view,
+            primary,
+            role,
+            published: SystemTime::now(),
+        }
     }
 
     /// When this state was published (the virtual files' mtime).
@@ -222,7 +228,8 @@ impl Snapshot {
 
     fn render_health(&self, now: Instant) -> Vec<u8> {
         let v = &self.view;
-        let age = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_millis() as u64);
+        let age =
+            |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_millis() as u64);
         let health = Health {
             role: v.role(),
             node_id: v.node_id,
@@ -251,7 +258,9 @@ pub struct StateHandle {
 
 impl StateHandle {
     pub fn new(view: ClusterView) -> Self {
-        StateHandle { inner: Arc::new(ArcSwap::from_pointee(Snapshot::render(view))) }
+        StateHandle {
+            inner: Arc::new(ArcSwap::from_pointee(Snapshot::render(view))),
+        }
     }
 
     /// Replaces the state; readers see either the old or the new rendering, never a mix.
@@ -269,7 +278,8 @@ mod tests {
     use super::*;
 
     fn read(s: &Snapshot, f: VirtualFile) -> Option<String> {
-        s.contents(f, Instant::now()).map(|b| String::from_utf8(b.to_vec()).unwrap())
+        s.contents(f, Instant::now())
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
 
     #[test]
@@ -289,7 +299,9 @@ mod tests {
     #[test]
     fn replica_and_electing() {
         let mut v = ClusterView::single_node("node-b");
-        v.primary = Primary::Other { hostname: "node-a".into() };
+        v.primary = Primary::Other {
+            hostname: "node-a".into(),
+        };
         let h = StateHandle::new(v.clone());
         assert_eq!(read(&h.load(), VirtualFile::Primary).unwrap(), "node-a\n");
         assert_eq!(read(&h.load(), VirtualFile::Role).unwrap(), "replica\n");

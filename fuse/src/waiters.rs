@@ -46,7 +46,10 @@ pub struct Waiters {
 
 impl Default for Waiters {
     fn default() -> Self {
-        Waiters { inner: Arc::default(), monitor: Once::new() }
+        Waiters {
+            inner: Arc::default(),
+            monitor: Once::new(),
+        }
     }
 }
 
@@ -135,7 +138,13 @@ impl Waiters {
                 let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
                 // SAFETY: pthread_self has no preconditions.
                 let thread = unsafe { libc::pthread_self() };
-                inner.active.lock().insert(id, Waiter { thread, requester_tid });
+                inner.active.lock().insert(
+                    id,
+                    Waiter {
+                        thread,
+                        requester_tid,
+                    },
+                );
                 inner.wake.notify_one();
                 let result = pending.wait();
                 inner.active.lock().remove(&id);
