@@ -4,6 +4,8 @@
 //! owner hold" — and LiteFS does not undo a multi-byte lock request that fails partway, so after a
 //! failure the shim restores exactly the bytes the owner held before (see `locks.rs`).
 
+use smallvec::SmallVec;
+
 /// Lock types, as in `fcntl`.
 #[cfg(test)]
 pub const RDLCK: i32 = libc::F_RDLCK;
@@ -28,11 +30,14 @@ pub struct Segment {
 }
 
 /// Sorted, non-overlapping, with adjacent segments of equal type merged.
-/// SQLite holds at most a handful of ranges per file, so a `Vec` beats any tree here.
+/// SQLite holds at most a handful of ranges per file: inline storage, no heap allocation on
+/// the lock path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RangeSet {
-    segs: Vec<Segment>,
+    segs: Segs,
 }
+
+type Segs = SmallVec<[Segment; 4]>;
 
 impl RangeSet {
     pub fn is_empty(&self) -> bool {
@@ -50,7 +55,7 @@ impl RangeSet {
             return;
         }
         // Cut the existing segments around the new range, then insert it.
-        let mut out: Vec<Segment> = Vec::with_capacity(self.segs.len() + 2);
+        let mut out: SmallVec<[Segment; 8]> = SmallVec::new();
         for s in self.segs.drain(..) {
             if s.end < start || s.start > end {
                 out.push(s);
@@ -76,7 +81,7 @@ impl RangeSet {
         }
         out.sort_unstable_by_key(|s| s.start);
         // Merge neighbours of the same type.
-        let mut merged: Vec<Segment> = Vec::with_capacity(out.len());
+        let mut merged = Segs::new();
         for s in out {
             if let Some(last) = merged.last_mut()
                 && last.typ == s.typ
@@ -92,7 +97,7 @@ impl RangeSet {
     }
 
     /// The parts of `start..=end` this owner holds, clipped to that range.
-    pub fn held_within(&self, start: u64, end: u64) -> Vec<Segment> {
+    pub fn held_within(&self, start: u64, end: u64) -> Segs {
         let end = normalise_end(end);
         self.segs
             .iter()
@@ -155,7 +160,7 @@ mod tests {
         let mut s = RangeSet::default();
         s.apply(120, 120, WRLCK);
         s.apply(123, 127, RDLCK);
-        assert_eq!(s.held_within(122, 125), vec![seg(123, 125, RDLCK)]);
+        assert_eq!(s.held_within(122, 125).as_slice(), &[seg(123, 125, RDLCK)]);
         assert_eq!(s.held_within(0, EOF).len(), 2);
         assert!(s.held_within(0, 100).is_empty());
     }

@@ -348,3 +348,100 @@ fn lock_fds_are_pooled_and_released_on_close() {
     setlk(&lower, libc::F_WRLCK, 100, 1).expect("released by close");
     drop(held);
 }
+
+/// A client blocked in F_SETLKW must not hold a FUSE worker (one worker here, and the mount
+/// keeps answering), is woken when the holder lets go, and can be interrupted by a signal or
+/// killed while it waits (fuser does not deliver FUSE_INTERRUPT; the shim polls for signals).
+#[test]
+fn blocking_locks_wait_off_the_workers_and_can_be_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lower, mnt) = (dir.path().join("lower"), dir.path().join("mnt"));
+    fs::create_dir(&lower).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let mut opts = MountOptions::new(&lower, &mnt);
+    opts.threads = 1;
+    let shim = mount(&opts, StateHandle::new(ClusterView::single_node("n"))).unwrap();
+    let file = mnt.join("locked");
+    fs::write(&file, b"x").unwrap();
+    let holder = File::options().read(true).write(true).open(&file).unwrap();
+    setlk(&holder, libc::F_WRLCK, 0, 0).unwrap();
+
+    let waiter = |script: &str| {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&file)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3")
+    };
+    let wait_exit = |child: &mut std::process::Child, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // 1. Granted when the holder unlocks; meanwhile the single worker still serves requests.
+    let mut granted = waiter(
+        "import fcntl,sys; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX); print('got it')",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        granted.try_wait().unwrap().is_none(),
+        "the waiter must block while the lock is held"
+    );
+    let t = Instant::now();
+    for _ in 0..50 {
+        fs::metadata(&file).unwrap();
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the mount stalled while a client waited for a lock"
+    );
+    setlk(&holder, libc::F_UNLCK, 0, 0).unwrap();
+    let status = wait_exit(&mut granted, Duration::from_secs(5)).expect("granted after unlock");
+    assert!(status.success());
+    setlk(&holder, libc::F_WRLCK, 0, 0).expect("the waiter's lock went with its close");
+
+    // 2. A signal whose handler raises interrupts the wait (EINTR below Python's retry).
+    let mut alarmed = waiter(
+        "import fcntl,signal,sys\n\
+         def h(*a): raise TimeoutError\n\
+         signal.signal(signal.SIGALRM, h); signal.alarm(1)\n\
+         f=open(sys.argv[1],'r+')\n\
+         try:\n    fcntl.lockf(f, fcntl.LOCK_EX); sys.exit(3)\n\
+         except TimeoutError: sys.exit(7)",
+    );
+    let status = wait_exit(&mut alarmed, Duration::from_secs(5)).expect("interrupted by SIGALRM");
+    assert_eq!(status.code(), Some(7));
+
+    // 3. A killed waiter dies instead of hanging in D state.
+    let mut killed =
+        waiter("import fcntl,sys; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX)");
+    std::thread::sleep(Duration::from_millis(300));
+    killed.kill().unwrap();
+    assert!(
+        wait_exit(&mut killed, Duration::from_secs(5)).is_some(),
+        "killed waiter did not exit"
+    );
+
+    // The holder still holds; after it lets go, anyone can lock.
+    let other = File::options()
+        .read(true)
+        .write(true)
+        .open(lower.join("locked"))
+        .unwrap();
+    assert!(setlk(&other, libc::F_WRLCK, 0, 0).is_err());
+    drop(holder);
+    setlk(&other, libc::F_WRLCK, 0, 0).unwrap();
+    drop(other);
+    shim.unmount().unwrap();
+}
