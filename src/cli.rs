@@ -31,8 +31,26 @@ pub enum Command {
     /// answered by litefs-py. Without a cluster this node is a one-node cluster and primary.
     /// SIGINT or SIGTERM unmounts and exits 0; if the process dies, a watchdog unmounts.
     Mount(MountArgs),
+    /// Validate and print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print the litefs-py version and the LiteFS version it expects.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate litefs-py.yml and print the effective config (defaults filled in).
+    ///
+    /// Exits 1 with one line naming the key at fault if the config is invalid.
+    Check(ConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// The config file [default: ./litefs-py.yml, then /etc/litefs-py.yml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,13 +67,19 @@ pub struct MountArgs {
     /// Where the app sees its files.
     pub mountpoint: PathBuf,
 
-    /// The directory to pass through to: LiteFS's FUSE dir (`fuse.dir` in litefs.yml).
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/litefs-py/lower")]
-    pub lower: PathBuf,
+    /// The config file [default: ./litefs-py.yml, then /etc/litefs-py.yml, else none: a
+    /// one-node cluster]. Supplies mount.lower, mount.data-path and node.hostname.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
-    /// How database files reach the app.
-    #[arg(long, value_enum, default_value_t = DataPathArg::Passthrough)]
-    pub data_path: DataPathArg,
+    /// The directory to pass through to: LiteFS's FUSE dir [default: mount.lower from the
+    /// config, else /var/lib/litefs-py/lower].
+    #[arg(long, value_name = "DIR")]
+    pub lower: Option<PathBuf>,
+
+    /// How database files reach the app [default: mount.data-path, else passthrough].
+    #[arg(long, value_enum)]
+    pub data_path: Option<DataPathArg>,
 
     /// Let other users (e.g. an app running as www-data) use the mount.
     #[arg(long)]
@@ -65,7 +89,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: Option<u16>,
 
-    /// The name `.primary` shows for this node on the other nodes [default: the host name].
+    /// The name `.primary` shows for this node on the other nodes [default: node.hostname,
+    /// else the host name].
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
 

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use litefs_py::config::{Config, DataPathMode};
 use litefs_py_fuse::{ClusterView, DataPath, MountOptions, StateHandle};
 
 use crate::cli::{DataPathArg, MountArgs};
@@ -25,10 +26,19 @@ pub fn hostname() -> String {
 }
 
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
-    let mut opts = MountOptions::new(&args.lower, &args.mountpoint);
-    opts.data_path = match args.data_path {
-        DataPathArg::Passthrough => DataPath::Passthrough,
-        DataPathArg::Symlink => DataPath::Symlink,
+    let config = match Config::find(args.config.as_deref())? {
+        Some(path) => Some(Config::load(&path)?),
+        None => None,
+    };
+    let lower = args
+        .lower
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.mount.lower.clone()))
+        .unwrap_or_else(litefs_py::config::default_lower);
+    let mut opts = MountOptions::new(&lower, &args.mountpoint);
+    opts.data_path = match (args.data_path, config.as_ref().map(|c| &c.mount.data_path)) {
+        (Some(DataPathArg::Symlink), _) | (None, Some(DataPathMode::Symlink)) => DataPath::Symlink,
+        _ => DataPath::Passthrough,
     };
     opts.allow_other = args.allow_other;
     if let Some(n) = args.threads {

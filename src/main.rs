@@ -10,6 +10,7 @@ fn main() {
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
         cli::Command::Mount(args) => cmd_mount::run(args),
+        cli::Command::Config(cli::ConfigCommand::Check(args)) => config_check(args),
         cli::Command::Version => {
             println!("litefs-py {}", env!("CARGO_PKG_VERSION"));
             println!("expects LiteFS {}", cli::LITEFS_VERSION);
@@ -23,11 +24,26 @@ fn main() {
     }
 }
 
+fn config_check(args: cli::ConfigArgs) -> anyhow::Result<()> {
+    use litefs_py::config::{Config, ConfigError};
+    let path = Config::find(args.config.as_deref())?.ok_or(ConfigError::NotFound)?;
+    let config = Config::load(&path)?;
+    config.secret()?;
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    eprintln!("{}: ok", path.display());
+    print!("{}", config.to_yaml());
+    Ok(())
+}
+
 fn init_logging(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_env("LITEFS_PY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        // fuser warns when the unmount it attempts finds our detach already done; not news.
+        None => EnvFilter::try_from_env("LITEFS_PY_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("info,fuser::session=error")),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
