@@ -54,7 +54,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let state = StateHandle::new(ClusterView::single_node(
         args.hostname.unwrap_or_else(hostname),
     ));
-    let shim = litefs_py_fuse::mount(&opts, state)?;
+    let mut shim = litefs_py_fuse::mount(&opts, state)?;
     while !stop.load(Ordering::Relaxed) {
         if shim.session_ended() {
             tracing::info!("the mount was unmounted from outside; exiting");

@@ -2,3 +2,4 @@
 //! process supervisor as they land. The `litefs-py` binary (`main.rs`) is a thin CLI over it.
 
 pub mod config;
+pub mod raft;

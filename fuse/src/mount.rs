@@ -190,6 +190,8 @@ pub struct MountedShim {
     mountpoint: PathBuf,
     dev: u64,
     done: Option<mpsc::Receiver<io::Result<()>>>,
+    /// The session's result, once it ended on its own.
+    ended: Option<io::Result<()>>,
     watchdog: Option<Watchdog>,
 }
 
@@ -245,13 +247,14 @@ pub fn mount(opts: &MountOptions, state: StateHandle) -> Result<MountedShim, Mou
         mountpoint: mountpoint.clone(),
         dev: 0,
         done: Some(rx),
+        ended: None,
         watchdog: None,
     };
     shim.dev = std::fs::metadata(&mountpoint)
         .map_err(io_ctx("stat of the new mount"))?
         .dev();
     if opts.auto_unmount {
-        shim.watchdog = Some(Watchdog::start(&mountpoint)?);
+        shim.watchdog = Some(Watchdog::start(&mountpoint, shim.dev)?);
     }
     tracing::info!(
         mountpoint = %mountpoint.display(),
@@ -273,11 +276,19 @@ impl MountedShim {
     }
 
     /// Whether the FUSE session ended on its own (someone unmounted it).
-    pub fn session_ended(&self) -> bool {
-        match &self.done {
-            Some(rx) => !matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)),
-            None => true,
+    pub fn session_ended(&mut self) -> bool {
+        if self.ended.is_none()
+            && let Some(rx) = &self.done
+        {
+            match rx.try_recv() {
+                Ok(r) => self.ended = Some(r),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.ended = Some(Err(io::Error::other("the FUSE session thread died")))
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
         }
+        self.ended.is_some() || self.done.is_none()
     }
 
     /// Detaches the mount, gives open files `grace` to close, then aborts the connection so
@@ -294,6 +305,12 @@ impl MountedShim {
         let Some(done) = self.done.take() else {
             return Ok(());
         };
+        if let Some(result) = self.ended.take() {
+            if let Some(w) = self.watchdog.take() {
+                w.stop();
+            }
+            return result;
+        }
         let still_ours = std::fs::metadata(&self.mountpoint)
             .map(|m| m.dev() == self.dev)
             .unwrap_or(false);
@@ -364,26 +381,45 @@ fn abort_connection(dev: u64) {
 
 /// A forked child that unmounts the shim if this process dies first.
 ///
-/// It holds an `O_PATH` fd on the mount's root and unmounts through `/proc/self/fd/N`, which
-/// names exactly this mount: a newer mount at the same path is never touched. It wakes when the
-/// pipe's write end (held only here) closes — by `stop()` or by this process dying.
+/// It holds no reference to the mount (an fd on it would make a plain `umount` fail with
+/// EBUSY). When it wakes — the pipe's write end, held only by the daemon, closed by `stop()` or
+/// by the daemon dying — it unmounts only if /proc/self/mountinfo still lists a mount with our
+/// device number *at our path*: a newer mount at the same path has another device number and
+/// is never touched.
 struct Watchdog {
     pid: libc::pid_t,
     pipe_w: Option<OwnedFd>,
 }
 
+/// What the watchdog looks for, prepared before `fork` (the child must not allocate).
+struct WatchdogTarget {
+    path: CString,
+    /// `major:minor` as mountinfo's third field shows it.
+    dev_field: Vec<u8>,
+    /// The mount point as mountinfo's fifth field shows it (escaped).
+    path_field: Vec<u8>,
+}
+
+fn escape_mountinfo(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for &b in path {
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\\') {
+            out.extend_from_slice(format!("\\{b:03o}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
 impl Watchdog {
-    fn start(mountpoint: &Path) -> Result<Watchdog, MountError> {
-        let root = File::open(mountpoint).map_err(io_ctx("opening the new mount"))?;
-        let root_fd = crate::sys::reopen(
-            std::os::fd::AsFd::as_fd(
-                &File::open("/proc/self/fd").map_err(io_ctx("/proc/self/fd"))?,
-            ),
-            std::os::fd::AsFd::as_fd(&root),
-            libc::O_PATH,
-        )
-        .map_err(io_ctx("O_PATH on the new mount"))?;
-        drop(root);
+    fn start(mountpoint: &Path, dev: u64) -> Result<Watchdog, MountError> {
+        let bytes = mountpoint.as_os_str().as_bytes();
+        let target = WatchdogTarget {
+            path: CString::new(bytes).map_err(|e| io_ctx("mountpoint")(io::Error::other(e)))?,
+            dev_field: format!("{}:{}", libc::major(dev), libc::minor(dev)).into_bytes(),
+            path_field: escape_mountinfo(bytes),
+        };
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for two descriptors.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -392,8 +428,6 @@ impl Watchdog {
         // SAFETY: both fds were just created.
         let (pipe_r, pipe_w) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let target =
-            CString::new(format!("/proc/self/fd/{}", root_fd.as_raw_fd())).expect("no NUL");
         // SAFETY: the child only makes async-signal-safe syscalls, then _exit.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -401,10 +435,9 @@ impl Watchdog {
         }
         if pid == 0 {
             // SAFETY: in the child: async-signal-safe calls only.
-            unsafe { watchdog_child(pipe_r.as_raw_fd(), root_fd.as_raw_fd(), &target) }
+            unsafe { watchdog_child(pipe_r.as_raw_fd(), &target) }
         }
         drop(pipe_r);
-        drop(root_fd);
         Ok(Watchdog {
             pid,
             pipe_w: Some(pipe_w),
@@ -429,17 +462,61 @@ impl Drop for Watchdog {
     }
 }
 
-/// The watchdog's body. Never returns.
-unsafe fn watchdog_child(pipe_r: RawFd, root_fd: RawFd, target: &CString) -> ! {
+/// Whether one mountinfo line has `dev` as its third field and `path` as its fifth.
+fn mountinfo_line_matches(line: &[u8], dev: &[u8], path: &[u8]) -> bool {
+    let mut fields = line.split(|&b| b == b' ');
+    fields.nth(2) == Some(dev) && fields.nth(1) == Some(path)
+}
+
+/// Scans /proc/self/mountinfo with a stack buffer (no allocation: this runs after `fork`).
+unsafe fn mount_still_there(t: &WatchdogTarget) -> bool {
     unsafe {
-        // Keep only the pipe, the mount fd and stdio: in particular not /dev/fuse (the
-        // connection must die with the daemon) nor lock fds (their locks must go with it).
-        let (a, b) = (pipe_r.min(root_fd) as u32, pipe_r.max(root_fd) as u32);
-        libc::syscall(libc::SYS_close_range, 3u32, a - 1, 0u32);
-        if b > a + 1 {
-            libc::syscall(libc::SYS_close_range, a + 1, b - 1, 0u32);
+        let fd = libc::open(
+            c"/proc/self/mountinfo".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return false;
         }
-        libc::syscall(libc::SYS_close_range, b + 1, u32::MAX, 0u32);
+        let mut buf = [0u8; 16384];
+        let mut filled = 0usize;
+        let mut found = false;
+        loop {
+            let n = libc::read(fd, buf[filled..].as_mut_ptr().cast(), buf.len() - filled);
+            if n <= 0 {
+                // The last line may lack its newline.
+                found |= filled > 0
+                    && mountinfo_line_matches(&buf[..filled], &t.dev_field, &t.path_field);
+                break;
+            }
+            filled += n as usize;
+            let mut start = 0;
+            while let Some(nl) = buf[start..filled].iter().position(|&b| b == b'\n') {
+                found |=
+                    mountinfo_line_matches(&buf[start..start + nl], &t.dev_field, &t.path_field);
+                start += nl + 1;
+            }
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+            if filled == buf.len() {
+                filled = 0; // a line longer than the buffer cannot be ours
+            }
+        }
+        libc::close(fd);
+        found
+    }
+}
+
+/// The watchdog's body. Never returns.
+unsafe fn watchdog_child(pipe_r: RawFd, target: &WatchdogTarget) -> ! {
+    unsafe {
+        // Keep only the pipe and stdio: in particular not /dev/fuse (the connection must die
+        // with the daemon) nor lock fds (their locks must go with it).
+        let p = pipe_r as u32;
+        if p > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, p - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, p + 1, u32::MAX, 0u32);
         // Ctrl-C reaches the whole process group; the daemon handles it, the watchdog waits.
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
@@ -458,8 +535,9 @@ unsafe fn watchdog_child(pipe_r: RawFd, root_fd: RawFd, target: &CString) -> ! {
                 break;
             }
         }
-        // EINVAL when the daemon already unmounted: nothing to do.
-        libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+        if mount_still_there(target) {
+            libc::umount2(target.path.as_ptr(), libc::MNT_DETACH);
+        }
         libc::_exit(0)
     }
 }
@@ -467,6 +545,16 @@ unsafe fn watchdog_child(pipe_r: RawFd, root_fd: RawFd, target: &CString) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let line = b"52 27 0:48 / /tmp/a\\040b rw,nosuid - fuse.litefs-py litefs-py rw";
+        let esc = escape_mountinfo(b"/tmp/a b");
+        assert_eq!(esc, b"/tmp/a\\040b");
+        assert!(mountinfo_line_matches(line, b"0:48", &esc));
+        assert!(!mountinfo_line_matches(line, b"0:49", &esc));
+        assert!(!mountinfo_line_matches(line, b"0:48", b"/tmp/a"));
+    }
 
     #[test]
     fn mountinfo_escapes() {
