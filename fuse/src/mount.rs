@@ -184,6 +184,36 @@ pub fn preflight(opts: &MountOptions) -> Result<(PathBuf, PathBuf), MountError> 
     Ok((lower, mountpoint))
 }
 
+/// Every inode the kernel holds costs the shim one `O_PATH` fd, and the kernel keeps inodes
+/// cached until memory pressure: under the common soft limit of 1024 fds, a directory with
+/// a thousand touched files would make the shim fail with EMFILE. Raise the soft limit to the
+/// hard one (Go programs such as LiteFS do the same at start-up).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return;
+    }
+    let wanted = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: valid pointer; raising the soft limit up to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
+        tracing::warn!(soft = lim.rlim_cur, "could not raise the open-file limit");
+    } else if lim.rlim_max < 65536 {
+        tracing::warn!(
+            limit = lim.rlim_max,
+            "the open-file limit is low: the shim holds one fd per file the kernel has cached"
+        );
+    }
+}
+
 /// A mounted shim. Unmounts on [`MountedShim::unmount`] or on drop.
 pub struct MountedShim {
     fs: Arc<ShimFs>,
@@ -210,6 +240,7 @@ pub fn mount(opts: &MountOptions, state: StateHandle) -> Result<MountedShim, Mou
     // Modes come from the kernel with the caller's umask applied; ours must not mask again.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
+    raise_fd_limit();
     let fs = Arc::new(
         ShimFs::new(&lower, opts.data_path, state).map_err(io_ctx("opening the lower dir"))?,
     );
