@@ -1,0 +1,232 @@
+//! `litefs-py-bench`: what the litefs-py FUSE shim costs. Every workload runs directly on a
+//! lower dir and through the shim (one `litefs-py mount` child per data-path mode) in the same
+//! run; optionally the same over a single-node LiteFS. Prints tables, writes JSON.
+
+mod litefs;
+mod measure;
+mod micro;
+mod mounts;
+mod report;
+mod run;
+mod sys;
+mod workloads;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use serde_json::json;
+
+use crate::measure::Settings;
+use crate::report::{Machine, Section};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "litefs-py-bench",
+    version,
+    about = "Benchmark the litefs-py FUSE shim against its lower dir"
+)]
+struct Args {
+    /// Small sizes and ~1 s loops: a smoke run that takes well under a minute.
+    #[arg(long)]
+    quick: bool,
+
+    /// The litefs-py binary [default: litefs-py next to this binary].
+    #[arg(long, value_name = "PATH")]
+    litefs_py: Option<PathBuf>,
+
+    /// LiteFS binary for the LiteFS baseline [default: `litefs` on PATH].
+    #[arg(long, value_name = "PATH")]
+    litefs: Option<PathBuf>,
+
+    /// Skip the LiteFS baseline even if LiteFS is installed.
+    #[arg(long, conflicts_with = "litefs")]
+    no_litefs: bool,
+
+    /// FUSE worker threads for the shim [default: the shim's default].
+    #[arg(long, value_name = "N")]
+    threads: Option<u16>,
+
+    /// Parent of the temporary lower dirs and mountpoints, i.e. the disk being measured
+    /// [default: $TMPDIR, else /tmp].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    /// Pin the benchmark and every daemon it starts to this CPU. A FUSE round trip then costs
+    /// no cross-CPU wake-up, which isolates the shim's own cost from the machine's.
+    #[arg(long, value_name = "N")]
+    cpu: Option<usize>,
+
+    /// Where the JSON goes [default: target/bench of the workspace this binary was built in].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = install_signal_handlers() {
+        eprintln!("litefs-py-bench: {e:#}");
+        std::process::exit(1);
+    }
+    // Every guard (children, mounts, temp dirs) lives inside `run`, so it is dropped before exit.
+    if let Err(e) = run(args) {
+        eprintln!("litefs-py-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The first Ctrl-C asks the run to stop at the next loop check and clean up; a second one
+/// exits at once (the children then get SIGTERM through PR_SET_PDEATHSIG).
+fn install_signal_handlers() -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = measure::stop_flag().clone();
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone())?;
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(())
+}
+
+/// `<target>/release/litefs-py-bench` → `<target>`.
+fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let profile = exe.parent().context("binary has no parent dir")?;
+    Ok(profile
+        .parent()
+        .context("profile dir has no parent")?
+        .to_path_buf())
+}
+
+fn first_line_of(binary: &Path, arg: &str) -> String {
+    Command::new(binary)
+        .arg(arg)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Pins this process; threads and children started later inherit the mask.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET bounds-checks against its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    if let Some(cpu) = args.cpu {
+        pin_to_cpu(cpu)?;
+    }
+    let unix_time = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let s = Settings::new(args.quick);
+    let target = target_dir()?;
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let shim_bin = args
+        .litefs_py
+        .clone()
+        .unwrap_or_else(|| exe_dir.join("litefs-py"));
+    ensure!(
+        shim_bin.is_file(),
+        "no litefs-py binary at {} (run `cargo build --release --workspace`, or pass --litefs-py PATH)",
+        shim_bin.display()
+    );
+    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("litefs-py-bench-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temp dir in {}", parent.display()))?;
+
+    let litefs_bin = if args.no_litefs {
+        Err("--no-litefs given".to_string())
+    } else {
+        litefs::find(args.litefs.as_deref())
+    };
+    let machine = Machine {
+        kernel: sys::kernel_release(),
+        nproc: sys::online_cpus(),
+        cpu: sys::cpu_model(),
+        mem_total_mib: sys::mem_total_kib().map(|k| k >> 10),
+        bench_dir: tmp.path().display().to_string(),
+        bench_dir_fstype: sys::fstype_of(tmp.path()),
+        litefs_py: first_line_of(&shim_bin, "version"),
+        litefs_py_binary: shim_bin.display().to_string(),
+        sqlite: rusqlite::version().to_string(),
+        litefs: litefs_bin.as_ref().ok().map(|b| litefs::version(b)),
+    };
+    println!(
+        "litefs-py-bench ({}{}): {}, kernel {}, {} CPUs, {} on {}",
+        if s.quick { "quick" } else { "full" },
+        args.cpu
+            .map_or(String::new(), |c| format!(", pinned to CPU {c}")),
+        machine.litefs_py,
+        machine.kernel,
+        machine.nproc,
+        machine.bench_dir,
+        machine.bench_dir_fstype.as_deref().unwrap_or("?"),
+    );
+
+    let bin = run::ShimBinary {
+        path: &shim_bin,
+        threads: args.threads,
+    };
+    let plain = run::plain(&s, &bin, tmp.path())?;
+    let (litefs_sec, litefs_status): (Option<Section>, String) = match &litefs_bin {
+        Err(why) => (None, format!("skipped: {why}")),
+        Ok(b) => match run::over_litefs(&s, &bin, b, tmp.path()) {
+            Ok(sec) => (Some(sec), format!("ran with {}", b.display())),
+            Err(e) if measure::check_stop().is_err() => return Err(e),
+            Err(e) => (None, format!("failed: {e:#}")),
+        },
+    };
+
+    plain.print();
+    match &litefs_sec {
+        Some(sec) => sec.print(),
+        None => println!("\nLiteFS baseline {litefs_status}"),
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let doc = json!({
+        "schema": 1,
+        "unix_time": unix_time,
+        "elapsed_s": elapsed,
+        "machine": machine,
+        "settings": {
+            "quick": s.quick,
+            "loop_s": s.loop_time.as_secs_f64(),
+            "sample_s": s.sample_time.as_secs_f64(),
+            "cap_s": s.cap.as_secs_f64(),
+            "select_db_bytes": s.db_bytes,
+            "seq_bytes": s.seq_bytes,
+            "files": s.files,
+            "shim_threads": args.threads,
+            "pinned_cpu": args.cpu,
+        },
+        "sections": std::iter::once(&plain).chain(litefs_sec.as_ref()).map(Section::to_json).collect::<Vec<_>>(),
+        "litefs_baseline": litefs_status,
+    });
+    let out = args.out.unwrap_or_else(|| target.join("bench"));
+    drop(tmp);
+    let path = report::write_json(&out, unix_time, &doc)?;
+    println!(
+        "\nJSON: {} (and shim-latest.json); {elapsed:.0} s in all",
+        path.display()
+    );
+    Ok(())
+}
