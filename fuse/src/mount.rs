@@ -70,7 +70,9 @@ pub enum MountError {
         "mountpoint {0} is a stale FUSE mount (transport endpoint is not connected); clean it up with `umount -l {0}`"
     )]
     StaleMount(PathBuf),
-    #[error("mountpoint {mountpoint} is inside the lower dir {lower}: the shim would see itself")]
+    #[error(
+        "mountpoint {mountpoint} is (inside) the lower dir {lower}: choose a separate directory"
+    )]
     MountpointInsideLower { mountpoint: PathBuf, lower: PathBuf },
     #[error(
         "/dev/fuse is missing: load the fuse module (`modprobe fuse`) or, in a container, pass --device /dev/fuse"
@@ -170,7 +172,9 @@ pub fn preflight(opts: &MountOptions) -> Result<(PathBuf, PathBuf), MountError> 
             fstype,
         });
     }
-    if mountpoint.starts_with(&lower) && mountpoint != lower {
+    // Equal paths too: mounted over the lower dir, the shim would hide it (and LiteFS could
+    // no longer unmount its own mount).
+    if mountpoint.starts_with(&lower) {
         return Err(MountError::MountpointInsideLower { mountpoint, lower });
     }
     match File::options().read(true).write(true).open("/dev/fuse") {
@@ -608,6 +612,11 @@ mod tests {
         let inner = dir.path().join("inner");
         std::fs::create_dir(&inner).unwrap();
         let err = preflight(&MountOptions::new(dir.path(), &inner)).unwrap_err();
+        assert!(
+            matches!(err, MountError::MountpointInsideLower { .. }),
+            "{err}"
+        );
+        let err = preflight(&MountOptions::new(dir.path(), dir.path())).unwrap_err();
         assert!(
             matches!(err, MountError::MountpointInsideLower { .. }),
             "{err}"
