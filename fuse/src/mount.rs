@@ -71,7 +71,7 @@ pub enum MountError {
     )]
     StaleMount(PathBuf),
     #[error(
-        "mountpoint {mountpoint} is (inside) the lower dir {lower}: choose a separate directory"
+        "mountpoint {mountpoint} is inside the lower dir {lower} (or is it): use a separate directory"
     )]
     MountpointInsideLower { mountpoint: PathBuf, lower: PathBuf },
     #[error(
