@@ -89,7 +89,9 @@ impl Filesystem for FuseAdapter {
                 let _ = config.add_capabilities(optional);
             }
         }
-        if caps.contains(InitFlags::FUSE_PASSTHROUGH) {
+        if self.fs.passthrough_state() == PassthroughState::Unavailable {
+            // Turned off by the mount options: do not ask the kernel for it either.
+        } else if caps.contains(InitFlags::FUSE_PASSTHROUGH) {
             let _ = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH);
             // 2 allows a lower dir that is itself stacked once (LiteFS's FUSE, or overlayfs).
             let _ = config.set_max_stack_depth(2);

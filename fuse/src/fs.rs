@@ -208,7 +208,7 @@ impl ShimFs {
         }
     }
 
-    pub(crate) fn set_passthrough_state(&self, s: PassthroughState, why: &str) {
+    pub fn set_passthrough_state(&self, s: PassthroughState, why: &str) {
         let prev = self.passthrough.swap(s as u8, Ordering::Relaxed);
         if prev != s as u8 {
             match s {

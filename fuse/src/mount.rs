@@ -16,7 +16,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::adapter::FuseAdapter;
-use crate::fs::{DataPath, ShimFs};
+use crate::fs::{DataPath, PassthroughState, ShimFs};
 use crate::virtual_files::StateHandle;
 
 pub const FSNAME: &str = "litefs-py";
@@ -32,6 +32,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Fork a watchdog that unmounts if this process dies without unmounting.
     pub auto_unmount: bool,
+    /// Use kernel FUSE passthrough for file data when the kernel allows it. Off: the shim
+    /// serves reads and writes itself (direct I/O), as on kernels older than 6.9.
+    pub kernel_passthrough: bool,
 }
 
 impl MountOptions {
@@ -43,6 +46,7 @@ impl MountOptions {
             allow_other: false,
             threads: default_threads(),
             auto_unmount: true,
+            kernel_passthrough: true,
         }
     }
 }
@@ -248,6 +252,12 @@ pub fn mount(opts: &MountOptions, state: StateHandle) -> Result<MountedShim, Mou
     let fs = Arc::new(
         ShimFs::new(&lower, opts.data_path, state).map_err(io_ctx("opening the lower dir"))?,
     );
+    if !opts.kernel_passthrough {
+        fs.set_passthrough_state(
+            PassthroughState::Unavailable,
+            "turned off by the mount options",
+        );
+    }
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(FSNAME.into()),
