@@ -28,9 +28,20 @@ pub enum Command {
     /// Mount the shim over a lower dir (LiteFS's FUSE dir, or any directory) in the foreground.
     ///
     /// Everything passes through to the lower dir; `.primary`, `.role` and `.health` are
-    /// answered by litefs-py. Without a cluster this node is a one-node cluster and primary.
-    /// SIGINT or SIGTERM unmounts and exits 0; if the process dies, a watchdog unmounts.
+    /// answered by litefs-py. With a config file this node also runs its raft node (peers,
+    /// status and metrics on node.http-addr) and the files follow the cluster; without one it
+    /// is a one-node cluster and primary. SIGINT or SIGTERM unmounts and exits 0; if the
+    /// process dies, a watchdog unmounts.
     Mount(MountArgs),
+    /// Run a raft voter only (no LiteFS, no FUSE): the third vote of a two-data-node cluster.
+    ///
+    /// A witness votes in elections but never runs for leader. SIGINT or SIGTERM stops it.
+    Witness(WitnessArgs),
+    /// Show the cluster as the local node sees it (asks the daemon on node.http-addr).
+    Status(StatusArgs),
+    /// Change the cluster's membership, via the local node (forwarded to the leader).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Validate and print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -44,6 +55,57 @@ pub enum ConfigCommand {
     ///
     /// Exits 1 with one line naming the key at fault if the config is invalid.
     Check(ConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WitnessArgs {
+    /// The config file [default: ./litefs-py.yml, then /etc/litefs-py.yml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The config file whose node.http-addr to ask [default: ./litefs-py.yml, then
+    /// /etc/litefs-py.yml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the daemon's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Add node ID, reachable at RAFT_ADDR, as a voter: it joins as a learner and is promoted
+    /// once it has caught up with the log.
+    ///
+    /// The node must be running (`litefs-py mount` or `witness`, cluster.bootstrap false) with
+    /// the same cluster secret. Exits 1 if it cannot be reached, answers as another id, rejects
+    /// the secret, or does not catch up within 30 s.
+    Add(ClusterAddArgs),
+    /// Remove node ID from the cluster (voter or learner). Stop the node afterwards.
+    Remove(ClusterRemoveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterAddArgs {
+    /// The new node's node.id (unique, > 0, never used before).
+    pub id: u64,
+    /// The new node's node.raft-addr (host:port).
+    pub raft_addr: String,
+    /// The local node's config file (for node.http-addr and the secret).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterRemoveArgs {
+    /// The node.id to remove.
+    pub id: u64,
+    /// The local node's config file (for node.http-addr and the secret).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

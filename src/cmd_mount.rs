@@ -1,4 +1,5 @@
-//! `litefs-py mount`: the shim in the foreground until SIGINT/SIGTERM.
+//! `litefs-py mount`: the shim in the foreground until SIGINT/SIGTERM; with a config file, the
+//! raft node too (on its own tokio runtime; the FUSE session keeps its own threads).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use litefs_py::config::{Config, DataPathMode};
+use litefs_py::daemon::Daemon;
 use litefs_py_fuse::{ClusterView, DataPath, MountOptions, StateHandle};
 
 use crate::cli::{DataPathArg, MountArgs};
@@ -51,10 +53,28 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
 
-    let state = StateHandle::new(ClusterView::single_node(
-        args.hostname.unwrap_or_else(hostname),
-    ));
-    let mut shim = litefs_py_fuse::mount(&opts, state)?;
+    // With a config: the raft node decides what the files say. Without: a one-node cluster,
+    // primary, no raft at all (the embedded default).
+    let (state, daemon) = match &config {
+        Some(config) => {
+            let daemon = Daemon::start(config, args.hostname.clone(), false)?;
+            (daemon.node().state.clone(), Some(daemon))
+        }
+        None => {
+            let name = args.hostname.unwrap_or_else(hostname);
+            (StateHandle::new(ClusterView::single_node(name)), None)
+        }
+    };
+    let result = serve(&opts, state, &stop);
+    if let Some(daemon) = daemon {
+        daemon.shutdown();
+    }
+    result
+}
+
+/// Mounts and serves until a signal or an unmount from outside.
+fn serve(opts: &MountOptions, state: StateHandle, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut shim = litefs_py_fuse::mount(opts, state)?;
     while !stop.load(Ordering::Relaxed) {
         if shim.session_ended() {
             tracing::info!("the mount was unmounted from outside; exiting");

@@ -12,6 +12,9 @@ use std::time::Duration;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod raft_timing;
+pub use raft_timing::RaftTiming;
+
 /// Where `--config` is looked for when not given, in order.
 pub const DEFAULT_PATHS: [&str; 2] = ["./litefs-py.yml", "/etc/litefs-py.yml"];
 /// The environment variable that can hold the cluster secret instead of `cluster.secret-file`.
@@ -59,6 +62,9 @@ pub struct Config {
     pub lease: LeaseConfig,
     #[serde(default)]
     pub litefs: LiteFsConfig,
+    /// Raft timing knobs (optional; the defaults suit a LAN).
+    #[serde(default)]
+    pub raft: RaftTiming,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -269,6 +275,12 @@ impl Config {
         Ok(DEFAULT_PATHS.iter().map(PathBuf::from).find(|p| p.exists()))
     }
 
+    /// [`Config::find`] then [`Config::load`], for commands that cannot run without a config.
+    pub fn find_and_load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = Config::find(explicit)?.ok_or(ConfigError::NotFound)?;
+        Config::load(&path)
+    }
+
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
@@ -339,6 +351,7 @@ impl Config {
         if self.mount.dir.starts_with(&self.mount.lower) {
             return Err(invalid("mount.dir", "must not be inside mount.lower"));
         }
+        self.raft.validate()?;
         Ok(())
     }
 

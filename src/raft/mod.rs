@@ -8,20 +8,39 @@
 //! - [`store`]: the redb file, its tables, [`StoreError`].
 //! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` + `RaftLogReader`.
 //! - [`state_machine`]: [`StateMachineStore`], openraft's `RaftStateMachine`.
+//!
+//! The running node:
+//! - [`network`] / [`server`]: raft RPC between peers over HTTP with the shared secret.
+//! - [`node`]: [`RaftNode`] — start-up, bootstrap, membership changes.
+//! - [`view`]: raft state -> the `ClusterView` the FUSE shim's virtual files show.
+//! - [`api`] / [`status`]: `node.http-addr` — /status, /metrics, management, test faults.
+//! - [`peers`]: what this node has seen of its peers; [`faults`]: the test-only fault layer.
 
 use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod api;
+pub mod faults;
 pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod peers;
+pub mod server;
 pub mod state_machine;
+pub mod status;
 pub mod store;
+pub mod tasks;
+pub mod view;
 
+#[cfg(test)]
+mod node_tests;
 #[cfg(test)]
 mod tests;
 
 pub use log_store::LogStore;
+pub use node::{NodeError, NodeSettings, RaftNode};
 pub use state_machine::{StateMachineData, StateMachineStore};
 pub use store::{DATA_FILE, StoreError};
 
@@ -61,12 +80,36 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, StateMachineData>;
 pub struct Node {
     /// `host:port` of the node's raft RPC endpoint (`node.raft-addr`).
     pub raft_addr: String,
+    /// `node.hostname`: what `.primary` shows on the other nodes while this node leads. Empty in
+    /// entries written before it existed, and until the leader has heard the node's own answer
+    /// (the leader fills it in; see `node::reconcile_hostnames`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    /// A witness votes and may lead for a moment (when its log is the most complete one), but
+    /// hands leadership to a data node at once and is never primary.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub witness: bool,
 }
 
 impl Node {
     pub fn new(raft_addr: impl Into<String>) -> Node {
         Node {
             raft_addr: raft_addr.into(),
+            hostname: String::new(),
+            witness: false,
+        }
+    }
+
+    /// A node as it announces itself.
+    pub fn announced(
+        raft_addr: impl Into<String>,
+        hostname: impl Into<String>,
+        witness: bool,
+    ) -> Node {
+        Node {
+            raft_addr: raft_addr.into(),
+            hostname: hostname.into(),
+            witness,
         }
     }
 }

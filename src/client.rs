@@ -1,0 +1,124 @@
+//! Talking to the local daemon over `node.http-addr`: what `status` and `cluster` use.
+//!
+//! redb locks the raft data file for the daemon's process, so these commands never open it
+//! themselves: they ask the running node.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::raft::api::paths;
+use crate::raft::node::{AddRequest, MembershipOutcome, RemoveRequest};
+use crate::raft::status::StatusReport;
+
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+/// A membership change waits for a learner to catch up (30 s at most) and two commits.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client of one daemon.
+pub struct DaemonClient {
+    base: String,
+    secret: Option<String>,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl DaemonClient {
+    /// `http_addr` is the node's `node.http-addr`.
+    pub fn new(http_addr: &str, secret: Option<String>) -> anyhow::Result<DaemonClient> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        Ok(DaemonClient {
+            base: format!("http://{http_addr}"),
+            secret,
+            rt,
+            http,
+        })
+    }
+
+    fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        self.rt.block_on(async {
+            let response = request.send().await.map_err(|e| {
+                let why = if e.is_timeout() {
+                    "no answer in time".to_string()
+                } else {
+                    e.source_chain_last()
+                };
+                anyhow::anyhow!(
+                    "cannot reach the litefs-py daemon at {url} (node.http-addr): {why}; is `litefs-py mount` or `litefs-py witness` running with this config?"
+                )
+            })?;
+            let status = response.status();
+            let text = response.text().await.with_context(|| format!("reading {url}"))?;
+            if !status.is_success() {
+                let msg = text.trim();
+                if status == reqwest::StatusCode::UNAUTHORIZED {
+                    bail!("{url}: the daemon rejected our cluster secret (401): {msg}");
+                }
+                bail!("{msg} ({status} from {url})");
+            }
+            serde_json::from_str(&text).with_context(|| format!("{url}: unexpected answer"))
+        })
+    }
+
+    fn post<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> anyhow::Result<T> {
+        let secret = self.secret.as_deref().context(
+            "no cluster secret: set cluster.secret-file or $LITEFS_PY_SECRET (membership changes require it)",
+        )?;
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(secret)
+            .json(body)
+            .timeout(CHANGE_TIMEOUT);
+        self.send(req, path)
+    }
+
+    pub fn status(&self) -> anyhow::Result<StatusReport> {
+        let req = self
+            .http
+            .get(format!("{}{}", self.base, paths::STATUS))
+            .timeout(STATUS_TIMEOUT);
+        self.send(req, paths::STATUS)
+    }
+
+    pub fn add(&self, id: u64, raft_addr: &str) -> anyhow::Result<MembershipOutcome> {
+        let body = AddRequest {
+            id,
+            raft_addr: raft_addr.to_string(),
+        };
+        self.post(paths::CLUSTER_ADD, &body)
+    }
+
+    pub fn remove(&self, id: u64) -> anyhow::Result<MembershipOutcome> {
+        self.post(paths::CLUSTER_REMOVE, &RemoveRequest { id })
+    }
+}
+
+trait SourceChainLast {
+    fn source_chain_last(&self) -> String;
+}
+
+impl SourceChainLast for reqwest::Error {
+    /// reqwest says "error sending request"; the innermost cause says why (refused, reset).
+    fn source_chain_last(&self) -> String {
+        let mut last: &dyn std::error::Error = self;
+        while let Some(s) = last.source() {
+            last = s;
+        }
+        last.to_string()
+    }
+}

@@ -1,0 +1,167 @@
+//! HTTP on `node.http-addr`: what operators and tools talk to.
+//!
+//! - `GET /status`: [`StatusReport`](super::status::StatusReport) as JSON. Open, read-only.
+//! - `GET /metrics`: Prometheus text. Open, read-only.
+//! - `POST /cluster/add` `{"id":4,"raft_addr":"host:port"}`, `POST /cluster/remove` `{"id":4}`:
+//!   membership changes; they require `Authorization: Bearer <cluster secret>`.
+//! - `GET`/`PUT /test/faults` `{"blocked":[2,3]}`: TEST-ONLY, routed only when the daemon
+//!   started with `LITEFS_PY_TEST_FAULTS=1` (see `faults.rs`); secret required too.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::NodeId;
+use super::network::LogLimiter;
+use super::node::{AddRequest, RaftNode, RemoveRequest};
+use super::server::{authorized, log_rejection, parse};
+
+/// Paths on `node.http-addr` (the CLI uses them too).
+pub mod paths {
+    pub const STATUS: &str = "/status";
+    pub const METRICS: &str = "/metrics";
+    pub const CLUSTER_ADD: &str = "/cluster/add";
+    pub const CLUSTER_REMOVE: &str = "/cluster/remove";
+    pub const TEST_FAULTS: &str = "/test/faults";
+}
+
+/// The body of `/test/faults`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FaultsBody {
+    pub blocked: BTreeSet<NodeId>,
+}
+
+#[derive(Clone)]
+struct ApiState {
+    node: Arc<RaftNode>,
+    rejections: Arc<LogLimiter>,
+}
+
+pub fn router(node: Arc<RaftNode>) -> Router {
+    let faults = node.transport.faults.enabled();
+    let state = ApiState {
+        node,
+        rejections: Arc::default(),
+    };
+    let mut router = Router::new()
+        .route(paths::STATUS, get(status))
+        .route(paths::METRICS, get(metrics))
+        .route(paths::CLUSTER_ADD, post(cluster_add))
+        .route(paths::CLUSTER_REMOVE, post(cluster_remove));
+    if faults {
+        router = router.route(paths::TEST_FAULTS, get(faults_get).put(faults_put));
+    }
+    router.with_state(state)
+}
+
+struct Unauthorized;
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing cluster secret\n",
+        )
+            .into_response()
+    }
+}
+
+/// The management routes' gate: the cluster secret, else 401 and a log line naming the caller.
+fn check(
+    st: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<(), Unauthorized> {
+    if authorized(&st.node, headers) {
+        return Ok(());
+    }
+    st.node.peers.count_rejected();
+    log_rejection(&st.rejections, peer, what, None);
+    Err(Unauthorized)
+}
+
+async fn status(State(st): State<ApiState>) -> Response {
+    axum::Json(st.node.status()).into_response()
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.node.prometheus(),
+    )
+        .into_response()
+}
+
+async fn cluster_add(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = check(&st, peer, &headers, "a cluster add request") {
+        return resp.into_response();
+    }
+    match parse::<AddRequest>(&body) {
+        Ok(req) => st.node.add_node(req).await.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn cluster_remove(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = check(&st, peer, &headers, "a cluster remove request") {
+        return resp.into_response();
+    }
+    match parse::<RemoveRequest>(&body) {
+        Ok(req) => st.node.remove_node(req).await.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn faults_get(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(resp) = check(&st, peer, &headers, "a test fault request") {
+        return resp.into_response();
+    }
+    axum::Json(FaultsBody {
+        blocked: st.node.transport.faults.blocked(),
+    })
+    .into_response()
+}
+
+async fn faults_put(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = check(&st, peer, &headers, "a test fault request") {
+        return resp.into_response();
+    }
+    match parse::<FaultsBody>(&body) {
+        Ok(req) => {
+            st.node.transport.faults.set_blocked(req.blocked.clone());
+            axum::Json(req).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
