@@ -140,8 +140,10 @@ impl ClusterView {
         if self.witness {
             return Role::Witness;
         }
-        match self.primary {
+        match &self.primary {
             Primary::ThisNode => Role::Primary,
+            // A primary without a name cannot be shown in `.primary`: as good as unknown.
+            Primary::Other { hostname } if hostname.is_empty() => Role::Electing,
             Primary::Other { .. } => Role::Replica,
             Primary::Unknown => Role::Electing,
         }
@@ -150,8 +152,8 @@ impl ClusterView {
     fn primary_hostname(&self) -> Option<&str> {
         match &self.primary {
             Primary::ThisNode => Some(&self.hostname),
-            Primary::Other { hostname } => Some(hostname),
-            Primary::Unknown => None,
+            Primary::Other { hostname } if !hostname.is_empty() => Some(hostname),
+            Primary::Other { .. } | Primary::Unknown => None,
         }
     }
 }
@@ -186,10 +188,12 @@ impl Snapshot {
     fn render(view: ClusterView) -> Self {
         let primary = match &view.primary {
             Primary::ThisNode => None,
-            Primary::Other { hostname } => Some(format!("{hostname}\n").into_bytes().into()),
+            Primary::Other { hostname } if !hostname.is_empty() => {
+                Some(format!("{hostname}\n").into_bytes().into())
+            }
             // LiteFS hides the file here, which makes a cut-off replica look like a primary
             // (superfly/litefs#139); the shim shows it, empty.
-            Primary::Unknown => Some(Arc::from(&b""[..])),
+            Primary::Other { .. } | Primary::Unknown => Some(Arc::from(&b""[..])),
         };
         let role = format!("{}\n", view.role().as_str()).into_bytes().into();
         Snapshot {
@@ -315,6 +319,13 @@ mod tests {
             serde_json::from_str(&read(&h.load(), VirtualFile::Health).unwrap()).unwrap();
         assert!(health["primary"].is_null());
         assert!(health["ms_since_leader_contact"].as_u64().unwrap() >= 1500);
+
+        v.primary = Primary::Other {
+            hostname: String::new(),
+        };
+        h.publish(v.clone());
+        assert_eq!(read(&h.load(), VirtualFile::Primary).unwrap(), "");
+        assert_eq!(read(&h.load(), VirtualFile::Role).unwrap(), "electing\n");
 
         v.witness = true;
         h.publish(v);
