@@ -193,7 +193,15 @@ fn two_data_nodes_and_a_witness_survive_the_loss_of_either_data_node() {
         let replica = if leader == 1 { 2 } else { 1 };
         c.kill9(replica);
         std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(c.role(leader).as_deref(), Some("primary"), "round {round}");
+        // It stays leader. A quorum ack that arrives late (the witness answering slowly on a
+        // loaded 2-core machine) may drop `primary` for a moment: the lease gate doing its job,
+        // so the check is that the leader is primary again, not that it never blinked.
+        wait_primary(&c, leader);
+        assert_eq!(
+            c.status(leader).expect("leader status")["leader_id"],
+            leader,
+            "round {round}"
+        );
         c.start(replica);
         assert_eq!(c.wait_agreement(&data, AGREE), leader);
         // Lose the primary: the other data node takes over with the witness's vote.

@@ -32,17 +32,7 @@ pub fn find(explicit: Option<&Path>) -> Result<PathBuf, String> {
 
 /// The first line `litefs version` prints (development builds do not name a version).
 pub fn version(binary: &Path) -> String {
-    Command::new(binary)
-        .arg("version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".into())
+    crate::first_line_of(binary, "version")
 }
 
 /// A running LiteFS. Field order is drop order: stop the daemon, then detach its mount if it

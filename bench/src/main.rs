@@ -1,7 +1,12 @@
 //! `litefs-py-bench`: what the litefs-py FUSE shim costs. Every workload runs directly on a
 //! lower dir and through the shim (one `litefs-py mount` child per data-path mode) in the same
 //! run; optionally the same over a single-node LiteFS. Prints tables, writes JSON.
+//!
+//! `litefs-py-bench failover` measures something else: how long a 3-node cluster takes to agree
+//! on a new primary after kill -9 of the current one (see `failover.rs`).
 
+mod cluster;
+mod failover;
 mod litefs;
 mod measure;
 mod micro;
@@ -26,9 +31,13 @@ use crate::report::{Machine, Section};
 #[command(
     name = "litefs-py-bench",
     version,
-    about = "Benchmark the litefs-py FUSE shim against its lower dir"
+    about = "Benchmark the litefs-py FUSE shim against its lower dir",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+
     /// Small sizes and ~1 s loops: a smoke run that takes well under a minute.
     #[arg(long)]
     quick: bool,
@@ -64,17 +73,41 @@ struct Args {
     out: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Failover time of a 3-node cluster: kill -9 of the primary until every survivor's
+    /// `.primary` names the new one; p50/p90/p99 over many kills, JSON as failover-*.json.
+    Failover(failover::FailoverArgs),
+}
+
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if let Err(e) = install_signal_handlers() {
         eprintln!("litefs-py-bench: {e:#}");
         std::process::exit(1);
     }
     // Every guard (children, mounts, temp dirs) lives inside `run`, so it is dropped before exit.
-    if let Err(e) = run(args) {
+    let result = match args.mode.take() {
+        None => run(args),
+        Some(Mode::Failover(f)) => run_failover(f),
+    };
+    if let Err(e) = result {
         eprintln!("litefs-py-bench: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn run_failover(args: failover::FailoverArgs) -> Result<()> {
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let clean = failover::run(args, &target_dir()?, &exe_dir)?;
+    ensure!(
+        clean,
+        "failover: some kills failed or the safety check fired (see above)"
+    );
+    Ok(())
 }
 
 /// The first Ctrl-C asks the run to stop at the next loop check and clean up; a second one
@@ -223,7 +256,7 @@ fn run(args: Args) -> Result<()> {
     });
     let out = args.out.unwrap_or_else(|| target.join("bench"));
     drop(tmp);
-    let path = report::write_json(&out, unix_time, &doc)?;
+    let path = report::write_json(&out, "shim", unix_time, &doc)?;
     println!(
         "\nJSON: {} (and shim-latest.json); {elapsed:.0} s in all",
         path.display()

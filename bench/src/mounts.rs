@@ -72,6 +72,12 @@ impl Child {
         self.status
     }
 
+    /// SIGKILL now, without waiting: the child stays unreaped (its PID reserved) until
+    /// [`Self::stop`] or drop reaps it.
+    pub fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
     fn signal(&self, sig: i32) {
         // SAFETY: a PID of our own unreaped child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };

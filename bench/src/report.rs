@@ -307,12 +307,14 @@ pub struct Machine {
 }
 
 /// Writes `shim-<unix time>.json` and `shim-latest.json` into `dir`; returns the first path.
-pub fn write_json(dir: &Path, unix_time: u64, doc: &Value) -> Result<PathBuf> {
+/// Writes `<prefix>-<unix_time>.json` and `<prefix>-latest.json` in `dir`.
+pub fn write_json(dir: &Path, prefix: &str, unix_time: u64, doc: &Value) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let text = serde_json::to_string_pretty(doc)? + "\n";
-    let path = dir.join(format!("shim-{unix_time}.json"));
+    let path = dir.join(format!("{prefix}-{unix_time}.json"));
     std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::write(dir.join("shim-latest.json"), &text).context("writing shim-latest.json")?;
+    let latest = format!("{prefix}-latest.json");
+    std::fs::write(dir.join(&latest), &text).with_context(|| format!("writing {latest}"))?;
     Ok(path)
 }
 

@@ -3,10 +3,15 @@
 //! The trade-off, in one place (README "Cluster" says the same to operators):
 //! - `heartbeat-interval`: how often the leader proves it is alive. Shorter = faster detection
 //!   of a dead or cut-off leader, more RPCs (each is one small HTTP request per follower).
-//! - `election-timeout-min`/`-max`: how long a follower waits without a heartbeat before it
-//!   runs for leader (a random value in the range, drawn per election so that two survivors do
-//!   not keep splitting their votes). Shorter = faster failover; too short = needless elections
-//!   whenever a heartbeat is late (a slow fsync, a busy host, a congested network).
+//! - `election-timeout-max` is also the lease a follower grants its leader (openraft 0.10 ties
+//!   the two): it refuses every vote for that long after the last heartbeat it accepted, and
+//!   runs for leader (pre-vote first) only after a further random time in
+//!   `[election-timeout-min, election-timeout-max)`, drawn per election so that two survivors do
+//!   not keep splitting their votes. A dead leader is therefore replaced `max + [min, max)` after
+//!   its last heartbeat: `[700, 800)` ms with the defaults, plus a few ms of election. Shorter =
+//!   faster failover; too short = needless elections whenever heartbeats are late (a slow fsync,
+//!   a busy host, a congested network); a narrower range = more split votes (each costs one more
+//!   timeout).
 //! - The primary lease this node claims is derived, not configured: a leader says `primary`
 //!   only while its last quorum acknowledgement is younger than `election-timeout-min` minus one
 //!   heartbeat interval. Followers refuse to elect anyone else for `election-timeout-max` after
@@ -30,8 +35,9 @@ pub struct RaftTiming {
     /// How often the leader sends heartbeats.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// A follower that heard nothing from the leader for a random time in
-    /// `[election-timeout-min, election-timeout-max)` starts an election.
+    /// A follower that heard nothing from the leader for `election-timeout-max` (its lease of
+    /// the leader) plus a random time in `[election-timeout-min, election-timeout-max)` starts an
+    /// election.
     #[serde(default = "default_election_min", with = "humantime_serde")]
     pub election_timeout_min: Duration,
     #[serde(default = "default_election_max", with = "humantime_serde")]
@@ -48,7 +54,8 @@ impl Default for RaftTiming {
     }
 }
 
-// Fast failover on a LAN: a dead leader is replaced in about 0.5–1 s.
+// Failover under 1 s on a LAN: a dead leader is replaced 700–800 ms after its last heartbeat
+// (docs/decisions.md, "Raft timing defaults"; measured with `litefs-py-bench failover`).
 fn default_heartbeat() -> Duration {
     Duration::from_millis(100)
 }
@@ -57,8 +64,12 @@ fn default_election_min() -> Duration {
     Duration::from_millis(300)
 }
 
+// Not 600 ms: openraft 0.10 campaigns only after lease (= max) + [min, max), so 600 ms meant
+// 0.9–1.2 s. With 400 ms a follower still waits at least 700 ms (7 heartbeats) of silence, the
+// spread is 100 ms (a split vote needs both survivors to campaign within about one RPC of each
+// other), and 200 ms lie between the end of a cut-off leader's claim and the earliest successor.
 fn default_election_max() -> Duration {
-    Duration::from_millis(600)
+    Duration::from_millis(400)
 }
 
 impl RaftTiming {
@@ -160,6 +171,10 @@ node:
         assert_eq!(c.raft, RaftTiming::default());
         assert_eq!(c.raft.lease_bound(), Duration::from_millis(200));
         assert!(c.raft.publish_tick() <= c.raft.heartbeat_interval);
+        // A dead leader is replaced within max + [min, max) of its last heartbeat (openraft's
+        // lease is election-timeout-max): the defaults must keep that under a second.
+        assert!(c.raft.election_timeout_max * 2 < Duration::from_millis(900));
+        assert!(c.raft.election_timeout_max > c.raft.lease_bound() + c.raft.heartbeat_interval);
         let c = parse("  heartbeat-interval: 50ms\n  election-timeout-min: 150ms\n  election-timeout-max: 300ms\n").unwrap();
         assert_eq!(c.raft.lease_bound(), Duration::from_millis(100));
         assert_eq!(c.raft.publish_tick(), Duration::from_millis(10));

@@ -187,6 +187,11 @@ pub fn raft_config(timing: &RaftTiming) -> Result<openraft::Config, NodeError> {
     let config = openraft::Config {
         cluster_name: "litefs-py".into(),
         heartbeat_interval: ms(timing.heartbeat_interval),
+        // openraft 0.10 makes `election_timeout_max` the lease a follower grants its leader (no
+        // vote for anyone else until it has passed since the last heartbeat; not configurable
+        // on its own), and a follower campaigns only once that lease *plus* a random
+        // `[min, max)` has passed. So failover takes max + [min, max) after the last heartbeat,
+        // and RaftTiming::lease_bound relies on the lease being `max`.
         election_timeout_min: ms(timing.election_timeout_min),
         election_timeout_max: ms(timing.election_timeout_max),
         // No heartbeat suppression after replication traffic: the lease arithmetic
