@@ -29,8 +29,9 @@ pub enum Command {
     ///
     /// Everything passes through to the lower dir; `.primary`, `.role` and `.health` are
     /// answered by litefs-py. With a config file this node also runs its raft node (peers,
-    /// status and metrics on node.http-addr) and the files follow the cluster; without one it
-    /// is a one-node cluster and primary. SIGINT or SIGTERM unmounts and exits 0; if the
+    /// status and metrics on node.http-addr) and the files follow the cluster, and it serves the
+    /// lease API LiteFS follows on lease.addr (see `config litefs`); without one it is a
+    /// one-node cluster and primary. SIGINT or SIGTERM unmounts and exits 0; if the
     /// process dies, a watchdog unmounts.
     Mount(MountArgs),
     /// Run a raft voter only (no LiteFS, no FUSE): the third vote of a two-data-node cluster.
@@ -55,6 +56,15 @@ pub enum ConfigCommand {
     ///
     /// Exits 1 with one line naming the key at fault if the config is invalid.
     Check(ConfigArgs),
+    /// Print the litefs.yml that makes LiteFS follow this node's raft cluster.
+    ///
+    /// LiteFS gets `lease.type: consul` pointed at lease.addr (this node's Consul-compatible
+    /// lease API), the TTL from lease.ttl, fuse.dir = mount.lower, data.dir = litefs.data-dir,
+    /// http.addr = litefs.http-addr, and the proxy section from litefs.proxy if set; no exec
+    /// (litefs-py runs the app). Use it as `litefs mount -config FILE` on a data node whose
+    /// `litefs-py mount` or `run` serves the lease API. Exits 1 naming the key at fault if the
+    /// config is invalid.
+    Litefs(ConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]

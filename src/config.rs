@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod litefs_proxy;
 mod raft_timing;
+pub use litefs_proxy::LiteFsProxyConfig;
 pub use raft_timing::RaftTiming;
 
 /// Where `--config` is looked for when not given, in order.
@@ -179,6 +181,9 @@ pub struct LiteFsConfig {
     /// How the other nodes' LiteFS reach this one; defaults to http://<node.hostname>:<port>.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_url: Option<String>,
+    /// LiteFS's HTTP proxy (its `proxy:` section), if wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<LiteFsProxyConfig>,
 }
 
 impl Default for LiteFsConfig {
@@ -188,6 +193,7 @@ impl Default for LiteFsConfig {
             data_dir: default_litefs_data(),
             http_addr: default_litefs_http(),
             advertise_url: None,
+            proxy: None,
         }
     }
 }
@@ -350,6 +356,23 @@ impl Config {
         }
         if self.mount.dir.starts_with(&self.mount.lower) {
             return Err(invalid("mount.dir", "must not be inside mount.lower"));
+        }
+        // LiteFS mounts its FUSE file system at mount.lower and keeps its own files in
+        // litefs.data-dir: one inside the other would hide the data behind the mount.
+        if self.litefs.data_dir.starts_with(&self.mount.lower)
+            || self.mount.lower.starts_with(&self.litefs.data_dir)
+        {
+            return Err(invalid(
+                "litefs.data-dir",
+                format!(
+                    "{} and mount.lower {} must not be the same directory or inside each other",
+                    self.litefs.data_dir.display(),
+                    self.mount.lower.display()
+                ),
+            ));
+        }
+        if let Some(proxy) = &self.litefs.proxy {
+            proxy.validate()?;
         }
         self.raft.validate()?;
         Ok(())

@@ -1,5 +1,6 @@
-//! The daemon's raft side as the commands run it: a tokio runtime of its own with the raft node
-//! and its HTTP servers, next to whatever the command runs on its own threads (the FUSE session).
+//! The daemon's raft side as the commands run it: a tokio runtime of its own with the raft node,
+//! its HTTP servers and (on a data node) the lease API LiteFS follows, next to whatever the
+//! command runs on its own threads (the FUSE session).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,24 +8,54 @@ use std::time::Duration;
 use litefs_py_fuse::StateHandle;
 
 use crate::config::Config;
+use crate::lease::{LeaseError, LeaseServer, raft_facts};
 use crate::raft::faults::Faults;
 use crate::raft::view::{Identity, initial};
 use crate::raft::{NodeSettings, RaftNode};
+
+/// Whether the node serves the lease API (`lease.addr`) for its LiteFS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseApi {
+    /// A witness: no LiteFS, no lease API.
+    Off,
+    /// Served if `lease.addr` can be bound; if the port is taken, an error is logged and the
+    /// node runs without it (several `mount` nodes on one test host share the default port).
+    BestEffort,
+    /// Served, or the daemon does not start (`run`, which starts LiteFS against it).
+    Required,
+}
 
 /// A running raft node and the runtime it runs on. Dropping it without [`Daemon::shutdown`]
 /// stops the runtime abruptly (fine on the error paths that do it).
 pub struct Daemon {
     rt: tokio::runtime::Runtime,
     node: Arc<RaftNode>,
+    lease: Option<LeaseServer>,
 }
 
 impl Daemon {
     /// Starts the node described by `config`. `hostname` overrides `node.hostname`. The view
-    /// is published into the node's `state`, which the FUSE shim serves.
+    /// is published into the node's `state`, which the FUSE shim serves. A data node also
+    /// serves the lease API, best effort (see [`LeaseApi`]).
     pub fn start(
         config: &Config,
         hostname: Option<String>,
         witness: bool,
+    ) -> anyhow::Result<Daemon> {
+        let lease = if witness {
+            LeaseApi::Off
+        } else {
+            LeaseApi::BestEffort
+        };
+        Daemon::start_with(config, hostname, witness, lease)
+    }
+
+    /// [`Daemon::start`] with the lease API as `lease` says.
+    pub fn start_with(
+        config: &Config,
+        hostname: Option<String>,
+        witness: bool,
+        lease: LeaseApi,
     ) -> anyhow::Result<Daemon> {
         let settings = NodeSettings::from_config(config, hostname, witness)?;
         for warning in config.warnings() {
@@ -39,15 +70,39 @@ impl Daemon {
             .enable_all()
             .build()?;
         let node = rt.block_on(RaftNode::start(settings, Faults::from_env(), state))?;
-        Ok(Daemon { rt, node })
+        let lease = match lease {
+            LeaseApi::Off => None,
+            mode => match rt.block_on(raft_facts::start_for_node(node.clone(), config)) {
+                Ok(server) => Some(server),
+                Err(e @ LeaseError::Bind { .. }) if mode == LeaseApi::BestEffort => {
+                    tracing::error!(
+                        "{e}: the lease API is not served, so a LiteFS on this node cannot follow the cluster"
+                    );
+                    None
+                }
+                Err(e) => {
+                    rt.block_on(node.shutdown());
+                    return Err(e.into());
+                }
+            },
+        };
+        Ok(Daemon { rt, node, lease })
     }
 
     pub fn node(&self) -> &Arc<RaftNode> {
         &self.node
     }
 
-    /// Stops raft and the servers, bounded in time.
+    /// Where the lease API listens, if it is served.
+    pub fn lease_addr(&self) -> Option<std::net::SocketAddr> {
+        self.lease.as_ref().map(|l| l.addr)
+    }
+
+    /// Stops the lease API, then raft and the servers, bounded in time.
     pub fn shutdown(self) {
+        if let Some(lease) = self.lease {
+            self.rt.block_on(lease.shutdown());
+        }
         self.rt.block_on(self.node.shutdown());
         self.rt.shutdown_timeout(Duration::from_secs(1));
     }

@@ -4,4 +4,6 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod lease;
+pub mod litefs_config;
 pub mod raft;

@@ -17,6 +17,7 @@ fn main() {
         cli::Command::Status(args) => cmd_status::run(args),
         cli::Command::Cluster(cmd) => cmd_cluster::run(cmd),
         cli::Command::Config(cli::ConfigCommand::Check(args)) => config_check(args),
+        cli::Command::Config(cli::ConfigCommand::Litefs(args)) => config_litefs(args),
         cli::Command::Version => {
             println!("litefs-py {}", env!("CARGO_PKG_VERSION"));
             println!("expects LiteFS {}", cli::LITEFS_VERSION);
@@ -40,6 +41,14 @@ fn config_check(args: cli::ConfigArgs) -> anyhow::Result<()> {
     }
     eprintln!("{}: ok", path.display());
     print!("{}", config.to_yaml());
+    Ok(())
+}
+
+fn config_litefs(args: cli::ConfigArgs) -> anyhow::Result<()> {
+    use litefs_py::config::{Config, ConfigError};
+    let path = Config::find(args.config.as_deref())?.ok_or(ConfigError::NotFound)?;
+    let config = Config::load(&path)?;
+    print!("{}", litefs_py::litefs_config::generate(&config)?);
     Ok(())
 }
 

@@ -1,0 +1,105 @@
+//! The Consul-compatible lease API LiteFS talks to (`lease.addr`, loopback only).
+//!
+//! LiteFS v0.5.14 elects its primary through a Consul lock (`lease.type: consul`). This node
+//! serves the few Consul calls LiteFS makes (DESIGN.md, "Why a Consul-compatible lease") and
+//! answers them from raft, so the local LiteFS is primary exactly when raft says this node may
+//! be. The pieces:
+//! - [`consul`]: the wire formats (session bodies, KV pairs, Go durations, session ids).
+//! - [`state`]: the rules, pure ([`state::LeaseState`]); the invariant is stated there.
+//! - [`service`]: the rules over a [`RaftFacts`] source: the raft writes, the new-leader wait,
+//!   the replicated holder record.
+//! - [`server`]: the HTTP routes (axum).
+//! - [`raft_facts`]: [`RaftFacts`] over the running [`RaftNode`](crate::raft::RaftNode).
+//!
+//! Sessions live in this process's memory only: LiteFS only talks to its own node's lease API,
+//! and a restarted litefs-py must not honour a session it cannot vouch for (a renewal of an
+//! unknown session is 404, and LiteFS demotes itself).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::raft::{NodeId, Request, Response};
+
+pub mod consul;
+pub mod raft_facts;
+pub mod server;
+pub mod service;
+pub mod state;
+
+#[cfg(test)]
+mod state_tests;
+#[cfg(test)]
+mod tests;
+
+pub use server::LeaseServer;
+pub use service::LeaseService;
+pub use state::{LeaseParams, RaftNow};
+
+/// The Consul key LiteFS locks (`lease.consul.key` in the generated litefs.yml). Also the raft
+/// key/value entry that tells every node who holds it.
+pub const LEASE_KEY: &str = "litefs/primary";
+
+/// The lock delay written into litefs.yml and applied by the lease API: how long after a
+/// holder's session is invalidated the lock stays unavailable, and part of a new leader's wait.
+/// One second is LiteFS's fixed renew timeout: a primary whose renewals fail keeps believing it
+/// is primary for up to that long past its TTL (it sleeps 1 s before demoting itself), so less
+/// would be unsafe and more would only slow failover down.
+pub const LOCK_DELAY: Duration = Duration::from_secs(1);
+
+/// Added to a new leader's wait: covers the time between our answer to a renewal and LiteFS
+/// taking it (LiteFS restarts its TTL when it *receives* the answer) and scheduling delays.
+pub const GRANT_MARGIN: Duration = Duration::from_millis(500);
+
+/// Sessions kept at once. LiteFS has one at a time (a follower's LiteFS creates and destroys
+/// one per attempt, every second); the cap only bounds what a misbehaving client can pile up.
+pub const MAX_SESSIONS: usize = 64;
+
+/// How long a raft write of the lease path may take before the request is answered as failed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("too many sessions (at most {0}); destroy some first")]
+    TooManySessions(usize),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error(
+        "lease.addr {0} is not a loopback address: the lease API must not be reachable from other hosts"
+    )]
+    NotLoopback(SocketAddr),
+    #[error("lease.addr {addr}: cannot listen: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A raft write that did not commit (not leader, no quorum in time, raft stopped).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("raft write failed: {0}")]
+pub struct WriteError(pub String);
+
+/// What the lease rules need from raft. The implementation over the running node is
+/// [`raft_facts::NodeFacts`]; tests use a fake they steer.
+pub trait RaftFacts: Send + Sync + 'static {
+    /// This node's raft id.
+    fn node_id(&self) -> NodeId;
+    /// What raft says right now: leader or not, with a fresh quorum ack or not, the term, and
+    /// when this node's current leadership began.
+    fn now(&self) -> RaftNow;
+    /// A key of the replicated key/value map, as applied on this node.
+    fn get(&self, key: &str) -> Option<String>;
+    /// The replicated LiteFS cluster id.
+    fn cluster_id(&self) -> Option<String>;
+    /// Writes through raft; resolves once committed and applied here.
+    fn write(&self, request: Request) -> impl Future<Output = Result<Response, WriteError>> + Send;
+    /// Resolves when raft's state may have changed (the caller re-reads [`RaftFacts::now`]).
+    fn changed(&self) -> impl Future<Output = ()> + Send;
+}

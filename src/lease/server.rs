@@ -1,0 +1,338 @@
+//! HTTP on `lease.addr`: the Consul calls LiteFS v0.5.14 makes, and nothing else.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `PUT /v1/session/create` | `{"ID":"<uuid>"}` |
+//! | `PUT /v1/session/renew/<id>` | 200 + `[session]`; 404 = lease lost |
+//! | `PUT /v1/session/destroy/<id>` | `true` |
+//! | `PUT /v1/kv/<key>?acquire=<id>` | `true` / `false` |
+//! | `PUT /v1/kv/<key>?release=<id>` | `true` |
+//! | `GET /v1/kv/<key>` | `[KV pair]` (value: base64 of LiteFS's JSON) or 404 |
+//! | `GET`/`PUT /v1/kv/<key>/clusterid` | `[KV pair]` (`?raw`: the id) or 404 / `true` |
+//! | `PUT /v1/catalog/register` | `true` |
+//! | `GET /litefs-py/lease` | this API's state, JSON (not Consul's) |
+//!
+//! A malformed body, id or query is 400; an unknown route is 404 and a log line; nothing a
+//! client sends can panic the daemon.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::consul::KvPair;
+use super::{LEASE_KEY, LeaseError, LeaseParams, LeaseService, RaftFacts};
+use crate::raft::network::LogLimiter;
+
+/// Bodies are a few hundred bytes; anything near this is not LiteFS.
+const BODY_LIMIT: usize = 64 * 1024;
+
+impl IntoResponse for LeaseError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            LeaseError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            LeaseError::TooManySessions(_) => StatusCode::TOO_MANY_REQUESTS,
+            LeaseError::Conflict(_) => StatusCode::CONFLICT,
+            LeaseError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        tracing::debug!(status = status.as_u16(), "lease API: {self}");
+        (status, format!("{self}\n")).into_response()
+    }
+}
+
+struct Api<F> {
+    service: Arc<LeaseService<F>>,
+    unknown: LogLimiter,
+}
+
+type St<F> = State<Arc<Api<F>>>;
+
+/// Consul answers booleans and JSON with these headers; the Go client reads `X-Consul-*` but
+/// needs none of them.
+fn json(body: String) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
+    h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+    r
+}
+
+fn boolean(b: bool) -> Response {
+    json(if b { "true" } else { "false" }.into())
+}
+
+fn kv_answer(pair: Option<KvPair>, raw: bool) -> Response {
+    let Some(pair) = pair else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if raw {
+        return (StatusCode::OK, pair.raw_value().unwrap_or_default()).into_response();
+    }
+    let mut r = json(serde_json::to_string(&[&pair]).expect("plain struct"));
+    r.headers_mut()
+        .insert("X-Consul-Index", HeaderValue::from(pair.modify_index));
+    r
+}
+
+/// The router for `lease.addr`.
+pub fn router<F: RaftFacts>(service: Arc<LeaseService<F>>) -> Router {
+    let api = Arc::new(Api {
+        service,
+        unknown: LogLimiter::default(),
+    });
+    Router::new()
+        .route("/v1/session/create", put(session_create::<F>))
+        .route("/v1/session/renew/{id}", put(session_renew::<F>))
+        .route("/v1/session/destroy/{id}", put(session_destroy::<F>))
+        .route("/v1/kv/{*key}", get(kv_get::<F>).put(kv_put::<F>))
+        .route("/v1/catalog/register", put(catalog_register))
+        .route("/litefs-py/lease", get(status::<F>))
+        .fallback(unknown::<F>)
+        .method_not_allowed_fallback(not_allowed::<F>)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(api)
+}
+
+async fn session_create<F: RaftFacts>(State(api): St<F>, body: Bytes) -> Response {
+    match api.service.create_session(&body) {
+        Ok(entry) => json(serde_json::json!({ "ID": entry.id }).to_string()),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn session_renew<F: RaftFacts>(State(api): St<F>, Path(id): Path<String>) -> Response {
+    match api.service.renew(&id) {
+        Ok(Ok(entry)) => json(serde_json::to_string(&[entry]).expect("plain struct")),
+        // The Go client turns a 404 into "no session": LiteFS's ErrLeaseExpired.
+        Ok(Err(lost)) => (StatusCode::NOT_FOUND, format!("{}\n", lost.as_str())).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn session_destroy<F: RaftFacts>(State(api): St<F>, Path(id): Path<String>) -> Response {
+    match api.service.destroy(&id) {
+        Ok(b) => boolean(b),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The query of a KV call: `acquire`, `release`, `raw`; Consul's others (`dc`, `ns`,
+/// `flags`...) are accepted and ignored.
+struct KvQuery {
+    acquire: Option<String>,
+    release: Option<String>,
+    raw: bool,
+}
+
+fn kv_query(
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<KvQuery, LeaseError> {
+    let Query(pairs) = q.map_err(|e| LeaseError::BadRequest(format!("query: {e}")))?;
+    let mut out = KvQuery {
+        acquire: None,
+        release: None,
+        raw: false,
+    };
+    for (k, v) in pairs {
+        let slot = match k.as_str() {
+            "acquire" => &mut out.acquire,
+            "release" => &mut out.release,
+            "raw" => {
+                out.raw = true;
+                continue;
+            }
+            _ => continue,
+        };
+        if slot.replace(v).is_some() {
+            return Err(LeaseError::BadRequest(format!("query: {k} given twice")));
+        }
+    }
+    Ok(out)
+}
+
+enum KvKey {
+    Lease,
+    ClusterId,
+}
+
+fn kv_key(key: &str) -> Option<KvKey> {
+    match key.strip_prefix(LEASE_KEY) {
+        Some("") => Some(KvKey::Lease),
+        Some("/clusterid") => Some(KvKey::ClusterId),
+        _ => None,
+    }
+}
+
+async fn kv_get<F: RaftFacts>(
+    State(api): St<F>,
+    Path(key): Path<String>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let Some(which) = kv_key(&key) else {
+        return log_unknown(&api, &Method::GET, &format!("/v1/kv/{key}"));
+    };
+    let q = match kv_query(q) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    match which {
+        KvKey::Lease => kv_answer(api.service.primary(), q.raw),
+        KvKey::ClusterId => {
+            let pair = api
+                .service
+                .cluster_id()
+                .map(|id| KvPair::new(&key, id.as_bytes(), None, 1));
+            kv_answer(pair, q.raw)
+        }
+    }
+}
+
+async fn kv_put<F: RaftFacts>(
+    State(api): St<F>,
+    Path(key): Path<String>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let Some(which) = kv_key(&key) else {
+        return log_unknown(&api, &Method::PUT, &format!("/v1/kv/{key}"));
+    };
+    let q = match kv_query(q) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    let result = match (which, q.acquire, q.release) {
+        (_, Some(_), Some(_)) => Err(LeaseError::BadRequest(
+            "query: acquire and release together".into(),
+        )),
+        (KvKey::Lease, Some(id), None) => api.service.acquire(&id, &body).await,
+        (KvKey::Lease, None, Some(id)) => api.service.release(&id),
+        (KvKey::Lease, None, None) => Err(LeaseError::BadRequest(format!(
+            "{LEASE_KEY} is written only with ?acquire= or ?release="
+        ))),
+        (KvKey::ClusterId, None, None) => api.service.set_cluster_id(&body).await.map(|()| true),
+        (KvKey::ClusterId, _, _) => Err(LeaseError::BadRequest(
+            "the cluster id is not a lock".into(),
+        )),
+    };
+    match result {
+        Ok(b) => boolean(b),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Only called when the Consul URL has a path prefix, which the generated litefs.yml never
+/// has; answered for completeness.
+async fn catalog_register() -> Response {
+    boolean(true)
+}
+
+async fn status<F: RaftFacts>(State(api): St<F>) -> Response {
+    json(serde_json::to_string(&api.service.status()).expect("plain struct"))
+}
+
+fn log_unknown<F>(api: &Api<F>, method: &Method, path: &str) -> Response {
+    if api.unknown.should_log(&format!("{method} {path}")) {
+        tracing::warn!("lease API: no such route: {method} {path} (404)");
+    }
+    (
+        StatusCode::NOT_FOUND,
+        "not a route of litefs-py's lease API\n",
+    )
+        .into_response()
+}
+
+async fn unknown<F: RaftFacts>(State(api): St<F>, method: Method, uri: Uri) -> Response {
+    log_unknown(&api, &method, uri.path())
+}
+
+async fn not_allowed<F: RaftFacts>(State(api): St<F>, method: Method, uri: Uri) -> Response {
+    if api.unknown.should_log(&format!("{method} {}", uri.path())) {
+        tracing::warn!(
+            "lease API: method not allowed: {method} {} (405)",
+            uri.path()
+        );
+    }
+    StatusCode::METHOD_NOT_ALLOWED.into_response()
+}
+
+/// The running lease API: its HTTP server and the service's background task.
+pub struct LeaseServer {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds `addr` (loopback only) and serves the lease API from `facts`.
+pub async fn start<F: RaftFacts>(
+    facts: F,
+    params: LeaseParams,
+    addr: SocketAddr,
+) -> Result<(LeaseServer, Arc<LeaseService<F>>), LeaseError> {
+    if !addr.ip().is_loopback() {
+        return Err(LeaseError::NotLoopback(addr));
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| LeaseError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| LeaseError::Bind { addr, source })?;
+    let service = Arc::new(LeaseService::new(facts, params));
+    let (stop, _) = watch::channel(false);
+    let app = router(service.clone());
+    let mut rx = stop.subscribe();
+    let http = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("lease API stopped: {e}");
+        }
+    });
+    let s = service.clone();
+    let rx = stop.subscribe();
+    let background = tokio::spawn(async move { s.run(rx).await });
+    tracing::info!(%addr, ttl = ?params.ttl, "lease API (Consul-compatible, for LiteFS) listening");
+    Ok((
+        LeaseServer {
+            addr,
+            stop,
+            tasks: vec![http, background],
+        },
+        service,
+    ))
+}
+
+impl LeaseServer {
+    /// Stops serving; bounded: a request still held (an acquire waiting) is abandoned.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                tracing::debug!("a lease API task did not stop within 2s");
+                abort.abort();
+            }
+        }
+    }
+}

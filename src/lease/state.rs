@@ -1,0 +1,443 @@
+//! The lease rules as a plain state machine: no clock, no raft, no I/O. Every operation is given
+//! what raft says at that instant ([`RaftNow`]) and answers from it, so the rules are tested
+//! without a cluster (see `state_tests.rs`).
+//!
+//! The invariant: at no instant do two LiteFS nodes both believe they are primary.
+//! - An acquire or renew succeeds only while this node is raft leader with a quorum ack younger
+//!   than the lease bound (`RaftNow::fresh`). A leader that loses it stops renewing at once:
+//!   its LiteFS gets 404 and demotes itself at its next renewal.
+//! - A successor can only be elected after the old leader's last ack + election-timeout-max,
+//!   which is after the old leader's last grant. A LiteFS that was last renewed at `r` believes
+//!   it is primary until at most `r + TTL + 1 s` (LiteFS retries failed renewals for up to the
+//!   TTL, then sleeps its 1 s request timeout before demoting). So a new leader grants its first
+//!   acquire only at `leadership start + lease.ttl + lock delay (1 s) + margin`.
+//! - A session belongs to the leadership (term) in which it acquired the lock: a renewal in a
+//!   later term is 404, even on the same node.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::consul::{SessionEntry, SessionRequest};
+use super::{GRANT_MARGIN, LOCK_DELAY, LeaseError, MAX_SESSIONS};
+use crate::litefs_config::go_duration;
+use crate::raft::NodeId;
+
+/// The numbers the rules run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseParams {
+    /// `lease.ttl`: the longest TTL a session may have (LiteFS's, from the generated litefs.yml).
+    pub ttl: Duration,
+    /// Applied after a holder's session is invalidated, and part of a new leader's wait.
+    pub lock_delay: Duration,
+    /// Slack for the time between our answer and LiteFS acting on it.
+    pub margin: Duration,
+    pub max_sessions: usize,
+}
+
+impl LeaseParams {
+    pub fn new(ttl: Duration) -> LeaseParams {
+        LeaseParams {
+            ttl,
+            lock_delay: LOCK_DELAY,
+            margin: GRANT_MARGIN,
+            max_sessions: MAX_SESSIONS,
+        }
+    }
+
+    /// How long a new leader waits before its first grant: by then any primary the previous
+    /// leader renewed has demoted itself.
+    pub fn new_leader_wait(&self) -> Duration {
+        self.ttl + self.lock_delay + self.margin
+    }
+}
+
+/// What raft says at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftNow {
+    pub now: Instant,
+    pub term: u64,
+    /// The leader raft believes in (possibly this node).
+    pub leader: Option<NodeId>,
+    /// This node is raft leader in `term`.
+    pub is_leader: bool,
+    /// ...and a quorum acknowledged it within the lease bound: the rule `.role` uses for
+    /// `primary` (a cut-off leader keeps openraft's Leader state, so `is_leader` is not enough).
+    pub fresh: bool,
+    /// When this node's leadership in `term` began, as first observed.
+    pub leader_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub req: SessionRequest,
+    /// Created, renewed, or granted the lock: the session expires [`EXPIRY_TTLS`] TTLs after.
+    pub renewed: Instant,
+    pub index: u64,
+}
+
+/// A session expires this many TTLs after its last renewal, as in Consul (which never expires a
+/// session before its TTL and in practice waits twice as long). LiteFS renews every TTL/2, so a
+/// renewal delayed by a loaded host is not a lost primary. Safety does not depend on it: another
+/// node's LiteFS is only granted the lock after a new leadership's wait, and on this node a
+/// new holder after expiry + lock delay, later than the old one can still believe it holds it.
+const EXPIRY_TTLS: u32 = 2;
+
+impl Session {
+    fn expires(&self) -> Instant {
+        self.renewed + self.req.ttl * EXPIRY_TTLS
+    }
+
+    pub fn entry(&self) -> SessionEntry {
+        SessionEntry {
+            id: self.id.clone(),
+            name: self.req.name.clone(),
+            node: String::new(),
+            lock_delay: u64::try_from(self.req.lock_delay.as_nanos()).unwrap_or(u64::MAX),
+            behavior: self.req.behavior.as_str().into(),
+            ttl: go_duration(self.req.ttl),
+            checks: Vec::new(),
+            node_checks: Vec::new(),
+            service_checks: Vec::new(),
+            create_index: self.index,
+            modify_index: self.index,
+        }
+    }
+}
+
+/// The session holding the lock, and LiteFS's value (its hostname and advertise URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub session: String,
+    /// The raft term the lock was granted in.
+    pub term: u64,
+    pub value: String,
+    pub index: u64,
+}
+
+/// The holder as replicated through raft (key [`super::LEASE_KEY`]), so that every node's
+/// lease API can tell its LiteFS where the primary is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HolderRecord {
+    pub node_id: NodeId,
+    pub term: u64,
+    pub session: String,
+    /// LiteFS's JSON, as its primary sent it.
+    pub value: String,
+}
+
+/// Why an acquire was answered `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownSession,
+    /// Another live session holds the lock.
+    Held,
+    NotLeader,
+    StaleQuorum,
+    /// A new leader waiting out the previous lease, or a lock delay.
+    Waiting,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownSession => "unknown or expired session",
+            Refusal::Held => "held by another session",
+            Refusal::NotLeader => "this node is not the raft leader",
+            Refusal::StaleQuorum => "no fresh quorum acknowledgement",
+            Refusal::Waiting => "waiting out the previous lease",
+        }
+    }
+}
+
+/// Why a renewal was answered 404 (LiteFS: "lease expired", it demotes itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    UnknownSession,
+    NotHolder,
+    StaleQuorum,
+    OldTerm,
+}
+
+impl Lost {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lost::UnknownSession => "unknown or expired session",
+            Lost::NotHolder => "the session does not hold the lock (leadership changed?)",
+            Lost::StaleQuorum => "no fresh quorum acknowledgement",
+            Lost::OldTerm => "the lock was granted in an earlier raft term",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcquireCheck {
+    Grant {
+        term: u64,
+    },
+    Refuse(Refusal),
+    /// Nothing but time stands in the way: ask again at this instant.
+    WaitUntil(Instant),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Epoch {
+    term: u64,
+    since: Instant,
+}
+
+/// For the lease API's own status route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    pub leader_term: Option<u64>,
+    /// Milliseconds until a new leader may grant (0: it may).
+    pub grant_in_ms: Option<u64>,
+    pub holder: Option<String>,
+    pub holder_value: Option<String>,
+    pub sessions: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct LeaseState {
+    params: LeaseParams,
+    sessions: BTreeMap<String, Session>,
+    holder: Option<Holder>,
+    epoch: Option<Epoch>,
+    /// When this node last stopped being leader: a later leadership waits from after it.
+    last_loss: Option<Instant>,
+    /// Lock delay after an invalidated holder.
+    blocked_until: Option<Instant>,
+    /// Consul's modify index, for the answers' `*Index` fields.
+    index: u64,
+}
+
+impl LeaseState {
+    pub fn new(params: LeaseParams) -> LeaseState {
+        LeaseState {
+            params,
+            sessions: BTreeMap::new(),
+            holder: None,
+            epoch: None,
+            last_loss: None,
+            blocked_until: None,
+            index: 0,
+        }
+    }
+
+    pub fn params(&self) -> &LeaseParams {
+        &self.params
+    }
+
+    fn next_index(&mut self) -> u64 {
+        self.index += 1;
+        self.index
+    }
+
+    fn block(&mut self, until: Instant) {
+        self.blocked_until = Some(self.blocked_until.map_or(until, |b| b.max(until)));
+    }
+
+    /// Brings the state up to `r`: a new leadership starts its wait and forgets the previous
+    /// holder, a lost one forgets it too, and sessions not renewed for [`EXPIRY_TTLS`] TTLs
+    /// expire (a holder's expiry blocks the lock for its lock delay, as in Consul).
+    pub fn sync(&mut self, r: &RaftNow) {
+        if r.is_leader {
+            if self.epoch.map(|e| e.term) != Some(r.term) {
+                let observed = r.leader_since.unwrap_or(r.now).min(r.now);
+                let since = self.last_loss.map_or(observed, |l| observed.max(l));
+                self.epoch = Some(Epoch {
+                    term: r.term,
+                    since,
+                });
+                self.holder = None;
+            }
+        } else if self.epoch.take().is_some() {
+            self.last_loss = Some(r.now);
+            self.holder = None;
+        }
+        let expired: Vec<Session> = self
+            .sessions
+            .values()
+            .filter(|s| s.expires() <= r.now)
+            .cloned()
+            .collect();
+        for s in expired {
+            self.sessions.remove(&s.id);
+            if self.holder.as_ref().is_some_and(|h| h.session == s.id) {
+                self.holder = None;
+                let delay = s.req.lock_delay.max(self.params.lock_delay);
+                self.block(s.expires() + delay);
+            }
+        }
+    }
+
+    pub fn create_session(
+        &mut self,
+        id: String,
+        req: SessionRequest,
+        r: &RaftNow,
+    ) -> Result<SessionEntry, LeaseError> {
+        self.sync(r);
+        if self.sessions.len() >= self.params.max_sessions {
+            return Err(LeaseError::TooManySessions(self.params.max_sessions));
+        }
+        let index = self.next_index();
+        let session = Session {
+            id: id.clone(),
+            req,
+            renewed: r.now,
+            index,
+        };
+        let entry = session.entry();
+        self.sessions.insert(id, session);
+        Ok(entry)
+    }
+
+    /// Whether session `id` may take the lock now.
+    pub fn check_acquire(&mut self, id: &str, r: &RaftNow) -> AcquireCheck {
+        self.sync(r);
+        if !self.sessions.contains_key(id) {
+            return AcquireCheck::Refuse(Refusal::UnknownSession);
+        }
+        if self.holder.as_ref().is_some_and(|h| h.session != id) {
+            return AcquireCheck::Refuse(Refusal::Held);
+        }
+        let Some(epoch) = self.epoch.filter(|_| r.is_leader) else {
+            return AcquireCheck::Refuse(Refusal::NotLeader);
+        };
+        if !r.fresh {
+            return AcquireCheck::Refuse(Refusal::StaleQuorum);
+        }
+        let ready = epoch.since + self.params.new_leader_wait();
+        let ready = self.blocked_until.map_or(ready, |b| b.max(ready));
+        if r.now < ready {
+            return AcquireCheck::WaitUntil(ready);
+        }
+        AcquireCheck::Grant { term: r.term }
+    }
+
+    /// Takes the lock for `id` after the holder record was written through raft in `term`:
+    /// everything is checked again at `r`, the instant of the answer.
+    pub fn finish_acquire(
+        &mut self,
+        id: &str,
+        value: String,
+        term: u64,
+        r: &RaftNow,
+    ) -> Result<(), Refusal> {
+        match self.check_acquire(id, r) {
+            AcquireCheck::Grant { term: now_term } if now_term == term => {}
+            AcquireCheck::Grant { .. } => return Err(Refusal::NotLeader),
+            AcquireCheck::WaitUntil(_) => return Err(Refusal::Waiting),
+            AcquireCheck::Refuse(why) => return Err(why),
+        }
+        let index = self.next_index();
+        // The grant counts as a renewal: it was made under the same conditions, and LiteFS
+        // renews TTL/2 after it.
+        if let Some(s) = self.sessions.get_mut(id) {
+            s.renewed = r.now;
+        }
+        self.holder = Some(Holder {
+            session: id.to_string(),
+            term,
+            value,
+            index,
+        });
+        Ok(())
+    }
+
+    /// Renews session `id`: only the holder, in the term it was granted in, while fresh.
+    pub fn renew(&mut self, id: &str, r: &RaftNow) -> Result<SessionEntry, Lost> {
+        self.sync(r);
+        if !self.sessions.contains_key(id) {
+            return Err(Lost::UnknownSession);
+        }
+        let Some(holder) = self.holder.as_ref().filter(|h| h.session == id) else {
+            return Err(Lost::NotHolder);
+        };
+        let lost = if holder.term != r.term {
+            Some(Lost::OldTerm)
+        } else if !(r.is_leader && r.fresh) {
+            Some(Lost::StaleQuorum)
+        } else {
+            None
+        };
+        if let Some(lost) = lost {
+            // No lock delay: LiteFS demotes itself on this very answer, before anything else.
+            self.holder = None;
+            return Err(lost);
+        }
+        let session = self.sessions.get_mut(id).expect("checked above");
+        session.renewed = r.now;
+        Ok(session.entry())
+    }
+
+    /// Releases the lock if `id` holds it (no lock delay: an explicit release, as in Consul).
+    /// Returns whether it held it.
+    pub fn release(&mut self, id: &str, r: &RaftNow) -> bool {
+        self.sync(r);
+        if self.holder.as_ref().is_some_and(|h| h.session == id) {
+            self.holder = None;
+            return true;
+        }
+        false
+    }
+
+    /// Destroys session `id`; a holder's lock is then blocked for its lock delay. Returns
+    /// whether the session existed.
+    pub fn destroy(&mut self, id: &str, r: &RaftNow) -> bool {
+        self.sync(r);
+        let Some(s) = self.sessions.remove(id) else {
+            return false;
+        };
+        if self.holder.as_ref().is_some_and(|h| h.session == id) {
+            self.holder = None;
+            self.block(r.now + s.req.lock_delay.max(self.params.lock_delay));
+        }
+        true
+    }
+
+    /// The holder, as the leader's own GET answers it.
+    pub fn holder(&mut self, r: &RaftNow) -> Option<Holder> {
+        self.sync(r);
+        self.holder.clone()
+    }
+
+    /// What the replicated record should say, once synced: the holder while this node leads
+    /// and one holds the lock, else nothing.
+    pub fn desired_record(&self, me: NodeId) -> Option<HolderRecord> {
+        self.epoch?;
+        let h = self.holder.as_ref()?;
+        Some(HolderRecord {
+            node_id: me,
+            term: h.term,
+            session: h.session.clone(),
+            value: h.value.clone(),
+        })
+    }
+
+    pub fn status(&mut self, r: &RaftNow) -> LeaseStatus {
+        self.sync(r);
+        let grant_at = self.epoch.map(|e| {
+            let ready = e.since + self.params.new_leader_wait();
+            self.blocked_until.map_or(ready, |b| b.max(ready))
+        });
+        LeaseStatus {
+            leader_term: self.epoch.map(|e| e.term),
+            grant_in_ms: grant_at.map(|t| t.saturating_duration_since(r.now).as_millis() as u64),
+            holder: self.holder.as_ref().map(|h| h.session.clone()),
+            holder_value: self.holder.as_ref().map(|h| h.value.clone()),
+            sessions: self.sessions.keys().cloned().collect(),
+        }
+    }
+}
+
+/// Whether a replicated record names the primary as this node (a follower) sees the cluster
+/// now: written by the leader raft believes in, in the current term. Anything else is a leftover
+/// of an earlier leadership, which a new leader deletes.
+pub fn record_is_current(record: &HolderRecord, r: &RaftNow) -> bool {
+    record.term == r.term && r.leader == Some(record.node_id)
+}

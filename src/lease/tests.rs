@@ -1,0 +1,448 @@
+//! The lease API over real HTTP (axum on a random loopback port, reqwest as the client), with a
+//! fake raft the tests steer: who leads, in which term, since when, with a fresh ack or not.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use super::consul::KvPair;
+use super::server::{self, LeaseServer};
+use super::state::HolderRecord;
+use super::{LEASE_KEY, LeaseError, LeaseParams, LeaseService, RaftFacts, RaftNow, WriteError};
+use crate::raft::{NodeId, Request, Response};
+
+#[derive(Debug)]
+struct FakeRaft {
+    is_leader: bool,
+    fresh: bool,
+    term: u64,
+    leader: Option<NodeId>,
+    since: Option<Instant>,
+    kv: BTreeMap<String, String>,
+    cluster_id: Option<String>,
+    fail_writes: bool,
+}
+
+#[derive(Clone)]
+struct Fake(Arc<Mutex<FakeRaft>>);
+
+impl Fake {
+    /// Node 1, leader of term 1 for long enough that no wait applies.
+    fn leader() -> Fake {
+        Fake(Arc::new(Mutex::new(FakeRaft {
+            is_leader: true,
+            fresh: true,
+            term: 1,
+            leader: Some(1),
+            since: Instant::now().checked_sub(Duration::from_secs(60)),
+            kv: BTreeMap::new(),
+            cluster_id: None,
+            fail_writes: false,
+        })))
+    }
+
+    fn set(&self, f: impl FnOnce(&mut FakeRaft)) {
+        f(&mut self.0.lock());
+    }
+
+    fn follow(&self, leader: NodeId, term: u64) {
+        self.set(|r| {
+            r.is_leader = false;
+            r.fresh = false;
+            r.leader = Some(leader);
+            r.term = term;
+            r.since = None;
+        });
+    }
+
+    fn lead(&self, term: u64, since: Instant) {
+        self.set(|r| {
+            r.is_leader = true;
+            r.fresh = true;
+            r.leader = Some(1);
+            r.term = term;
+            r.since = Some(since);
+        });
+    }
+
+    fn record(&self) -> Option<HolderRecord> {
+        serde_json::from_str(self.0.lock().kv.get(LEASE_KEY)?).ok()
+    }
+}
+
+impl RaftFacts for Fake {
+    fn node_id(&self) -> NodeId {
+        1
+    }
+    fn now(&self) -> RaftNow {
+        let r = self.0.lock();
+        RaftNow {
+            now: Instant::now(),
+            term: r.term,
+            leader: r.leader,
+            is_leader: r.is_leader,
+            fresh: r.fresh,
+            leader_since: r.since,
+        }
+    }
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.lock().kv.get(key).cloned()
+    }
+    fn cluster_id(&self) -> Option<String> {
+        self.0.lock().cluster_id.clone()
+    }
+    async fn write(&self, request: Request) -> Result<Response, WriteError> {
+        let mut r = self.0.lock();
+        if !r.is_leader || r.fail_writes {
+            return Err(WriteError("not the leader".into()));
+        }
+        let value = match request {
+            Request::SetClusterId { cluster_id } => {
+                Some(r.cluster_id.get_or_insert(cluster_id).clone())
+            }
+            Request::Set { key, value } => r.kv.insert(key, value),
+            Request::Delete { key } => r.kv.remove(&key),
+        };
+        Ok(Response { value })
+    }
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
+}
+
+const BODY: &str = r#"{"hostname":"node-a","advertise-url":"http://node-a:20202"}"#;
+const SESSION: &str =
+    r#"{"Behavior":"delete","LockDelay":"1000ms","Name":"litefs","NodeChecks":[],"TTL":"2s"}"#;
+
+fn params() -> LeaseParams {
+    LeaseParams {
+        ttl: Duration::from_secs(2),
+        lock_delay: Duration::from_millis(200),
+        margin: Duration::from_millis(100),
+        max_sessions: 8,
+    }
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    fake: Fake,
+    server: Option<LeaseServer>,
+    _service: Arc<LeaseService<Fake>>,
+}
+
+impl Api {
+    async fn start(fake: Fake) -> Api {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let (server, service) = server::start(fake.clone(), params(), addr).await.unwrap();
+        Api {
+            base: format!("http://{}", server.addr),
+            http: reqwest::Client::new(),
+            fake,
+            server: Some(server),
+            _service: service,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body.to_string())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn session(&self) -> String {
+        let (status, body) = self.call("PUT", "/v1/session/create", SESSION).await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["ID"].as_str().unwrap().to_string()
+    }
+
+    async fn acquire(&self, id: &str) -> (u16, String) {
+        self.call("PUT", &format!("/v1/kv/{LEASE_KEY}?acquire={id}"), BODY)
+            .await
+    }
+
+    async fn primary(&self) -> Option<KvPair> {
+        let (status, body) = self.call("GET", &format!("/v1/kv/{LEASE_KEY}"), "").await;
+        match status {
+            404 => None,
+            200 => {
+                let mut pairs: Vec<KvPair> = serde_json::from_str(&body).unwrap();
+                assert_eq!(pairs.len(), 1);
+                pairs.pop()
+            }
+            other => panic!("GET {LEASE_KEY}: {other} {body}"),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.server.take().unwrap().shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn litefs_becomes_primary_renews_and_releases() {
+    let api = Api::start(Fake::leader()).await;
+    // LiteFS's start-up: no cluster id, no primary.
+    assert_eq!(
+        api.call("GET", &format!("/v1/kv/{LEASE_KEY}/clusterid"), "")
+            .await
+            .0,
+        404
+    );
+    assert!(api.primary().await.is_none());
+    let id = api.session().await;
+    assert_eq!(api.acquire(&id).await, (200, "true".into()));
+    // Every node can now name the primary: the record went through raft.
+    let pair = api.primary().await.unwrap();
+    assert_eq!(pair.key, LEASE_KEY);
+    assert_eq!(pair.session.as_deref(), Some(id.as_str()));
+    assert_eq!(pair.raw_value().unwrap(), BODY.as_bytes());
+    let record = api.fake.record().unwrap();
+    assert_eq!(
+        (record.node_id, record.term, record.value.as_str()),
+        (1, 1, BODY)
+    );
+    // The cluster id: set once through raft, read back as Consul does (base64) or raw.
+    let cid = format!("/v1/kv/{LEASE_KEY}/clusterid");
+    assert_eq!(
+        api.call("PUT", &cid, "LFSC0123456789ABCDEF").await,
+        (200, "true".into())
+    );
+    let (status, body) = api.call("GET", &cid, "").await;
+    assert_eq!(status, 200);
+    let pairs: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(pairs[0]["Value"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(value, b"LFSC0123456789ABCDEF");
+    assert_eq!(
+        api.call("GET", &format!("{cid}?raw"), "").await.1,
+        "LFSC0123456789ABCDEF"
+    );
+    assert_eq!(api.call("PUT", &cid, "LFSC0123456789ABCDEF").await.0, 200);
+    assert_eq!(api.call("PUT", &cid, "LFSCFFFFFFFFFFFFFFFF").await.0, 409);
+    // Renewal: 200 and the session, its LockDelay in nanoseconds (a Go time.Duration).
+    let (status, body) = api
+        .call("PUT", &format!("/v1/session/renew/{id}"), "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let entries: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(entries[0]["ID"], id.as_str());
+    assert_eq!(entries[0]["TTL"], "2s");
+    assert_eq!(entries[0]["LockDelay"], 1_000_000_000u64);
+    // Shutdown: release, destroy; then no primary anywhere.
+    let release = format!("/v1/kv/{LEASE_KEY}?release={id}");
+    assert_eq!(api.call("PUT", &release, "").await, (200, "true".into()));
+    assert!(api.primary().await.is_none());
+    assert_eq!(
+        api.call("PUT", &format!("/v1/session/destroy/{id}"), "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        api.call("PUT", &format!("/v1/session/renew/{id}"), "")
+            .await
+            .0,
+        404
+    );
+    wait_until("the record is deleted", || api.fake.record().is_none()).await;
+    api.stop().await;
+}
+
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_follower_never_grants_and_names_the_current_primary() {
+    let fake = Fake::leader();
+    fake.follow(2, 4);
+    let api = Api::start(fake.clone()).await;
+    let id = api.session().await;
+    assert_eq!(api.acquire(&id).await, (200, "false".into()));
+    assert_eq!(
+        api.call("PUT", &format!("/v1/session/renew/{id}"), "")
+            .await
+            .0,
+        404
+    );
+    // Node 2's record from this term: named. From an earlier term, or by another node: not.
+    let record = |node_id, term| HolderRecord {
+        node_id,
+        term,
+        session: "00000000-0000-4000-8000-000000000002".into(),
+        value: BODY.into(),
+    };
+    let put = |r: HolderRecord| {
+        fake.set(|f| {
+            f.kv.insert(LEASE_KEY.into(), serde_json::to_string(&r).unwrap());
+        })
+    };
+    put(record(2, 4));
+    assert_eq!(
+        api.primary().await.unwrap().raw_value().unwrap(),
+        BODY.as_bytes()
+    );
+    put(record(2, 3));
+    assert!(api.primary().await.is_none());
+    put(record(3, 4));
+    assert!(api.primary().await.is_none());
+    // Only the leader writes the cluster id.
+    let cid = format!("/v1/kv/{LEASE_KEY}/clusterid");
+    assert_eq!(api.call("PUT", &cid, "LFSC0123456789ABCDEF").await.0, 503);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn leadership_loss_ends_the_lease_and_a_new_leadership_waits() {
+    let fake = Fake::leader();
+    let api = Api::start(fake.clone()).await;
+    let id = api.session().await;
+    assert_eq!(api.acquire(&id).await.1, "true");
+    // Quorum ack goes stale: the renewal is 404 (LiteFS demotes itself on it).
+    fake.set(|f| f.fresh = false);
+    assert_eq!(
+        api.call("PUT", &format!("/v1/session/renew/{id}"), "")
+            .await
+            .0,
+        404
+    );
+    assert!(api.primary().await.is_none());
+    fake.set(|f| f.fresh = true);
+    assert_eq!(api.acquire(&id).await.1, "true");
+    // Deposed, then leader again in a later term: the old session is not renewed, and the new
+    // leadership grants nothing before its wait (2 s TTL + 200 ms + 100 ms) is over.
+    fake.follow(2, 2);
+    assert_eq!(
+        api.call("PUT", &format!("/v1/session/renew/{id}"), "")
+            .await
+            .0,
+        404
+    );
+    fake.lead(3, Instant::now());
+    let b = api.session().await;
+    let started = Instant::now();
+    assert_eq!(api.acquire(&b).await.1, "false");
+    // 2.3 s left is more than half a TTL: refused at once, not held.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once, not held"
+    );
+    // The predecessor's record (term 1) is deleted by the new leader.
+    wait_until("the old record is deleted", || api.fake.record().is_none()).await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn an_acquire_near_the_end_of_the_wait_is_held_until_it_ends() {
+    // Leader since 1.6 s: 0.7 s of its 2.3 s wait left, within half a TTL, so the acquire is
+    // held and granted at the first safe instant.
+    let fake = Fake::leader();
+    let since = Instant::now() - Duration::from_millis(1600);
+    let ready = since + params().new_leader_wait();
+    fake.lead(1, since);
+    let api = Api::start(fake).await;
+    let id = api.session().await;
+    let asked = Instant::now();
+    assert!(
+        asked < ready,
+        "the test machine is too slow to test the hold"
+    );
+    // A plain acquire, answered `true`: it was held, not refused, and not granted early.
+    assert_eq!(api.acquire(&id).await.1, "true");
+    assert!(Instant::now() >= ready, "granted before the wait ended");
+    assert_eq!(api.fake.record().unwrap().term, 1);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_raft_write_refuses_the_acquire() {
+    let fake = Fake::leader();
+    let api = Api::start(fake.clone()).await;
+    let id = api.session().await;
+    fake.set(|f| f.fail_writes = true);
+    assert_eq!(api.acquire(&id).await.1, "false");
+    assert!(api.primary().await.is_none());
+    fake.set(|f| f.fail_writes = false);
+    assert_eq!(api.acquire(&id).await.1, "true");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400_and_unknown_routes_404() {
+    let api = Api::start(Fake::leader()).await;
+    let id = api.session().await;
+    let key = format!("/v1/kv/{LEASE_KEY}");
+    for (method, path, body) in [
+        ("PUT", "/v1/session/create".to_string(), "{not json"),
+        ("PUT", "/v1/session/create".to_string(), r#"{"TTL":"1h"}"#),
+        ("PUT", "/v1/session/create".to_string(), r#"{"TTL":"soon"}"#),
+        (
+            "PUT",
+            "/v1/session/create".to_string(),
+            r#"{"NodeChecks":["serfHealth"]}"#,
+        ),
+        ("PUT", "/v1/session/renew/not-a-uuid".to_string(), ""),
+        ("PUT", "/v1/session/destroy/%00".to_string(), ""),
+        ("PUT", format!("{key}?acquire=nope"), BODY),
+        ("PUT", format!("{key}?acquire={id}"), "{}"),
+        ("PUT", format!("{key}?acquire={id}"), "\u{0}\u{1}"),
+        ("PUT", format!("{key}?acquire={id}&release={id}"), BODY),
+        ("PUT", format!("{key}?acquire={id}&acquire={id}"), BODY),
+        ("PUT", key.clone(), BODY),
+        ("PUT", format!("{key}/clusterid"), "has spaces"),
+        ("PUT", format!("{key}/clusterid"), ""),
+        ("PUT", format!("{key}/clusterid?acquire={id}"), "LFSC"),
+    ] {
+        let (status, text) = api.call(method, &path, body).await;
+        assert_eq!(status, 400, "{method} {path} {body:?}: {text}");
+    }
+    for (method, path) in [
+        ("GET", "/v1/agent/self".to_string()),
+        ("PUT", "/v1/kv/other/key".to_string()),
+        ("GET", format!("{key}/other")),
+        ("GET", "/".to_string()),
+    ] {
+        assert_eq!(api.call(method, &path, "").await.0, 404, "{method} {path}");
+    }
+    assert_eq!(api.call("DELETE", &key, "").await.0, 405);
+    assert_eq!(
+        api.call("PUT", "/v1/catalog/register", "{}").await,
+        (200, "true".into())
+    );
+    // Still serving, still granting.
+    assert_eq!(api.acquire(&id).await.1, "true");
+    let (status, body) = api.call("GET", "/litefs-py/lease", "").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["holder"], id.as_str());
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_listens_on_loopback_only() {
+    for addr in ["0.0.0.0:0", "10.1.2.3:20321"] {
+        let err = server::start(Fake::leader(), params(), addr.parse().unwrap())
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, LeaseError::NotLoopback(_)), "{err}");
+    }
+}
