@@ -1,6 +1,8 @@
 //! The command line. Parsing only: each command turns its arguments into typed options.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -34,6 +36,28 @@ pub enum Command {
     /// one-node cluster and primary. SIGINT or SIGTERM unmounts and exits 0; if the
     /// process dies, a watchdog unmounts.
     Mount(MountArgs),
+    /// The container entrypoint: raft, LiteFS, the shim, then CMD; stops them in reverse.
+    ///
+    /// Starts, in order: this node's raft node and the lease API on lease.addr (required: if it
+    /// cannot listen, nothing starts); LiteFS (`litefs.binary mount -config FILE`, with the
+    /// litefs.yml that `config litefs` prints, written to FILE = --litefs-config, else
+    /// run.litefs-config, else litefs.yml next to cluster.data-dir, e.g.
+    /// /var/lib/litefs-py/litefs.yml), waiting up to 30 s for its FUSE mount at mount.lower and
+    /// its HTTP API; the shim at mount.dir over mount.lower; and, once LiteFS is primary or has
+    /// caught up with the primary, CMD with LITEFS_DIR=<mount.dir> added to its environment
+    /// (stdin, stdout and stderr are passed on).
+    ///
+    /// SIGTERM or SIGINT goes to CMD first; CMD gets --grace to exit (then SIGKILL), then the
+    /// shim is unmounted, then LiteFS is stopped (SIGTERM; SIGKILL and a lazy unmount if it
+    /// does not exit), then raft. The same order when CMD exits, LiteFS exits or the shim is
+    /// unmounted from outside. SIGHUP, SIGUSR1 and SIGUSR2 are passed on to CMD. As PID 1 it
+    /// reaps orphaned processes.
+    ///
+    /// Exit status: CMD's own (128 + N if a signal N killed it); 1 if litefs-py could not start
+    /// (one line says why); 70 if LiteFS exited; 71 if the shim's mount was removed from
+    /// outside; 126/127 if CMD could not be executed / was not found; 128 + N if signal N
+    /// stopped it before CMD started.
+    Run(RunArgs),
     /// Run a raft voter only (no LiteFS, no FUSE): the third vote of a two-data-node cluster.
     ///
     /// A witness votes in elections but never runs for leader. SIGINT or SIGTERM stops it.
@@ -65,6 +89,38 @@ pub enum ConfigCommand {
     /// `litefs-py mount` or `run` serves the lease API. Exits 1 naming the key at fault if the
     /// config is invalid.
     Litefs(ConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The config file [default: ./litefs-py.yml, then /etc/litefs-py.yml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// How long CMD gets to exit after SIGTERM/SIGINT was passed on, before SIGKILL, e.g. 30s
+    /// [default: run.grace, else 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+
+    /// Where to write the generated litefs.yml [default: run.litefs-config, else litefs.yml
+    /// in the parent of cluster.data-dir].
+    #[arg(long, value_name = "FILE")]
+    pub litefs_config: Option<PathBuf>,
+
+    /// Let other users (e.g. an app running as www-data) use the shim's mount.
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// The app to run, and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// A duration as litefs-py.yml writes them (`10s`, `500ms`, `1m`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    use serde::de::IntoDeserializer;
+    let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = s.into_deserializer();
+    humantime_serde::deserialize(d).map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[derive(Debug, clap::Args)]

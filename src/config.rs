@@ -14,8 +14,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod litefs_proxy;
 mod raft_timing;
+mod run;
 pub use litefs_proxy::LiteFsProxyConfig;
 pub use raft_timing::RaftTiming;
+pub use run::RunConfig;
 
 /// Where `--config` is looked for when not given, in order.
 pub const DEFAULT_PATHS: [&str; 2] = ["./litefs-py.yml", "/etc/litefs-py.yml"];
@@ -67,6 +69,9 @@ pub struct Config {
     /// Raft timing knobs (optional; the defaults suit a LAN).
     #[serde(default)]
     pub raft: RaftTiming,
+    /// How `litefs-py run` supervises LiteFS and the app (optional).
+    #[serde(default)]
+    pub run: RunConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -375,6 +380,7 @@ impl Config {
             proxy.validate()?;
         }
         self.raft.validate()?;
+        self.run.validate()?;
         Ok(())
     }
 

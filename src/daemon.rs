@@ -9,6 +9,7 @@ use litefs_py_fuse::StateHandle;
 
 use crate::config::Config;
 use crate::lease::{LeaseError, LeaseServer, raft_facts};
+use crate::litefs_state::LiteFsState;
 use crate::raft::faults::Faults;
 use crate::raft::view::{Identity, initial};
 use crate::raft::{NodeSettings, RaftNode};
@@ -57,6 +58,23 @@ impl Daemon {
         witness: bool,
         lease: LeaseApi,
     ) -> anyhow::Result<Daemon> {
+        Daemon::start_inner(config, hostname, witness, lease, None)
+    }
+
+    /// The data node of `litefs-py run`: the lease API is required, and `.role` says `primary`
+    /// only while the local LiteFS holds the lease (the lease API reports it into `litefs`,
+    /// the supervisor's probe reports LiteFS's health there too).
+    pub fn start_for_run(config: &Config, litefs: LiteFsState) -> anyhow::Result<Daemon> {
+        Daemon::start_inner(config, None, false, LeaseApi::Required, Some(litefs))
+    }
+
+    fn start_inner(
+        config: &Config,
+        hostname: Option<String>,
+        witness: bool,
+        lease: LeaseApi,
+        litefs: Option<LiteFsState>,
+    ) -> anyhow::Result<Daemon> {
         let settings = NodeSettings::from_config(config, hostname, witness)?;
         for warning in config.warnings() {
             tracing::warn!("{warning}");
@@ -69,7 +87,12 @@ impl Daemon {
             .thread_name("litefs-py-raft")
             .enable_all()
             .build()?;
-        let node = rt.block_on(RaftNode::start(settings, Faults::from_env(), state))?;
+        let node = rt.block_on(RaftNode::start_with(
+            settings,
+            Faults::from_env(),
+            state,
+            litefs,
+        ))?;
         let lease = match lease {
             LeaseApi::Off => None,
             mode => match rt.block_on(raft_facts::start_for_node(node.clone(), config)) {

@@ -6,4 +6,18 @@ pub mod config;
 pub mod daemon;
 pub mod lease;
 pub mod litefs_config;
+pub mod litefs_state;
 pub mod raft;
+pub mod supervisor;
+
+// The command line, also reachable from the library (`cli_main`, for the Python package's
+// `litefs-py` script). The command modules name this crate `litefs_py`, as the binary does.
+extern crate self as litefs_py;
+mod cli;
+mod cli_entry;
+mod cmd_cluster;
+mod cmd_mount;
+mod cmd_run;
+mod cmd_status;
+mod cmd_witness;
+pub use cli_entry::cli_main;

@@ -95,8 +95,12 @@ pub struct Cluster {
     root: PathBuf,
 }
 
-/// 6 free loopback ports: raft at base+id, http at base+10+id. Starts from a PID-dependent
-/// block so that two benchmarks at once probe different blocks first.
+/// Each node's lease API at base + this + id: nodes on one host cannot share `lease.addr`.
+const LEASE_OFFSET: u16 = 5;
+
+/// 9 free loopback ports in a block of 20: raft at base+id, http at base+10+id, the lease API at
+/// base+[`LEASE_OFFSET`]+id. Starts from a PID-dependent block so that two benchmarks at once
+/// probe different blocks first.
 fn free_ports() -> Result<u16> {
     let blocks: u16 = 800;
     let first = (std::process::id() % u32::from(blocks)) as u16;
@@ -104,7 +108,10 @@ fn free_ports() -> Result<u16> {
         let base = 44000 + ((first + i) % blocks) * 20;
         let free = NODES
             .iter()
-            .flat_map(|id| [base + *id as u16, base + 10 + *id as u16])
+            .flat_map(|id| {
+                let id = *id as u16;
+                [base + id, base + 10 + id, base + LEASE_OFFSET + id]
+            })
             .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
         if free {
             return Ok(base);
@@ -146,7 +153,7 @@ impl Cluster {
             let yaml = format!(
                 "node:\n  id: {id}\n  hostname: {}\n  raft-addr: {}\n  http-addr: 127.0.0.1:{}\n\
                  cluster:\n  bootstrap: {}\n  peers:\n{peers}  secret-file: {}\n  data-dir: {}\n\
-                 mount:\n  dir: {}\n  lower: {}\n{}",
+                 mount:\n  dir: {}\n  lower: {}\nlease:\n  addr: 127.0.0.1:{}\n{}",
                 hostname(id),
                 raft(id),
                 base + 10 + id as u16,
@@ -155,6 +162,7 @@ impl Cluster {
                 nd.join("raft").display(),
                 mnt.display(),
                 nd.join("lower").display(),
+                base + LEASE_OFFSET + id as u16,
                 timing.yaml(),
             );
             std::fs::write(nd.join("litefs-py.yml"), yaml)?;

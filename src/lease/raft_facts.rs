@@ -9,7 +9,7 @@ use openraft::async_runtime::WatchReceiver;
 use parking_lot::Mutex;
 
 use super::server::{self, LeaseServer};
-use super::{LeaseError, LeaseParams, RaftFacts, RaftNow, WriteError};
+use super::{LeaseError, LeaseParams, LeaseService, RaftFacts, RaftNow, WriteError};
 use crate::config::Config;
 use crate::raft::view::{Identity, compute, observe};
 use crate::raft::{NodeId, RaftNode, Request, Response};
@@ -109,7 +109,9 @@ pub async fn start_for_node(
     config: &Config,
 ) -> Result<LeaseServer, LeaseError> {
     let params = LeaseParams::new(config.lease.ttl);
-    let (server, _service) = server::start(NodeFacts::new(node), params, config.lease.addr).await?;
+    let litefs = node.litefs.clone();
+    let service = LeaseService::new(NodeFacts::new(node), params).with_litefs_state(litefs);
+    let (server, _service) = server::start_service(service, config.lease.addr).await?;
     Ok(server)
 }
 

@@ -283,6 +283,15 @@ pub async fn start<F: RaftFacts>(
     params: LeaseParams,
     addr: SocketAddr,
 ) -> Result<(LeaseServer, Arc<LeaseService<F>>), LeaseError> {
+    start_service(LeaseService::new(facts, params), addr).await
+}
+
+/// [`start`] with a service built by the caller.
+pub async fn start_service<F: RaftFacts>(
+    service: LeaseService<F>,
+    addr: SocketAddr,
+) -> Result<(LeaseServer, Arc<LeaseService<F>>), LeaseError> {
+    let params = service.params();
     if !addr.ip().is_loopback() {
         return Err(LeaseError::NotLoopback(addr));
     }
@@ -292,7 +301,7 @@ pub async fn start<F: RaftFacts>(
     let addr = listener
         .local_addr()
         .map_err(|source| LeaseError::Bind { addr, source })?;
-    let service = Arc::new(LeaseService::new(facts, params));
+    let service = Arc::new(service);
     let (stop, _) = watch::channel(false);
     let app = router(service.clone());
     let mut rx = stop.subscribe();

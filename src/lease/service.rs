@@ -17,6 +17,7 @@ use super::state::{
     AcquireCheck, HolderRecord, LeaseParams, LeaseState, LeaseStatus, Lost, record_is_current,
 };
 use super::{LEASE_KEY, LeaseError, RaftFacts, WRITE_TIMEOUT, WriteError};
+use crate::litefs_state::LiteFsState;
 use crate::raft::{Request, Response};
 
 /// How often sessions are swept and the holder record checked even when nothing happened:
@@ -34,6 +35,8 @@ pub struct LeaseService<F> {
     /// Wakes the background task after the holder changed.
     wake: Notify,
     write_timeout: Duration,
+    /// Under `run`: told after every decision whether the local LiteFS holds the lease.
+    litefs: Option<LiteFsState>,
 }
 
 impl<F: RaftFacts> LeaseService<F> {
@@ -44,7 +47,26 @@ impl<F: RaftFacts> LeaseService<F> {
             record: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             write_timeout: WRITE_TIMEOUT,
+            litefs: None,
         }
+    }
+
+    /// Reports the local LiteFS's hold into `litefs` (`litefs-py run`).
+    pub fn with_litefs_state(mut self, litefs: Option<LiteFsState>) -> LeaseService<F> {
+        self.litefs = litefs;
+        self
+    }
+
+    /// Tells the view whether the local LiteFS holds the lease now. Called after every
+    /// operation that may change it; the background task's sweep catches expiries.
+    fn report_hold(&self) {
+        if let Some(litefs) = &self.litefs {
+            litefs.set_hold(self.state.lock().local_hold());
+        }
+    }
+
+    pub fn params(&self) -> LeaseParams {
+        *self.state.lock().params()
     }
 
     pub fn facts(&self) -> &F {
@@ -76,6 +98,12 @@ impl<F: RaftFacts> LeaseService<F> {
     /// wait ends if that is at most half a TTL away (the session stays alive meanwhile), so the
     /// LiteFS that asks becomes primary at the first safe instant instead of a retry later.
     pub async fn acquire(&self, id: &str, body: &[u8]) -> Result<bool, LeaseError> {
+        let result = self.try_acquire(id, body).await;
+        self.report_hold();
+        result
+    }
+
+    async fn try_acquire(&self, id: &str, body: &[u8]) -> Result<bool, LeaseError> {
         consul::check_session_id(id)?;
         let (info, raw) = consul::parse_primary_info(body)?;
         let max_hold = self.state.lock().params().ttl / 2;
@@ -161,6 +189,7 @@ impl<F: RaftFacts> LeaseService<F> {
         consul::check_session_id(id)?;
         let r = self.facts.now();
         let result = self.state.lock().renew(id, &r);
+        self.report_hold();
         if result.is_ok() {
             tracing::trace!(session = id, "lease renewed");
         }
@@ -177,7 +206,9 @@ impl<F: RaftFacts> LeaseService<F> {
     pub fn release(&self, id: &str) -> Result<bool, LeaseError> {
         consul::check_session_id(id)?;
         let r = self.facts.now();
-        if self.state.lock().release(id, &r) {
+        let released = self.state.lock().release(id, &r);
+        self.report_hold();
+        if released {
             tracing::info!(session = id, "primary lease released");
             self.wake.notify_one();
         }
@@ -189,6 +220,7 @@ impl<F: RaftFacts> LeaseService<F> {
         consul::check_session_id(id)?;
         let r = self.facts.now();
         self.state.lock().destroy(id, &r);
+        self.report_hold();
         self.wake.notify_one();
         Ok(true)
     }
@@ -285,6 +317,8 @@ impl<F: RaftFacts> LeaseService<F> {
             state.sync(&r);
             state.desired_record(self.facts.node_id())
         };
+        // Sessions expire and leaderships end here too.
+        self.report_hold();
         if !r.is_leader {
             return;
         }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::consul::{SessionEntry, SessionRequest};
 use super::{GRANT_MARGIN, LOCK_DELAY, LeaseError, MAX_SESSIONS};
 use crate::litefs_config::go_duration;
+use crate::litefs_state::LocalHold;
 use crate::raft::NodeId;
 
 /// The numbers the rules run on.
@@ -404,6 +405,19 @@ impl LeaseState {
     pub fn holder(&mut self, r: &RaftNow) -> Option<Holder> {
         self.sync(r);
         self.holder.clone()
+    }
+
+    /// The holder as `.role` needs it under `run`: the term it was granted in and until when
+    /// its LiteFS may believe it (its last grant or renewal + its session's TTL). Call after an
+    /// operation (they all sync first).
+    pub fn local_hold(&self) -> Option<LocalHold> {
+        self.epoch?;
+        let h = self.holder.as_ref()?;
+        let s = self.sessions.get(&h.session)?;
+        Some(LocalHold {
+            term: h.term,
+            until: s.renewed + s.req.ttl,
+        })
     }
 
     /// What the replicated record should say, once synced: the holder while this node leads

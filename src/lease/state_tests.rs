@@ -289,3 +289,28 @@ fn sessions_are_bounded() {
     assert!(s.create_session(id, req(), &c.leader(6000, 1, 0)).is_ok());
     assert_eq!(s.status(&c.leader(6000, 1, 0)).sessions.len(), 1);
 }
+
+#[test]
+fn the_local_hold_follows_grants_renewals_and_losses() {
+    let c = Clock::new();
+    let mut s = LeaseState::new(params());
+    let a = session(&mut s, "a", &c.leader(4500, 3, 0));
+    assert_eq!(s.local_hold(), None, "a session alone holds nothing");
+    acquire(&mut s, &a, &c.leader(4500, 3, 0)).unwrap();
+    let h = s.local_hold().unwrap();
+    assert_eq!((h.term, h.until), (3, c.at(7500)));
+    // A renewal pushes it forward by the session's TTL.
+    s.renew(&a, &c.leader(6000, 3, 0)).unwrap();
+    assert_eq!(s.local_hold().unwrap().until, c.at(9000));
+    // A refused renewal, a release or a lost leadership ends it at once.
+    assert!(s.renew(&a, &c.follower(6500, 4, 2)).is_err());
+    assert_eq!(s.local_hold(), None);
+    let mut s = LeaseState::new(params());
+    let a = session(&mut s, "a", &c.leader(4500, 3, 0));
+    acquire(&mut s, &a, &c.leader(4500, 3, 0)).unwrap();
+    assert!(s.release(&a, &c.leader(5000, 3, 0)));
+    assert_eq!(s.local_hold(), None);
+    acquire(&mut s, &a, &c.leader(5000, 3, 0)).unwrap();
+    s.sync(&c.follower(5500, 4, 2));
+    assert_eq!(s.local_hold(), None);
+}

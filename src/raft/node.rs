@@ -26,6 +26,7 @@ use super::network::{CallError, Hello, NetworkFactory, Secret, Transport, paths}
 use super::peers::Peers;
 use super::{Node, NodeId, Raft, StateMachineStore, StoreError, TypeConfig, open_storage};
 use crate::config::{Config, ConfigError, RaftTiming};
+use crate::litefs_state::LiteFsState;
 
 /// How long a new learner may take to catch up before `cluster add` gives up promoting it.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -167,6 +168,9 @@ pub struct RaftNode {
     pub state_machine: StateMachineStore,
     /// What the virtual files show (also the `role` of /status).
     pub state: StateHandle,
+    /// Under `litefs-py run`: the local LiteFS's lease and health, which the view takes into
+    /// account (see `view`). `None` under `mount` and `witness`.
+    pub litefs: Option<LiteFsState>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -220,6 +224,16 @@ impl RaftNode {
         faults: Faults,
         state: StateHandle,
     ) -> Result<Arc<RaftNode>, NodeError> {
+        RaftNode::start_with(settings, faults, state, None).await
+    }
+
+    /// [`RaftNode::start`] for `litefs-py run`: the view also follows `litefs`.
+    pub async fn start_with(
+        settings: NodeSettings,
+        faults: Faults,
+        state: StateHandle,
+        litefs: Option<LiteFsState>,
+    ) -> Result<Arc<RaftNode>, NodeError> {
         let raft_listener = bind("node.raft-addr", &settings.raft_addr).await?;
         let http_listener = bind("node.http-addr", &settings.http_addr).await?;
         let dir = settings.data_dir.clone();
@@ -254,6 +268,7 @@ impl RaftNode {
             peers,
             state_machine: sm,
             state,
+            litefs,
             stop,
             tasks: Mutex::new(Vec::new()),
         });

@@ -6,11 +6,16 @@
 //! state alone would let a partitioned leader and its successor both say `primary`. Freshness is
 //! a matter of time passing, so the view is re-evaluated on a short tick as well as on every raft
 //! metrics change, and published whenever it differs from the last one.
+//!
+//! Under `litefs-py run` one more condition holds: the local LiteFS must hold the lease (the
+//! lease API granted or renewed it, still valid), else the leader says `electing`; a follower
+//! names the leader only once the replicated holder record says the leader's LiteFS holds it.
+//! LiteFS's own state (mounted, serving, `.lag`) is merged into `.health`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use litefs_py_fuse::{ClusterView, Primary};
+use litefs_py_fuse::{ClusterView, LiteFsStatus, Primary};
 use openraft::async_runtime::{Instant as _, WatchReceiver};
 use openraft::{RaftMetrics, ServerState};
 use tokio::sync::watch;
@@ -19,6 +24,9 @@ use super::node::RaftNode;
 use super::peers::Peers;
 use super::{NodeId, TypeConfig};
 use crate::config::RaftTiming;
+use crate::lease::LEASE_KEY;
+use crate::lease::state::HolderRecord;
+use crate::litefs_state::{LiteFsProbe, LiteFsState, LocalHold};
 
 /// Who this node is.
 #[derive(Debug, Clone)]
@@ -48,6 +56,18 @@ pub struct Observed {
     /// Last AppendEntries from `leader` that we accepted.
     pub leader_contact: Option<Instant>,
     pub leader_hostname: Option<String>,
+    /// Under `run` only (`None` under `mount`, where LiteFS is not ours).
+    pub litefs: Option<LiteFsLease>,
+}
+
+/// Under `run`: what the lease API says about LiteFS, for [`compute`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiteFsLease {
+    /// The local LiteFS holds the lease (granted or renewed here, still valid).
+    pub local: Option<LocalHold>,
+    /// The replicated holder record names the leader, written in the current term: the
+    /// leader's LiteFS holds the lease.
+    pub leader_holds: bool,
 }
 
 /// Reads the metrics and the peer book.
@@ -81,6 +101,28 @@ pub fn observe(m: &RaftMetrics<TypeConfig>, me: NodeId, witness: bool, peers: &P
         leader_is_witness,
         leader_contact: other.and_then(|l| peers.get(l)?.last_leader_append),
         leader_hostname,
+        litefs: None,
+    }
+}
+
+/// Adds what the lease API says about LiteFS to `o` (under `run`).
+pub fn observe_litefs(o: &mut Observed, litefs: &LiteFsState, record: Option<String>) {
+    let record: Option<HolderRecord> = record.and_then(|r| serde_json::from_str(&r).ok());
+    o.litefs = Some(LiteFsLease {
+        local: litefs.hold(),
+        leader_holds: record.is_some_and(|r| r.term == o.term && o.leader == Some(r.node_id)),
+    });
+}
+
+/// LiteFS's own state in `.health`: whether it is mounted and serving, and its replication lag
+/// from its `.lag` file instead of raft's idea of it (under `run`, once probed).
+pub fn merge_probe(view: &mut ClusterView, probe: Option<LiteFsProbe>) {
+    if let Some(p) = probe {
+        view.litefs = Some(LiteFsStatus {
+            mounted: p.mounted,
+            serving: p.serving,
+        });
+        view.lag_ms = p.lag_ms;
     }
 }
 
@@ -107,7 +149,13 @@ pub fn compute(me: &Identity, timing: &RaftTiming, o: &Observed, now: Instant) -
         view.quorum_ok = fresh;
         view.last_quorum_ack = last_quorum_ack;
         view.lag_ms = Some(0);
-        if fresh && o.is_voter && !o.leader_is_witness {
+        // Under `run`, raft's permission is not enough: LiteFS must have taken the lease too
+        // (a new leader waits out the previous lease first, and LiteFS may be slow or dead).
+        let litefs_holds = o
+            .litefs
+            .as_ref()
+            .is_none_or(|l| l.local.is_some_and(|h| h.valid(o.term, now)));
+        if fresh && o.is_voter && !o.leader_is_witness && litefs_holds {
             view.primary = Primary::ThisNode;
         }
         return view;
@@ -123,9 +171,13 @@ pub fn compute(me: &Identity, timing: &RaftTiming, o: &Observed, now: Instant) -
     }
     if let (Some(_), true, Some(hostname)) = (o.leader, heard_recently, &o.leader_hostname) {
         view.quorum_ok = true;
-        view.primary = Primary::Other {
-            hostname: hostname.clone(),
-        };
+        // Under `run`, the leader is the primary once its LiteFS holds the lease (until then
+        // LiteFS's replicas have no primary to follow either).
+        if o.litefs.as_ref().is_none_or(|l| l.leader_holds) {
+            view.primary = Primary::Other {
+                hostname: hostname.clone(),
+            };
+        }
     }
     view
 }
@@ -135,11 +187,23 @@ pub fn compute(me: &Identity, timing: &RaftTiming, o: &Observed, now: Instant) -
 /// then, so `primary` ends at the lease bound and not up to one tick after it.
 pub fn expires(timing: &RaftTiming, o: &Observed, now: Instant) -> Option<Instant> {
     if o.is_leader {
-        if o.sole_voter {
-            return None;
-        }
-        let ack = now.checked_sub(o.quorum_ack_age?)?;
-        return Some(ack + timing.lease_bound()).filter(|t| *t > now);
+        // Under `run`, the local LiteFS's hold runs out on its own too.
+        let hold = o
+            .litefs
+            .as_ref()
+            .and_then(|l| l.local)
+            .filter(|h| h.valid(o.term, now))
+            .map(|h| h.until);
+        let lease = if o.sole_voter {
+            None
+        } else {
+            let ack = now.checked_sub(o.quorum_ack_age?)?;
+            Some(ack + timing.lease_bound()).filter(|t| *t > now)
+        };
+        return match (lease, hold) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
     o.leader_contact
         .map(|t| t + timing.leader_contact_window())
@@ -173,6 +237,7 @@ pub async fn publish(node: Arc<RaftNode>, mut stop: watch::Receiver<bool>) {
     let mut last_leader: Option<NodeId> = None;
     let mut last_role = None;
     let mut expiry: Option<Instant> = None;
+    let mut litefs_changes = node.litefs.as_ref().map(LiteFsState::subscribe);
     loop {
         let mut raft_gone = false;
         let wake = expiry.map(tokio::time::Instant::from_std);
@@ -181,21 +246,28 @@ pub async fn publish(node: Arc<RaftNode>, mut stop: watch::Receiver<bool>) {
             changed = metrics.changed() => raft_gone = changed.is_err(),
             _ = tick.tick() => {}
             _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {}
+            _ = async { litefs_changes.as_mut().expect("checked").changed().await }, if litefs_changes.is_some() => {}
         }
-        let observed = {
+        let mut observed = {
             let m = metrics.borrow_watched();
             if m.running_state.is_err() {
                 raft_gone = true;
             }
             observe(&m, me.id, me.witness, &node.peers)
         };
+        if let Some(litefs) = &node.litefs {
+            observe_litefs(&mut observed, litefs, node.state_machine.get(LEASE_KEY));
+        }
         let now = Instant::now();
-        let view = if raft_gone {
+        let mut view = if raft_gone {
             // A stopped raft knows nothing: never leave `primary` up behind it.
             compute(&me, &timing, &Observed::default(), now)
         } else {
             compute(&me, &timing, &observed, now)
         };
+        if let Some(litefs) = &node.litefs {
+            merge_probe(&mut view, litefs.probe());
+        }
         expiry = expires(&timing, &observed, now);
         if let Some(l) = observed.leader
             && last_leader != Some(l)
@@ -314,6 +386,107 @@ mod tests {
         let v = compute(&me(), &t, &o, now);
         assert_eq!(v.primary, Primary::Unknown);
         assert!(v.quorum_ok);
+    }
+
+    #[test]
+    fn under_run_the_leader_is_primary_only_while_its_litefs_holds_the_lease() {
+        let t = RaftTiming::default();
+        let now = Instant::now();
+        let mut o = Observed {
+            is_leader: true,
+            is_voter: true,
+            leader: Some(1),
+            term: 3,
+            quorum_ack_age: Some(ms(50)),
+            litefs: Some(LiteFsLease::default()),
+            ..Observed::default()
+        };
+        // Raft allows it, LiteFS has not taken the lease (yet): electing.
+        let v = compute(&me(), &t, &o, now);
+        assert_eq!(v.role(), Role::Electing);
+        assert!(v.quorum_ok);
+        let hold = LocalHold {
+            term: 3,
+            until: now + ms(1000),
+        };
+        o.litefs = Some(LiteFsLease {
+            local: Some(hold),
+            leader_holds: true,
+        });
+        assert_eq!(compute(&me(), &t, &o, now).primary, Primary::ThisNode);
+        // The publisher wakes when either the quorum lease or the hold runs out first.
+        assert_eq!(expires(&t, &o, now), Some(now - ms(50) + t.lease_bound()));
+        o.sole_voter = true;
+        assert_eq!(expires(&t, &o, now), Some(hold.until));
+        // A hold runs out, and belongs to its term.
+        assert_eq!(
+            compute(&me(), &t, &o, hold.until).role(),
+            Role::Electing,
+            "expired hold"
+        );
+        o.term = 4;
+        assert_eq!(compute(&me(), &t, &o, now).role(), Role::Electing);
+        // Raft's condition still applies on its own.
+        o.term = 3;
+        o.sole_voter = false;
+        o.quorum_ack_age = Some(t.lease_bound());
+        assert_eq!(compute(&me(), &t, &o, now).role(), Role::Electing);
+    }
+
+    #[test]
+    fn under_run_a_follower_names_the_leader_once_its_litefs_holds_the_lease() {
+        let t = RaftTiming::default();
+        let now = Instant::now();
+        let mut o = Observed {
+            leader: Some(2),
+            term: 4,
+            leader_contact: Some(now - ms(10)),
+            leader_hostname: Some("node-b".into()),
+            ..Observed::default()
+        };
+        let state = LiteFsState::new();
+        let record = |node_id, term| {
+            serde_json::to_string(&HolderRecord {
+                node_id,
+                term,
+                session: "s".into(),
+                value: "{}".into(),
+            })
+            .ok()
+        };
+        observe_litefs(&mut o, &state, None);
+        let v = compute(&me(), &t, &o, now);
+        assert_eq!(v.role(), Role::Electing);
+        assert!(v.quorum_ok);
+        // A record of an earlier term, or of another node, is a leftover.
+        observe_litefs(&mut o, &state, record(2, 3));
+        assert_eq!(compute(&me(), &t, &o, now).role(), Role::Electing);
+        observe_litefs(&mut o, &state, record(3, 4));
+        assert_eq!(compute(&me(), &t, &o, now).role(), Role::Electing);
+        observe_litefs(&mut o, &state, record(2, 4));
+        assert_eq!(compute(&me(), &t, &o, now).role(), Role::Replica);
+    }
+
+    #[test]
+    fn the_probe_goes_into_health() {
+        let mut v = initial(&me());
+        merge_probe(&mut v, None);
+        assert_eq!((v.litefs, v.lag_ms), (None, None));
+        let p = LiteFsProbe {
+            mounted: true,
+            serving: false,
+            lag_ms: Some(12),
+            ..Default::default()
+        };
+        merge_probe(&mut v, Some(p));
+        assert_eq!(
+            v.litefs,
+            Some(LiteFsStatus {
+                mounted: true,
+                serving: false
+            })
+        );
+        assert_eq!(v.lag_ms, Some(12));
     }
 
     #[test]

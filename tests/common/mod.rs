@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod run;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_litefs-py");
 pub const SECRET: &str = "integration-test-secret";
 
@@ -29,7 +31,8 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A block of 40 loopback ports for one test: raft at base+id, http at base+20+id.
+/// A block of 60 loopback ports for one test: raft at base+id, http at base+20+id, the lease API
+/// at base+40+id (every node its own: nodes on one host cannot share `lease.addr`).
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
     base: u16,
@@ -40,12 +43,12 @@ impl Ports {
     /// is taken by something else on this machine, the next range up is tried.
     pub fn for_slot(slot: u16) -> Ports {
         for shift in 0..6u16 {
-            let base = 29000 + shift * 2000 + slot * 40;
-            if (base..base + 40).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            let base = 29000 + shift * 2000 + slot * 60;
+            if (base..base + 60).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
                 return Ports { base };
             }
         }
-        panic!("no free block of 40 ports for test slot {slot}");
+        panic!("no free block of 60 ports for test slot {slot}");
     }
 
     pub fn raft(&self, id: u64) -> String {
@@ -54,6 +57,10 @@ impl Ports {
 
     pub fn http(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.base + 20 + id as u16)
+    }
+
+    pub fn lease(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.base + 40 + id as u16)
     }
 }
 
@@ -236,7 +243,7 @@ impl Cluster {
             .map(|p| format!("    {p}: {}\n", self.ports.raft(*p)))
             .collect();
         let yaml = format!(
-            "node:\n  id: {id}\n  hostname: {}\n  raft-addr: {}\n  http-addr: {}\ncluster:\n  bootstrap: {}\n  peers:\n{peers}  secret-file: {}\n  data-dir: {}\nmount:\n  dir: {}\n  lower: {}\n",
+            "node:\n  id: {id}\n  hostname: {}\n  raft-addr: {}\n  http-addr: {}\ncluster:\n  bootstrap: {}\n  peers:\n{peers}  secret-file: {}\n  data-dir: {}\nmount:\n  dir: {}\n  lower: {}\nlease:\n  addr: {}\n",
             hostname(id),
             self.ports.raft(id),
             self.ports.http(id),
@@ -245,6 +252,7 @@ impl Cluster {
             self.data_dir(id).display(),
             self.mnt(id).display(),
             dir.join("lower").display(),
+            self.ports.lease(id),
         );
         fs::write(self.config(id), yaml).unwrap();
         self.nodes.insert(id, NodeState { spec, proc: None });

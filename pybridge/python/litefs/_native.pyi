@@ -1,0 +1,26 @@
+"""Private: the Rust half of the ``litefs`` package. Use the public API in ``litefs``."""
+
+import os
+
+__all__ = [
+    "VERSION",
+    "cli_main",
+    "effective_yaml",
+    "read_health",
+    "read_primary",
+    "read_role",
+    "render_litefs_yml",
+    "validate",
+    "warnings",
+]
+
+VERSION: str
+
+def read_role(mount: str | os.PathLike[str]) -> str: ...
+def read_health(mount: str | os.PathLike[str]) -> str: ...
+def read_primary(mount: str | os.PathLike[str]) -> str | None: ...
+def validate(text: str) -> str: ...
+def effective_yaml(text: str) -> str: ...
+def warnings(text: str) -> list[str]: ...
+def render_litefs_yml(text: str) -> str: ...
+def cli_main(argv: list[str]) -> int: ...

@@ -1,0 +1,199 @@
+"""The node's view of the cluster, read from the shim's virtual files.
+
+Every call reads the mount afresh (a few microseconds: the shim answers from memory, and the read
+runs in Rust with the GIL released); nothing is cached, so a role change is seen at the next
+call. The mount is the ``mount`` argument, else ``$LITEFS_DIR``, else ``/litefs`` (looked up at
+each call, never at import).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from . import _native
+from ._errors import LiteFSError, NoPrimary, NotMounted, _not_primary_class
+
+__all__ = [
+    "DEFAULT_MOUNT",
+    "Role",
+    "State",
+    "is_primary",
+    "mount_path",
+    "primary",
+    "require_primary",
+    "state",
+    "wait_for_primary",
+]
+
+#: Where the shim is mounted when neither an argument nor ``$LITEFS_DIR`` says otherwise.
+DEFAULT_MOUNT = "/litefs"
+
+#: What ``.role`` says. ``electing``: no primary known here (an election, a partition, or a new
+#: leader waiting out its predecessor's lease). ``witness``: a raft voter without data.
+Role = Literal["primary", "replica", "electing", "witness"]
+
+Mount = str | os.PathLike[str]
+
+
+def mount_path(mount: Mount | None = None) -> str:
+    """The mount to read: ``mount``, else ``$LITEFS_DIR``, else ``/litefs``."""
+    if mount is not None:
+        return os.fspath(mount)
+    return os.environ.get("LITEFS_DIR") or DEFAULT_MOUNT
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """One reading of ``.health``: everything in it is from the same instant.
+
+    ``primary`` is the primary's hostname (this node's own when it is the primary), ``None``
+    while no primary is known. ``healthy`` means a primary is known and, when litefs-py manages
+    LiteFS, LiteFS is mounted and serving; replication lag is judged by the caller (see
+    :meth:`problems`).
+    """
+
+    mount: str
+    role: str
+    primary: str | None
+    is_primary: bool
+    healthy: bool
+    hostname: str
+    node_id: int
+    term: int
+    leader_id: int | None
+    quorum_ok: bool
+    lag_ms: int | None
+    ms_since_quorum_ack: int | None
+    ms_since_leader_contact: int | None
+    litefs_mounted: bool | None
+    litefs_serving: bool | None
+    version: str
+    #: The parsed ``.health`` object, read-only (fields added by newer shims appear here first).
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    @property
+    def is_replica(self) -> bool:
+        return self.role == "replica"
+
+    def problems(self, max_lag_ms: int | None = None) -> tuple[str, ...]:
+        """Why this node should not take traffic, in words (empty: it is fine).
+
+        ``max_lag_ms``: a replica further behind than this is reported too.
+        """
+        out: list[str] = []
+        if self.primary is None:
+            out.append(f"no primary known (role: {self.role})")
+        if self.litefs_mounted is False:
+            out.append("LiteFS is not mounted")
+        elif self.litefs_serving is False:
+            out.append("LiteFS is not serving")
+        if (
+            max_lag_ms is not None
+            and not self.is_primary
+            and self.lag_ms is not None
+            and self.lag_ms > max_lag_ms
+        ):
+            out.append(f"replication lag {self.lag_ms} ms exceeds {max_lag_ms} ms")
+        return tuple(out)
+
+    @classmethod
+    def from_health(cls, mount: str, health: Mapping[str, Any]) -> State:
+        """Builds a state from a parsed ``.health`` object (as the shim writes it)."""
+        try:
+            role = health["role"]
+            primary = health.get("primary") or None
+            litefs = health.get("litefs")
+            mounted = serving = None
+            if isinstance(litefs, Mapping):
+                mounted = bool(litefs.get("mounted"))
+                serving = bool(litefs.get("serving"))
+            healthy = primary is not None and mounted is not False and serving is not False
+            return cls(
+                mount=mount,
+                role=str(role),
+                primary=primary,
+                is_primary=role == "primary",
+                healthy=healthy,
+                hostname=str(health.get("hostname", "")),
+                node_id=int(health.get("node_id", 0)),
+                term=int(health.get("term", 0)),
+                leader_id=health.get("leader_id"),
+                quorum_ok=bool(health.get("quorum_ok")),
+                lag_ms=health.get("lag_ms"),
+                ms_since_quorum_ack=health.get("ms_since_quorum_ack"),
+                ms_since_leader_contact=health.get("ms_since_leader_contact"),
+                litefs_mounted=mounted,
+                litefs_serving=serving,
+                version=str(health.get("version", "")),
+                raw=MappingProxyType(dict(health)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise LiteFSError(f"{mount}/.health: unexpected content: {e!r}") from e
+
+
+def state(mount: Mount | None = None) -> State:
+    """This node's view of the cluster, read from ``<mount>/.health``.
+
+    Raises :class:`NotMounted` if no litefs-py mount answers there.
+    """
+    path = mount_path(mount)
+    text = _native.read_health(path)
+    try:
+        health = json.loads(text)
+    except ValueError as e:
+        raise LiteFSError(f"{path}/.health: not JSON: {text[:80]!r}") from e
+    if not isinstance(health, dict):
+        raise LiteFSError(f"{path}/.health: not a JSON object: {text[:80]!r}")
+    return State.from_health(path, health)
+
+
+def is_primary(mount: Mount | None = None) -> bool:
+    """Whether this node is the primary (its ``.role`` says ``primary``): the one node where
+    writes succeed. Raises :class:`NotMounted` if no litefs-py mount answers there."""
+    return _native.read_role(mount_path(mount)) == "primary"
+
+
+def primary(mount: Mount | None = None) -> str | None:
+    """The primary's hostname (this node's own when it is the primary), or ``None`` while no
+    primary is known."""
+    return state(mount).primary
+
+
+def require_primary(mount: Mount | None = None) -> State:
+    """The state, if this node is the primary; else raises :class:`NotPrimary` naming the
+    primary."""
+    s = state(mount)
+    if not s.is_primary:
+        raise _not_primary_class()(primary=s.primary, hostname=s.hostname)
+    return s
+
+
+def wait_for_primary(
+    timeout: float = 30.0, mount: Mount | None = None, *, interval: float = 0.05
+) -> State:
+    """Waits until a primary is known (this node or another) and returns that state.
+
+    A mount that is not there yet is waited for too. On timeout raises :class:`NoPrimary`, or
+    :class:`NotMounted` if the mount never answered.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s = state(mount)
+            if s.primary is not None:
+                return s
+            last: LiteFSError = NoPrimary(
+                f"{mount_path(mount)}: no primary known after {timeout:g} s (role: {s.role})"
+            )
+        except NotMounted as e:
+            last = e
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise last
+        time.sleep(min(interval, left))

@@ -1,0 +1,82 @@
+"""``litefs.django.middleware.ReplicaWriteMiddleware``: sends writes to the primary.
+
+On a replica, a request with an unsafe method (anything but GET, HEAD, OPTIONS, TRACE) is not
+run. Depending on ``LITEFS["REPLICA_WRITES"]``:
+
+``"replay"`` (default)
+    409 with the header ``LITEFS["REPLAY_HEADER"]: LITEFS["REPLAY_VALUE"]`` (default
+    ``fly-replay: instance={primary}``): a proxy that understands it re-sends the request to
+    the primary (Fly.io's does). The request itself is never run here.
+``"redirect"``
+    307 to ``LITEFS["PRIMARY_URL"]`` (``{primary}``: the primary's hostname) plus the path and
+    query: the client re-sends it, method and body included.
+``None``
+    The middleware does nothing; views raise :class:`litefs.NotPrimary` on their first write.
+
+While no primary is known: 503 with ``Retry-After: 1``. A safe request whose view tries to
+write (:class:`litefs.NotPrimary`) is answered the same way; an unsafe one that got through
+(the role changed while it ran) gets 503: the middleware never has a non-idempotent request
+run twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+
+from .. import _native
+from .._errors import LiteFSError, _NotPrimaryBase
+from .._state import state as read_state
+from . import conf
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def _unavailable(reason: str) -> JsonResponse:
+    response = JsonResponse({"error": reason}, status=503)
+    response["Retry-After"] = "1"
+    return response
+
+
+def divert(request: HttpRequest, primary: str | None) -> HttpResponse:
+    """The answer that sends ``request`` to ``primary`` (per ``settings.LITEFS``)."""
+    s = conf.get()
+    if not primary:
+        return _unavailable("no primary is known yet (an election); retry shortly")
+    if s.replica_writes == "redirect" and s.primary_url:
+        url = s.primary_url.format(primary=primary).rstrip("/") + request.get_full_path()
+        response = HttpResponse(status=307)
+        response["Location"] = url
+        return response
+    response = JsonResponse(
+        {"error": f"this node is not the primary; writes go to {primary}", "primary": primary},
+        status=409,
+    )
+    response[s.replay_header] = s.replay_value.format(primary=primary)
+    return response
+
+
+class ReplicaWriteMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if request.method not in SAFE_METHODS:
+            s = conf.get()
+            if s.replica_writes is not None:
+                try:
+                    if _native.read_role(s.mount) != "primary":
+                        return divert(request, read_state(s.mount).primary)
+                except LiteFSError as e:
+                    return _unavailable(str(e))
+        return self.get_response(request)
+
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
+        if not isinstance(exception, _NotPrimaryBase) or conf.get().replica_writes is None:
+            return None
+        if request.method in SAFE_METHODS:
+            return divert(request, exception.primary)
+        return _unavailable(f"{exception}; the request was not completed: retry it")

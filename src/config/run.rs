@@ -1,0 +1,111 @@
+//! The `run:` section of litefs-py.yml: how `litefs-py run` supervises LiteFS and the app.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, invalid};
+
+/// The longest grace period accepted: a container runtime kills the whole container after its
+/// own stop timeout (Docker: 10 s by default) anyway.
+const MAX_GRACE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunConfig {
+    /// How long the app gets to exit after SIGTERM/SIGINT was passed on to it, before SIGKILL.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace: Duration,
+    /// Where `run` writes the litefs.yml it starts LiteFS with [default: litefs.yml next to
+    /// `cluster.data-dir`, e.g. /var/lib/litefs-py/litefs.yml].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub litefs_config: Option<PathBuf>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            grace: default_grace(),
+            litefs_config: None,
+        }
+    }
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl RunConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace > MAX_GRACE {
+            return Err(invalid(
+                "run.grace",
+                format!("{:?} is longer than {MAX_GRACE:?}", self.grace),
+            ));
+        }
+        if let Some(p) = &self.litefs_config
+            && (p.as_os_str().is_empty() || p.ends_with(".."))
+        {
+            return Err(invalid(
+                "run.litefs-config",
+                format!("{} is not a file path", p.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `run.litefs-config`, else `litefs.yml` in the parent of `data_dir` (the raft dir), else
+    /// in `data_dir` itself when it has no parent.
+    pub fn litefs_config_path(&self, data_dir: &Path) -> PathBuf {
+        if let Some(p) = &self.litefs_config {
+            return p.clone();
+        }
+        match data_dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.join("litefs.yml"),
+            _ => data_dir.join("litefs.yml"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_paths() {
+        let r = RunConfig::default();
+        assert_eq!(r.grace, Duration::from_secs(10));
+        assert_eq!(
+            r.litefs_config_path(Path::new("/var/lib/litefs-py/raft")),
+            PathBuf::from("/var/lib/litefs-py/litefs.yml")
+        );
+        assert_eq!(
+            r.litefs_config_path(Path::new("/")),
+            PathBuf::from("/litefs.yml")
+        );
+        assert_eq!(
+            r.litefs_config_path(Path::new("raft")),
+            PathBuf::from("raft/litefs.yml")
+        );
+        let r = RunConfig {
+            litefs_config: Some("/run/litefs.yml".into()),
+            ..r
+        };
+        assert_eq!(
+            r.litefs_config_path(Path::new("/x/raft")),
+            PathBuf::from("/run/litefs.yml")
+        );
+        assert!(r.validate().is_ok());
+        let bad = RunConfig {
+            grace: Duration::from_secs(7200),
+            ..RunConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("run.grace:")
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! LiteFS as a child of `litefs-py run`: started with the generated litefs.yml in a process
+//! group of its own, its output passed through to ours (prefixed) and its last lines kept for
+//! error messages, and its FUSE mount at `mount.lower` told apart from anything mounted there
+//! before it started.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::RunError;
+
+/// Lines of LiteFS's output kept for error messages.
+const KEEP_LINES: usize = 40;
+
+/// The LiteFS child.
+pub struct LiteFs {
+    pub pid: i32,
+    /// Set by the supervisor's reaper.
+    pub exited: Option<ExitStatus>,
+    lower: PathBuf,
+    /// Mount ids at `lower` before LiteFS started: not LiteFS's.
+    mounts_before: BTreeSet<u64>,
+    lines: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Finds `binary` as `execvp` would: a path with a `/` as is, else the first executable file of
+/// that name on `$PATH`.
+pub fn resolve_binary(binary: &Path) -> Result<PathBuf, RunError> {
+    let not_found = |why: String| RunError::LiteFsBinary {
+        binary: binary.to_path_buf(),
+        why,
+    };
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        })
+    };
+    if binary.as_os_str().as_bytes().contains(&b'/') {
+        return if executable(binary) {
+            Ok(binary.to_path_buf())
+        } else if binary.exists() {
+            Err(not_found("not an executable file".into()))
+        } else {
+            Err(not_found("no such file".into()))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| executable(p))
+        .ok_or_else(|| {
+            not_found("not found on $PATH (install LiteFS v0.5.14, or set litefs.binary)".into())
+        })
+}
+
+impl LiteFs {
+    /// Starts `binary mount -config config`.
+    pub fn spawn(binary: &Path, config: &Path, lower: &Path) -> Result<LiteFs, RunError> {
+        let mounts_before = mount_ids_at(lower);
+        let mut child = Command::new(binary)
+            .arg("mount")
+            .arg("-config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a terminal's Ctrl-C reaches the app (our group) but not
+            // LiteFS, which must outlive the app and be stopped after the shim.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| RunError::Io {
+                what: format!("starting {}", binary.display()),
+                source,
+            })?;
+        let pid = child.id() as i32;
+        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        // The Child handle is dropped without waiting: the supervisor reaps every child itself.
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            std::thread::Builder::new()
+                .name("litefs-log".into())
+                .spawn(move || pass_through(stream, &lines))
+                .map_err(|source| RunError::Io {
+                    what: "starting a thread".into(),
+                    source,
+                })?;
+        }
+        tracing::info!(pid, config = %config.display(), "LiteFS started");
+        Ok(LiteFs {
+            pid,
+            exited: None,
+            lower: lower.to_path_buf(),
+            mounts_before,
+            lines,
+        })
+    }
+
+    /// Whether a mount appeared at `mount.lower` since LiteFS started: its FUSE mount.
+    pub fn mount_appeared(&self) -> bool {
+        mount_ids_at(&self.lower)
+            .iter()
+            .any(|id| !self.mounts_before.contains(id))
+    }
+
+    /// Detaches LiteFS's mount if one is left (LiteFS killed: the kernel keeps the mount, and
+    /// every access fails with ENOTCONN). Only mounts that appeared after LiteFS started.
+    pub fn detach_leftover_mount(&self) {
+        while self.mount_appeared() {
+            let Ok(c) = CString::new(self.lower.as_os_str().as_bytes()) else {
+                return;
+            };
+            // SAFETY: a valid path. MNT_DETACH: works on a dead FUSE mount, busy or not.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                tracing::warn!(
+                    lower = %self.lower.display(),
+                    "could not detach LiteFS's mount: {}",
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+            tracing::info!(lower = %self.lower.display(), "detached LiteFS's leftover mount");
+        }
+    }
+
+    /// The last `n` lines LiteFS printed.
+    pub fn last_lines(&self, n: usize) -> Vec<String> {
+        let lines = self.lines.lock();
+        lines
+            .iter()
+            .skip(lines.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+
+    /// The last few lines, joined on one line for an error message.
+    pub fn tail_for_error(&self) -> String {
+        let lines = self.last_lines(3);
+        if lines.is_empty() {
+            "it printed nothing".into()
+        } else {
+            format!("its last lines: {}", lines.join(" | "))
+        }
+    }
+}
+
+/// Copies LiteFS's output to our stderr, line by line and prefixed, keeping the last lines.
+fn pass_through(stream: Box<dyn Read + Send>, lines: &Mutex<VecDeque<String>>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+        if line.is_empty() {
+            continue;
+        }
+        eprintln!("litefs: {line}");
+        let mut kept = lines.lock();
+        if kept.len() == KEEP_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line);
+    }
+}
+
+/// Mount ids of the mounts at exactly `path`, from /proc/self/mountinfo.
+pub fn mount_ids_at(path: &Path) -> BTreeSet<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mount_ids_in(&info, path)
+}
+
+fn mount_ids_in(mountinfo: &str, path: &Path) -> BTreeSet<u64> {
+    let want = path.to_string_lossy();
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let id = f.next()?.parse().ok()?;
+            let point = f.nth(3)?;
+            (unescape(point) == want).then_some(id)
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether something is mounted at exactly `path`.
+pub fn is_mount_point(path: &Path) -> bool {
+    !mount_ids_at(path).is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_ids_by_path() {
+        let info = "22 1 0:21 / /proc rw - proc proc rw\n\
+                    90 60 0:50 / /tmp/a\\040b/lower rw - fuse.litefs litefs rw\n\
+                    91 90 0:51 / /tmp/a\\040b/lower rw - fuse.litefs-py litefs-py rw\n";
+        let ids = mount_ids_in(info, Path::new("/tmp/a b/lower"));
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), [90, 91]);
+        assert!(mount_ids_in(info, Path::new("/tmp/a b")).is_empty());
+        assert_eq!(unescape("/x\\134y"), "/x\\y");
+    }
+
+    #[test]
+    fn binaries_are_resolved_like_execvp() {
+        let e = resolve_binary(Path::new("/nonexistent/litefs")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "litefs.binary /nonexistent/litefs: no such file"
+        );
+        let e = resolve_binary(Path::new("litefs-py-no-such-binary")).unwrap_err();
+        assert!(e.to_string().contains("not found on $PATH"), "{e}");
+        assert_eq!(
+            resolve_binary(Path::new("/bin/sh")).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! `litefs-py run` with the real LiteFS (v0.5.14) and an app: start-up order, the `.role` gate
+//! on LiteFS holding the lease, `.health`, shutdown order and exit codes, LiteFS dying, start-up
+//! failures.
+//!
+//! Needs root, /dev/fuse and a `litefs` binary (`$LITEFS`, else `litefs` on PATH, else
+//! `~/go/bin/litefs`; the test says so and passes if there is none). Every process is ours: the
+//! `litefs-py run` we start, and the LiteFS it starts (its PID from its log line, checked against
+//! its command line before it is ever signalled). The `Run` guard stops them and detaches any
+//! mount left, also when a test fails. Every wait is bounded.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use common::run::{APP, Run, prerequisites};
+use common::{http, is_mounted, serial, wait_for};
+
+fn health(mnt: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&fs::read_to_string(mnt.join(".health")).ok()?).ok()
+}
+
+#[test]
+fn run_starts_litefs_shim_and_app_in_order_and_stops_them_in_reverse() {
+    let Some(litefs) = prerequisites() else {
+        return;
+    };
+    let _serial = serial();
+    let mut r = Run::config(&litefs, |y| y);
+    r.start(APP);
+    let mnt = r.path("mnt");
+    // The shim is mounted before LiteFS holds the lease; until then the raft leader (with its
+    // fresh quorum: a sole voter) says `electing`.
+    wait_for(Duration::from_secs(20), "the shim's mount", || {
+        assert!(r.exited().is_none(), "litefs-py run exited:\n{}", r.log());
+        (is_mounted(&mnt) && mnt.join(".role").exists()).then_some(())
+    });
+    let mut saw_gate = false;
+    wait_for(Duration::from_secs(30), ".role primary", || {
+        assert!(r.exited().is_none(), "litefs-py run exited:\n{}", r.log());
+        let h = health(&mnt)?;
+        if h["role"] == "primary" {
+            // Primary only once LiteFS holds the lease: the lease API names a holder.
+            let (_, lease) = http(&r.lease, "GET", "/litefs-py/lease", None, "").unwrap();
+            let lease: serde_json::Value = serde_json::from_str(&lease).unwrap();
+            assert!(
+                lease["holder"].is_string(),
+                "primary without a holder: {lease}"
+            );
+            return Some(());
+        }
+        saw_gate |= h["role"] == "electing" && h["quorum_ok"] == true && h["leader_id"] == 1;
+        None
+    });
+    assert!(
+        saw_gate,
+        "never saw the leader wait for LiteFS's lease:\n{}",
+        r.log()
+    );
+    // The app starts after LiteFS is ready, sees LITEFS_DIR and writes through the shim.
+    wait_for(Duration::from_secs(20), "the app", || {
+        assert!(r.exited().is_none(), "litefs-py run exited:\n{}", r.log());
+        r.app_file("ready")
+    });
+    assert_eq!(
+        r.app_file("litefs_dir").unwrap().trim(),
+        mnt.to_str().unwrap()
+    );
+    assert_eq!(r.app_file("write").unwrap().trim(), "ok 1", "{}", r.log());
+    // The row is in LiteFS (read through LiteFS's own mount).
+    let lower_db = rusqlite::Connection::open_with_flags(
+        r.path("lower").join("app.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let x: i64 = lower_db
+        .query_row("SELECT x FROM t", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(x, 7);
+    drop(lower_db);
+    // `.health` shows LiteFS mounted and serving, lag 0 (a primary's `.lag`).
+    let h = wait_for(Duration::from_secs(5), "LiteFS in .health", || {
+        health(&mnt).filter(|h| h["litefs"]["mounted"] == true && h["litefs"]["serving"] == true)
+    });
+    assert_eq!(h["lag_ms"], 0, "{h}");
+    assert_eq!(h["role"], "primary", "{h}");
+    assert!(r.log().find("the app started") > r.log().find("mounted mountpoint"));
+
+    // SIGTERM: the app first (the shim still there when it stops), then the shim, then LiteFS
+    // (which releases the lease), then raft; the app's exit status.
+    r.sigterm();
+    let status = r.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(42), "{}", r.log());
+    assert_eq!(r.app_file("term").as_deref(), Some("term\n"));
+    assert_eq!(r.app_file("role_at_term").as_deref(), Some("primary\n"));
+    let app = r.log_pos("the app exited with status 42");
+    let shim = r.log_pos("unmounted mountpoint");
+    let lease = r.log_pos("primary lease released");
+    let litefs = r.log_pos("litefs exited with status 0");
+    let stopped = r.log_pos("INFO stopped");
+    assert!(
+        app < shim && shim < lease && lease < litefs && litefs < stopped,
+        "{}",
+        r.log()
+    );
+    r.assert_nothing_left();
+}
+
+#[test]
+fn the_app_exiting_stops_everything_with_its_status() {
+    let Some(litefs) = prerequisites() else {
+        return;
+    };
+    let _serial = serial();
+    let mut r = Run::config(&litefs, |y| y);
+    r.start(r#"test -n "$LITEFS_DIR" && cat "$LITEFS_DIR/.role" > "$1/role"; exit 3"#);
+    let status = r.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(3), "{}", r.log());
+    // The app ran on a primary (LiteFS ready before it started).
+    assert_eq!(r.app_file("role").as_deref(), Some("primary\n"));
+    let app = r.log_pos("the app exited with status 3");
+    let shim = r.log_pos("unmounted mountpoint");
+    let litefs = r.log_pos("litefs exited with status 0");
+    assert!(app < shim && shim < litefs, "{}", r.log());
+    r.assert_nothing_left();
+}
+
+#[test]
+fn litefs_dying_stops_the_app_and_the_shim_and_says_so() {
+    let Some(litefs) = prerequisites() else {
+        return;
+    };
+    let _serial = serial();
+    let mut r = Run::config(&litefs, |y| y);
+    r.start(APP);
+    wait_for(Duration::from_secs(40), "the app", || {
+        assert!(r.exited().is_none(), "litefs-py run exited:\n{}", r.log());
+        r.app_file("ready")
+    });
+    let pid = r.litefs_pid().expect("LiteFS's pid");
+    // SAFETY: LiteFS as our run started it (checked by its command line).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let status = r.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(70), "{}", r.log());
+    let log = r.log();
+    assert!(
+        log.contains("litefs exited with signal 9 (SIGKILL): stopping"),
+        "{log}"
+    );
+    // The app was stopped (SIGTERM) before the shim went.
+    assert_eq!(r.app_file("term").as_deref(), Some("term\n"));
+    assert!(r.log_pos("the app exited") < r.log_pos("unmounted mountpoint"));
+    r.assert_nothing_left();
+}
+
+/// Runs `litefs-py run` that must fail at start-up; returns its stderr lines.
+fn failing_run(r: &mut Run) -> Vec<String> {
+    r.start("exit 0");
+    let status = r.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", r.log());
+    r.log().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn start_up_failures_are_one_line_and_leave_nothing_running() {
+    let Some(litefs) = prerequisites() else {
+        return;
+    };
+    let _serial = serial();
+    // An unknown key.
+    let mut r = Run::config(&litefs, |y| y + "  bogus: 1\n");
+    let lines = failing_run(&mut r);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("litefs-py: ") && lines[0].contains("unknown field `bogus`"),
+        "{lines:?}"
+    );
+    r.assert_nothing_left();
+    // No LiteFS binary.
+    let mut r = Run::config(&litefs, |y| {
+        y.replace(
+            &format!("binary: {}", litefs.display()),
+            "binary: /nonexistent/litefs",
+        )
+    });
+    let lines = failing_run(&mut r);
+    assert_eq!(
+        lines,
+        ["litefs-py: litefs.binary /nonexistent/litefs: no such file"]
+    );
+    assert!(!r.path("litefs.yml").exists(), "started anyway");
+    r.assert_nothing_left();
+    // The lease API cannot listen: nothing runs without it.
+    let mut r = Run::config(&litefs, |y| y);
+    let taken = TcpListener::bind(&r.lease).unwrap();
+    let lines = failing_run(&mut r);
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("litefs-py: lease.addr ") && last.contains("cannot listen"),
+        "{lines:?}"
+    );
+    assert!(r.litefs_pid().is_none(), "LiteFS was started");
+    drop(taken);
+    r.assert_nothing_left();
+}
