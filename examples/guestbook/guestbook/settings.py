@@ -1,0 +1,108 @@
+"""Settings of the guestbook example, from the environment.
+
+``LITEFS_DIR``
+    The litefs-py mount (``litefs-py run`` sets it). The database is ``$LITEFS_DIR/guestbook.db``.
+``GUESTBOOK_PRIMARY_URL``
+    Where a replica redirects writes (307): ``{primary}`` is the primary's hostname as
+    ``.primary`` shows it, e.g. ``http://{primary}:8000``. Unset: writes on a replica get 409
+    with a ``fly-replay`` header instead (for a proxy that replays them).
+``GUESTBOOK_NODE``
+    A name for this node, shown on the page (default: the litefs-py hostname).
+``GUESTBOOK_PLAIN_DB``
+    Benchmark baseline only: a database path on a plain directory, with Django's stock SQLite
+    backend set up like ``litefs.django`` on a primary (WAL, ``BEGIN IMMEDIATE``).
+``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` (comma-separated)
+    The usual.
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "guestbook-example-not-a-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.staticfiles",
+    "litefs.django",  # system checks of DATABASES/LITEFS, `manage.py litefs_status`
+    "book",
+]
+
+MIDDLEWARE = [
+    # First: on a replica, a POST is answered before anything else runs (307 to the primary).
+    "litefs.django.middleware.ReplicaWriteMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    # No CsrfViewMiddleware: the guestbook has no sessions or logins for CSRF to protect, and
+    # a replica's 307 sends a form to another origin (another node). An app with logins keeps
+    # it and lists every node in CSRF_TRUSTED_ORIGINS.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "guestbook.urls"
+WSGI_APPLICATION = "guestbook.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "book.context.node",
+            ],
+        },
+    },
+]
+
+LITEFS_DIR = os.environ.get("LITEFS_DIR", "/litefs")
+PLAIN_DB = os.environ.get("GUESTBOOK_PLAIN_DB")
+
+if PLAIN_DB:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": PLAIN_DB,
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL",
+            },
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            # Django's SQLite backend on the LiteFS mount: BEGIN IMMEDIATE and WAL on the
+            # primary; on a replica reads work and writes raise litefs.NotPrimary.
+            "ENGINE": "litefs.django",
+            "NAME": os.path.join(LITEFS_DIR, "guestbook.db"),
+            "OPTIONS": {"timeout": 10},
+        }
+    }
+
+PRIMARY_URL = os.environ.get("GUESTBOOK_PRIMARY_URL")
+LITEFS = {
+    "MOUNT": LITEFS_DIR,
+    "MAX_LAG_MS": 5_000,
+    "REPLICA_WRITES": "redirect" if PRIMARY_URL else "replay",
+    "PRIMARY_URL": PRIMARY_URL,
+}
+
+NODE_NAME = os.environ.get("GUESTBOOK_NODE")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+STATIC_URL = "static/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+}
