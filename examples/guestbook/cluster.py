@@ -72,7 +72,7 @@ def litefs_binary() -> str | None:
     """``$LITEFS``, else ``litefs`` on PATH, else ``~/go/bin/litefs``; None if there is none."""
     env = os.environ.get("LITEFS")
     if env:
-        return env
+        return env if os.path.isfile(env) else None
     found = shutil.which("litefs")
     if found:
         return found
