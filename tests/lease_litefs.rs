@@ -3,9 +3,10 @@
 //! `litefs-py mount`'s lease API, with the shim mounted over LiteFS's FUSE dir.
 //!
 //! Needs root, /dev/fuse and a `litefs` binary (`$LITEFS`, else `litefs` on PATH, else
-//! `~/go/bin/litefs`; the test says so and passes if there is none). Every process is ours and
-//! stopped by its PID (SIGTERM, then SIGKILL); every mount is checked gone (lazy unmount as the
-//! fallback), also when a test fails (the `Rig` guard). Every wait is bounded.
+//! `~/go/bin/litefs`; without one the test says so and passes, unless `CI=true`: then it fails).
+//! Every process is ours and stopped by its PID (SIGTERM, then SIGKILL); every mount is checked
+//! gone (lazy unmount as the fallback), also when a test fails (the `Rig` guard). Every wait is
+//! bounded.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -31,16 +32,22 @@ fn litefs_binary() -> Option<PathBuf> {
     })
 }
 
-/// The LiteFS binary, or None (and a line saying why) when these tests cannot run here.
+/// The LiteFS binary, or None (and a line saying why) when these tests cannot run here; with
+/// `CI=true` a missing prerequisite fails the test instead of skipping it.
 fn prerequisites() -> Option<PathBuf> {
+    let skip = |why: &str| {
+        let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        assert!(!ci, "CI=true and this test cannot run: {why}");
+        eprintln!("SKIPPED: {why}");
+    };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIPPED: needs root and /dev/fuse");
+        skip("needs root and /dev/fuse");
         return None;
     }
     let bin = litefs_binary();
     if bin.is_none() {
-        eprintln!("SKIPPED: no litefs binary (set $LITEFS or install LiteFS v0.5.14)");
+        skip("no litefs binary (set $LITEFS or install LiteFS v0.5.14)");
     }
     bin
 }

@@ -3,7 +3,8 @@
 //! failures.
 //!
 //! Needs root, /dev/fuse and a `litefs` binary (`$LITEFS`, else `litefs` on PATH, else
-//! `~/go/bin/litefs`; the test says so and passes if there is none). Every process is ours: the
+//! `~/go/bin/litefs`; without one the test says so and passes, unless `CI=true`: then it fails).
+//! Every process is ours: the
 //! `litefs-py run` we start, and the LiteFS it starts (its PID from its log line, checked against
 //! its command line before it is ever signalled). The `Run` guard stops them and detaches any
 //! mount left, also when a test fails. Every wait is bounded.

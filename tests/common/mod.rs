@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod run;
+pub mod run_cluster;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_litefs-py");
 pub const SECRET: &str = "integration-test-secret";

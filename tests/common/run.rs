@@ -24,18 +24,27 @@ pub fn litefs_binary() -> Option<PathBuf> {
     })
 }
 
-/// The LiteFS binary, or None (and a line saying why) when these tests cannot run here.
+/// The LiteFS binary, or None (and a line saying why) when these tests cannot run here. On CI
+/// (`CI=true`) a missing prerequisite fails the test instead: a skipped real-LiteFS test there
+/// would hide that nothing was tested.
 pub fn prerequisites() -> Option<PathBuf> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIPPED: needs root and /dev/fuse");
+        skip_or_fail("needs root and /dev/fuse");
         return None;
     }
     let bin = litefs_binary();
     if bin.is_none() {
-        eprintln!("SKIPPED: no litefs binary (set $LITEFS or install LiteFS v0.5.14)");
+        skip_or_fail("no litefs binary (set $LITEFS or install LiteFS v0.5.14)");
     }
     bin
+}
+
+/// Skips the test with a line saying why, or fails it when `CI=true`.
+pub fn skip_or_fail(why: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    assert!(!ci, "CI=true and this test cannot run: {why}");
+    eprintln!("SKIPPED: {why}");
 }
 
 pub fn free_port() -> u16 {
@@ -72,6 +81,10 @@ pub struct Run {
     child: Option<Child>,
     pub litefs_http: String,
     pub lease: String,
+    /// `node.http-addr`: status, metrics, the test fault layer.
+    pub http_addr: String,
+    /// Extra environment for `litefs-py run` (e.g. the test fault layer).
+    pub env: Vec<(String, String)>,
     /// Removed after everything stopped (fields drop after `Drop::drop`).
     _tmp: Option<tempfile::TempDir>,
 }
@@ -107,6 +120,7 @@ impl Run {
         let d = root.display().to_string();
         let lease = format!("127.0.0.1:{}", free_port());
         let litefs_http = format!("127.0.0.1:{}", free_port());
+        let http_addr = format!("127.0.0.1:{}", free_port());
         let peer_lines: String = peers
             .iter()
             .map(|(p, addr)| format!("    {p}: {addr}\n"))
@@ -115,7 +129,7 @@ impl Run {
             .map(|s| format!("  secret-file: {}\n", s.display()))
             .unwrap_or_default();
         let yaml = format!(
-            "node:\n  id: {id}\n  hostname: node-{id}\n  raft-addr: {raft}\n  http-addr: 127.0.0.1:{http}\n\
+            "node:\n  id: {id}\n  hostname: node-{id}\n  raft-addr: {raft}\n  http-addr: {http_addr}\n\
              cluster:\n  bootstrap: {bootstrap}\n  peers:\n{peer_lines}{secret}  data-dir: {d}/raft\n\
              mount:\n  dir: {d}/mnt\n  lower: {d}/lower\n\
              lease:\n  addr: {lease}\n  ttl: 3s\n\
@@ -123,7 +137,6 @@ impl Run {
              \x20 advertise-url: http://{litefs_http}\n\
              run:\n  grace: 5s\n",
             raft = peers[&id],
-            http = free_port(),
             bootstrap = id == 1,
             bin = litefs.display(),
         );
@@ -134,6 +147,8 @@ impl Run {
             child: None,
             litefs_http,
             lease,
+            http_addr,
+            env: Vec::new(),
             _tmp: None,
         }
     }
@@ -157,6 +172,7 @@ impl Run {
             .arg(self.path("app"))
             .env_remove("LITEFS_PY_SECRET")
             .env("LITEFS_PY_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -171,6 +187,21 @@ impl Run {
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         wait_for(timeout, "litefs-py run to exit", || self.exited())
+    }
+
+    /// The PID of `litefs-py run` while it is ours and not reaped.
+    pub fn pid(&mut self) -> Option<i32> {
+        self.exited()
+            .is_none()
+            .then(|| self.child.as_ref().map(|c| c.id() as i32))?
+    }
+
+    /// kill -9 of `litefs-py run` (by its PID), reaped. What it started keeps running.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn sigterm(&self) {
@@ -250,7 +281,14 @@ impl Drop for Run {
             }
         }
         if std::thread::panicking() {
-            eprintln!("---- litefs-py run log ----\n{}", self.log());
+            // The tail: with several nodes, whole logs would bury the failure.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(150)..].join("\n");
+            eprintln!(
+                "---- litefs-py run log ({}), last 150 lines ----\n{tail}",
+                self.root.display()
+            );
         }
     }
 }
