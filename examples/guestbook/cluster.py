@@ -630,8 +630,8 @@ def demo(c: Cluster) -> float:
 
 
 HELP = """\
-commands:  status | kill N (kill -9 node N) | stop N (SIGTERM) | start N | post N TEXT | get N
-           quit (or Ctrl-C, or end of input)"""
+commands:  status | wait (for a primary) | kill N (kill -9 node N) | stop N (SIGTERM)
+           start N | post N TEXT | get N | quit (or Ctrl-C, or end of input)"""
 
 
 def repl(c: Cluster) -> None:
@@ -651,11 +651,15 @@ def repl(c: Cluster) -> None:
                 return
             if cmd == "status":
                 say(c.table())
+            elif cmd == "wait":
+                t0 = time.monotonic()
+                p = c.wait_primary(60)
+                say(f"node {p.id} is primary ({time.monotonic() - t0:.1f} s)")
             elif cmd in ("kill", "stop", "start", "post", "get") and node is None:
                 say(f"which node? 1..{c.size}")
             elif cmd == "kill" and node is not None:
                 c.kill9(node)
-                say(f"node {node.id} killed (run, app, LiteFS); `status` shows the failover")
+                say(f"node {node.id} killed (its litefs-py run, app and LiteFS)")
             elif cmd == "stop" and node is not None:
                 say(f"node {node.id} stopped with status {c.stop(node)}")
             elif cmd == "start" and node is not None:

@@ -9,8 +9,8 @@
 ``GUESTBOOK_NODE``
     A name for this node, shown on the page (default: the litefs-py hostname).
 ``GUESTBOOK_PLAIN_DB``
-    Benchmark baseline only: a database path on a plain directory, with Django's stock SQLite
-    backend set up like ``litefs.django`` on a primary (WAL, ``BEGIN IMMEDIATE``).
+    Benchmark baseline only: a database path on a plain directory, outside any mount (the
+    backend is then plain SQLite, with WAL and ``BEGIN IMMEDIATE`` as on a primary).
 ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` (comma-separated)
     The usual.
 """
@@ -63,15 +63,9 @@ LITEFS_DIR = os.environ.get("LITEFS_DIR", "/litefs")
 PLAIN_DB = os.environ.get("GUESTBOOK_PLAIN_DB")
 
 if PLAIN_DB:
+    # Outside any mount the same backend is plain SQLite (still WAL and BEGIN IMMEDIATE).
     DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": PLAIN_DB,
-            "OPTIONS": {
-                "transaction_mode": "IMMEDIATE",
-                "init_command": "PRAGMA journal_mode=WAL",
-            },
-        }
+        "default": {"ENGINE": "litefs.django", "NAME": PLAIN_DB, "OPTIONS": {"timeout": 10}}
     }
 else:
     DATABASES = {
@@ -88,7 +82,8 @@ PRIMARY_URL = os.environ.get("GUESTBOOK_PRIMARY_URL")
 LITEFS = {
     "MOUNT": LITEFS_DIR,
     "MAX_LAG_MS": 5_000,
-    "REPLICA_WRITES": "redirect" if PRIMARY_URL else "replay",
+    # Off a mount (the benchmark's baseline) there are no replicas: the middleware stands by.
+    "REPLICA_WRITES": None if PLAIN_DB else "redirect" if PRIMARY_URL else "replay",
     "PRIMARY_URL": PRIMARY_URL,
 }
 
