@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.db.backends.sqlite3 import base as sqlite3_base
 
+from .creation import DatabaseCreation
 from .mixin import LiteFSCursor, LiteFSMixin
 from .validation import DatabaseValidation
 
@@ -15,4 +16,5 @@ __all__ = ["DatabaseWrapper", "LiteFSCursor"]
 
 
 class DatabaseWrapper(LiteFSMixin, sqlite3_base.DatabaseWrapper):
+    creation_class = DatabaseCreation
     validation_class = DatabaseValidation

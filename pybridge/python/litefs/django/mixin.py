@@ -273,8 +273,10 @@ class LiteFSMixin:
     def prepare_database(self) -> None:
         """Called by ``migrate`` before it changes anything (also under ``--skip-checks``)."""
         super().prepare_database()  # type: ignore[misc]
-        if self._litefs_mount is not None:
-            s = read_state(self._litefs_mount)
+        # Not necessarily connected yet: where the database is, from the settings as they are.
+        mount = database_mount(self.settings_dict.get("NAME"), conf.get().mount)
+        if mount is not None:
+            s = read_state(mount)
             if not s.is_primary:
                 raise _not_primary_class()(
                     f"database {self.alias!r}: migrations run on the primary only; this node "

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Runs one scenario of the tests inside a configured Django process and prints its result as
+one JSON line: ``python scenario.py NAME [ARG]`` (settings from the environment, see
+djproject/settings.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djproject.settings")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import django
+
+django.setup()
+
+from django.db import DatabaseError, connection, transaction  # noqa: E402
+from django.utils import timezone  # noqa: E402
+from guest.models import Entry  # noqa: E402
+
+import litefs  # noqa: E402
+
+INSERT = "INSERT INTO guest_entry (name, text, created) VALUES (%s, %s, %s)"
+
+
+def outcome(fn: Callable[[], Any]) -> dict[str, Any]:
+    try:
+        value = fn()
+    except Exception as e:
+        return {
+            "ok": False,
+            "type": type(e).__name__,
+            "not_primary": isinstance(e, litefs.NotPrimary),
+            "database_error": isinstance(e, DatabaseError),
+            "primary": getattr(e, "primary", None),
+            "message": str(e),
+            "cause": type(e.__cause__).__name__ if e.__cause__ is not None else None,
+        }
+    return {"ok": True, "value": value}
+
+
+def atomic_read() -> list[str]:
+    with transaction.atomic():
+        return list(Entry.objects.values_list("name", flat=True))
+
+
+def atomic_write() -> None:
+    with transaction.atomic():
+        Entry.objects.count()
+        Entry.objects.create(name="atomic")
+
+
+def raw(sql: str, params: Any = None) -> None:
+    with connection.cursor() as c:
+        c.execute(sql, params)
+
+
+def many() -> None:
+    now = timezone.now()
+    with connection.cursor() as c:
+        c.executemany(INSERT, [("m1", "", now), ("m2", "", now)])
+
+
+def script() -> None:
+    with connection.cursor() as c:
+        c.executescript("INSERT INTO guest_entry (name, text, created) VALUES ('s', '', 0);")
+
+
+def ops() -> dict[str, Any]:
+    """Every kind of read and write; on a replica the writes must raise NotPrimary."""
+    now = timezone.now()
+    return {
+        "count": outcome(Entry.objects.count),
+        "atomic_read": outcome(atomic_read),
+        "save": outcome(lambda: Entry.objects.create(name="orm").pk),
+        "update": outcome(lambda: Entry.objects.update(text="u")),
+        "delete": outcome(lambda: Entry.objects.filter(name="nobody").delete()[0]),
+        "raw_insert": outcome(lambda: raw(INSERT, ["raw", "", now])),
+        "executemany": outcome(many),
+        "executescript": outcome(script),
+        "atomic_write": outcome(atomic_write),
+        "pragma_write": outcome(lambda: raw("PRAGMA user_version = 7")),
+        "create_table": outcome(lambda: raw("CREATE TABLE t_new (x)")),
+        "count_after": outcome(Entry.objects.count),
+        "atomic_read_after": outcome(lambda: len(atomic_read())),
+        "journal_mode": outcome(lambda: _one("PRAGMA journal_mode")),
+    }
+
+
+def _one(sql: str) -> Any:
+    with connection.cursor() as c:
+        c.execute(sql)
+        return c.fetchone()[0]
+
+
+def hold(seconds: str) -> dict[str, Any]:
+    """Takes the write lock (a write in atomic()), says so, holds it, commits."""
+    with transaction.atomic():
+        Entry.objects.create(name="holder")
+        print(json.dumps({"locked": True}), flush=True)
+        time.sleep(float(seconds))
+    return {"committed": True}
+
+
+def write_txn(pause: str) -> dict[str, Any]:
+    """A read-then-write transaction, the pattern that fails at its write under DEFERRED while
+    another writer holds the lock (SQLite cannot upgrade a stale read snapshot)."""
+    started = time.monotonic()
+
+    def txn() -> None:
+        with transaction.atomic():
+            Entry.objects.count()
+            time.sleep(float(pause))
+            Entry.objects.create(name="waiter")
+
+    result = outcome(txn)
+    result["seconds"] = round(time.monotonic() - started, 3)
+    result["begin"] = connection.transaction_mode
+    return result
+
+
+def client(requests: str) -> list[dict[str, Any]]:
+    """Runs requests through Django's test client: a JSON list of [method, path]."""
+    from django.test import Client
+
+    c = Client(raise_request_exception=False)
+    out = []
+    for method, path in json.loads(requests):
+        r = getattr(c, method.lower())(path)
+        body: Any = None
+        if r.get("Content-Type", "").startswith("application/json"):
+            body = json.loads(r.content)
+        out.append(
+            {
+                "status": r.status_code,
+                "body": body,
+                "headers": {k.lower(): v for k, v in r.headers.items()},
+            }
+        )
+    return out
+
+
+def phases(count: str) -> dict[str, Any]:
+    """``ops()`` now, then again after each line read from stdin (the test changes the cluster
+    in between), in one process: the same connection sees the role change."""
+    results = []
+    for i in range(int(count)):
+        if i:
+            sys.stdin.readline()
+        results.append(ops())
+        print(json.dumps(results[-1], default=str), flush=True)
+    return {"phases": len(results)}
+
+
+def main() -> None:
+    name, *args = sys.argv[1:]
+    fn = {"ops": ops, "hold": hold, "write_txn": write_txn, "client": client, "phases": phases}[
+        name
+    ]
+    print(json.dumps(fn(*args), default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()

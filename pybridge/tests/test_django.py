@@ -1,0 +1,385 @@
+"""The Django backend ``litefs.django`` and its companions, on real mounts, with Django running
+the test project (``djproject/``) in subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import DJPROJECT, Cluster, django_env, manage, scenario, spawn_scenario
+
+WRITES = (
+    "save",
+    "update",
+    "delete",
+    "raw_insert",
+    "executemany",
+    "executescript",
+    "atomic_write",
+    "pragma_write",
+    "create_table",
+)
+READS = ("count", "atomic_read", "count_after", "atomic_read_after", "journal_mode")
+
+
+def migrate(mount: Path) -> None:
+    r = manage(mount, "migrate", "--noinput")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Applying guest.0001_initial... OK" in r.stdout
+
+
+def replicate(cluster: Cluster, name: str = "app.db") -> None:
+    """What LiteFS would do: the primary's database file appears on the replica (the migrate
+    process has exited, so its WAL is checkpointed into the file)."""
+    src = cluster.primary.lower / name
+    assert not Path(f"{src}-wal").exists()
+    shutil.copy(src, cluster.replica.lower / name)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_migrate_and_write_on_primary(shim):
+    migrate(shim.mnt)
+    assert (shim.lower / "app.db").exists()  # through the mount, into the lower dir
+    out = scenario(shim.mnt, "ops")
+    for op in (*READS, *WRITES):
+        assert out[op]["ok"], (op, out[op])
+    assert out["journal_mode"]["value"] == "wal"
+    assert out["count_after"]["value"] == 6  # orm, raw, m1, m2, s, atomic
+
+
+def test_migrate_refused_on_replica(cluster: Cluster):
+    migrate(cluster.primary.mnt)
+    r = manage(cluster.replica.mnt, "migrate", "--noinput")
+    assert r.returncode != 0
+    assert "litefs.E010" in r.stderr, r.stderr
+    assert "node-1" in r.stderr and "not the primary" in r.stderr
+    # Also without the checks: the backend refuses before migrate changes anything.
+    r = manage(cluster.replica.mnt, "migrate", "--noinput", "--skip-checks")
+    assert r.returncode != 0
+    assert "NotPrimary" in r.stderr and "migrations run on the primary only" in r.stderr
+    assert "node-1" in r.stderr
+    assert not (cluster.replica.lower / "app.db").exists()
+    # A replica with the replicated database: still refused, the file untouched.
+    replicate(cluster)
+    before = digest(cluster.replica.lower / "app.db")
+    r = manage(cluster.replica.mnt, "migrate", "--noinput")
+    assert r.returncode != 0 and "litefs.E010" in r.stderr
+    assert digest(cluster.replica.lower / "app.db") == before
+
+
+def test_replica_reads_work_and_writes_raise_not_primary(cluster: Cluster):
+    migrate(cluster.primary.mnt)
+    assert scenario(cluster.primary.mnt, "ops")["save"]["ok"]
+    r = manage(cluster.primary.mnt, "shell", "-c", "print()")  # closes: WAL checkpointed
+    assert r.returncode == 0, r.stderr
+    replicate(cluster)
+    before = digest(cluster.replica.lower / "app.db")
+    out = scenario(cluster.replica.mnt, "ops")
+    for op in READS:
+        assert out[op]["ok"], (op, out[op])
+    assert out["count"]["value"] == 6
+    assert len(out["atomic_read"]["value"]) == 6
+    assert out["journal_mode"]["value"] == "wal"
+    for op in WRITES:
+        o = out[op]
+        assert not o["ok"], (op, o)
+        assert o["type"] == "NotPrimary", (op, o)
+        assert o["not_primary"] and o["database_error"], (op, o)
+        assert o["primary"] == "node-1", (op, o)
+        assert "node-1" in o["message"] and "replica" in o["message"], (op, o)
+    assert digest(cluster.replica.lower / "app.db") == before
+
+
+def test_role_change_seen_by_an_open_connection(cluster: Cluster):
+    """One process, one connection: writes work while the node is primary; once it loses the
+    role (its only peer stops: no quorum), the same statements raise NotPrimary, reads go on."""
+    migrate(cluster.primary.mnt)
+    p = spawn_scenario(cluster.primary.mnt, "phases", "2")
+    try:
+        first = json.loads(p.stdout.readline())
+        assert all(first[op]["ok"] for op in (*READS, *WRITES)), first
+        cluster.replica.mount.stop()
+        deadline = time.monotonic() + 10
+        while cluster.primary.role() == "primary":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        second = json.loads(p.stdout.readline())
+    finally:
+        err = p.communicate(timeout=30)[1]
+    assert p.returncode == 0, err
+    for op in READS:
+        assert second[op]["ok"], (op, second[op])
+    for op in WRITES:
+        assert second[op]["not_primary"], (op, second[op])
+        assert second[op]["primary"] is None
+        assert "no primary is known" in second[op]["message"]
+
+
+def test_immediate_second_writer_waits(shim):
+    """Default IMMEDIATE: a read-then-write transaction started while another process holds
+    the write lock waits at BEGIN and succeeds; with DEFERRED (the user's option, respected) the
+    same transaction fails at its write with "database is locked"."""
+    migrate(shim.mnt)
+    for mode, expect_ok in ((None, True), ("DEFERRED", False)):
+        options = {"transaction_mode": mode} if mode else None
+        holder = spawn_scenario(shim.mnt, "hold", "1.5", DJP_OPTIONS=options)
+        try:
+            assert json.loads(holder.stdout.readline()) == {"locked": True}
+            out = scenario(shim.mnt, "write_txn", "0.2", DJP_OPTIONS=options)
+        finally:
+            err = holder.communicate(timeout=30)[1]
+        assert holder.returncode == 0, err
+        assert out["begin"] == (mode or "IMMEDIATE")
+        if expect_ok:
+            assert out["ok"], out
+            assert out["seconds"] >= 0.8, out  # it waited for the holder's commit
+        else:
+            assert not out["ok"], out
+            assert "locked" in out["message"], out
+
+
+def test_user_options_respected(shim):
+    migrate(shim.mnt)
+    r = manage(shim.mnt, "shell", "-c", "print()")
+    assert r.returncode == 0
+    options = {"transaction_mode": "EXCLUSIVE", "init_command": "PRAGMA journal_mode=DELETE"}
+    out = scenario(shim.mnt, "ops", DJP_OPTIONS=options)
+    assert out["journal_mode"]["value"] == "delete"
+    assert out["save"]["ok"] and out["atomic_write"]["ok"]
+    assert scenario(shim.mnt, "write_txn", "0", DJP_OPTIONS=options)["begin"] == "EXCLUSIVE"
+
+
+def client(mount: Path, requests: list[list[str]], **env) -> list[dict]:
+    return scenario(mount, "client", json.dumps(requests), **env)
+
+
+HEALTH = [["GET", "/health"], ["GET", "/ready"], ["GET", "/live"], ["GET", "/primary"]]
+
+
+def test_health_views(cluster: Cluster, tmp_path: Path):
+    health, ready, live, primary = client(cluster.primary.mnt, HEALTH)
+    assert (health["status"], ready["status"], live["status"], primary["status"]) == (
+        200,
+        200,
+        200,
+        200,
+    )
+    assert health["body"]["status"] == "ok" and health["body"]["reasons"] == []
+    assert health["body"]["role"] == "primary" and health["body"]["primary"] == "node-1"
+    assert "no-cache" in health["headers"]["cache-control"]
+
+    health, ready, live, primary = client(cluster.replica.mnt, HEALTH)
+    assert (health["status"], ready["status"], live["status"], primary["status"]) == (
+        200,
+        200,
+        200,
+        503,
+    )
+    assert health["body"]["role"] == "replica" and health["body"]["primary"] == "node-1"
+    assert primary["body"]["reasons"] == ["this node is replica; the primary is node-1"]
+
+    # Not mounted: everything 503, with the reason.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for r in client(plain, HEALTH):
+        assert r["status"] == 503
+        assert "not mounted" in r["body"]["reasons"][0] or "not a litefs-py mount" in str(r)
+
+    # No primary known (the primary stopped; two voters cannot elect): unhealthy, still live.
+    cluster.primary.mount.stop()
+    deadline = time.monotonic() + 10
+    while cluster.replica.role() != "electing":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    health, ready, live, primary = client(cluster.replica.mnt, HEALTH)
+    assert (health["status"], ready["status"], live["status"], primary["status"]) == (
+        503,
+        503,
+        200,
+        503,
+    )
+    assert health["body"]["reasons"] == ["no primary known (role: electing)"]
+    assert health["body"]["status"] == "unavailable"
+
+
+def test_health_check_plugin(shim, tmp_path: Path):
+    (ok,) = client(shim.mnt, [["GET", "/hc?format=json"]])
+    assert ok["status"] == 200, ok
+    assert any("LiteFS" in k for k in ok["body"]), ok["body"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (bad,) = client(plain, [["GET", "/hc?format=json"]])
+    assert bad["status"] == 500, bad
+    assert "not a litefs-py mount" in json.dumps(bad["body"])
+
+
+def test_middleware_on_replica(cluster: Cluster):
+    migrate(cluster.primary.mnt)
+    replicate(cluster)
+    before = digest(cluster.replica.lower / "app.db")
+    post, get, safe_write, delete = client(
+        cluster.replica.mnt,
+        [["POST", "/sign"], ["GET", "/entries"], ["GET", "/sign"], ["DELETE", "/entries"]],
+        DJP_MIDDLEWARE="1",
+    )
+    assert post["status"] == 409 and post["headers"]["fly-replay"] == "instance=node-1"
+    assert post["body"]["primary"] == "node-1"
+    assert get["status"] == 200 and get["body"] == {"names": []}
+    # A GET whose view writes: replayed too (safe methods may be re-sent).
+    assert safe_write["status"] == 409 and safe_write["headers"]["fly-replay"] == "instance=node-1"
+    assert delete["status"] == 409
+    assert digest(cluster.replica.lower / "app.db") == before
+
+    redirect = {"REPLICA_WRITES": "redirect", "PRIMARY_URL": "https://{primary}.internal:8000"}
+    (post,) = client(
+        cluster.replica.mnt, [["POST", "/sign?x=1"]], DJP_MIDDLEWARE="1", DJP_LITEFS=redirect
+    )
+    assert post["status"] == 307
+    assert post["headers"]["location"] == "https://node-1.internal:8000/sign?x=1"
+
+    # Off: the view runs and its write raises NotPrimary (a 500 in Django).
+    (post,) = client(
+        cluster.replica.mnt,
+        [["POST", "/sign"]],
+        DJP_MIDDLEWARE="1",
+        DJP_LITEFS={"REPLICA_WRITES": None},
+    )
+    assert post["status"] == 500
+
+    # On the primary writes go through.
+    post, boom = client(
+        cluster.primary.mnt, [["POST", "/sign"], ["POST", "/boom"]], DJP_MIDDLEWARE="1"
+    )
+    assert post["status"] == 200
+    # An unsafe request that raised NotPrimary after the middleware let it in is not replayed
+    # (it may have done part of its work): 503, retry.
+    assert boom["status"] == 503 and "fly-replay" not in boom["headers"]
+    assert boom["headers"]["retry-after"] == "1"
+
+
+def test_middleware_without_primary(cluster: Cluster):
+    cluster.primary.mount.stop()
+    deadline = time.monotonic() + 10
+    while cluster.replica.role() != "electing":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (post,) = client(cluster.replica.mnt, [["POST", "/sign"]], DJP_MIDDLEWARE="1")
+    assert post["status"] == 503 and post["headers"]["retry-after"] == "1"
+
+
+def check_ids(r: subprocess.CompletedProcess[str]) -> set[str]:
+    import re
+
+    return set(re.findall(r"litefs\.[EW]\d{3}", r.stdout + r.stderr))
+
+
+def test_system_checks(shim, tmp_path: Path):
+    r = manage(shim.mnt, "check", "--database", "default")
+    assert r.returncode == 0, r.stderr
+    assert check_ids(r) == set()
+
+    r = manage(shim.mnt, "check", DJP_DB=str(tmp_path / "elsewhere.db"))
+    assert check_ids(r) == {"litefs.E001"}, r.stderr
+    assert "HINT: Put the database directly in" in r.stderr
+
+    r = manage(shim.mnt, "check", DJP_OPTIONS={"bogus": 1, "transaction_mode": "LAZY"})
+    assert check_ids(r) == {"litefs.E003", "litefs.E004"}, r.stderr
+    assert "bogus" in r.stderr and "LAZY" in r.stderr
+
+    r = manage(shim.mnt, "check", DJP_LITEFS={"NOPE": 1, "MAX_LAG_MS": -1})
+    assert check_ids(r) == {"litefs.E005", "litefs.E006"}, r.stderr
+    assert "NOPE" in r.stderr
+
+    r = manage(shim.mnt, "check", DJP_LITEFS={"REPLICA_WRITES": "redirect"})
+    assert check_ids(r) == {"litefs.E006"} and "PRIMARY_URL" in r.stderr
+
+    node = {"id": 1, "hostname": "a", "raft-addr": "127.0.0.1:1", "bogus": 1}
+    r = manage(shim.mnt, "check", DJP_LITEFS={"CONFIG": {"node": node}})
+    assert check_ids(r) == {"litefs.E007"} and "bogus" in r.stderr, r.stderr
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    r = manage(plain, "check", "--database", "default")
+    assert r.returncode != 0 and check_ids(r) == {"litefs.E002"}, r.stderr
+    assert "no litefs-py mount answers" in r.stderr
+
+
+def test_litefs_status(cluster: Cluster):
+    r = manage(cluster.replica.mnt, "litefs_status", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["healthy"] is True and out["problems"] == []
+    assert out["health"]["role"] == "replica" and out["health"]["primary"] == "node-1"
+    assert out["databases"]["default"]["in_mount"] is True
+    r = manage(cluster.replica.mnt, "litefs_status")
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(None, 1) for line in r.stdout.splitlines() if line.strip())
+    assert lines["role"].strip() == "replica"
+    assert lines["primary"].strip() == "node-1"
+    r = manage(cluster.replica.mnt.parent / "lower", "litefs_status")
+    assert r.returncode != 0 and "not a litefs-py mount" in r.stderr
+
+
+def test_python_m_litefs_config(tmp_path: Path):
+    config = {
+        "node": {
+            "id": 1,
+            "hostname": "web-1",
+            "raft-addr": "127.0.0.1:20301",
+            "http-addr": "127.0.0.1:20311",
+        },
+        "cluster": {"bootstrap": True, "peers": {1: "127.0.0.1:20301"}},
+        "litefs": {"data-dir": "/var/lib/litefs"},
+    }
+    env = django_env("/srv/app")
+    settings = tmp_path / "mysettings.py"
+    settings.write_text(
+        "from djproject.settings import *  # noqa\n"
+        f"LITEFS = {{'MOUNT': '/srv/app', 'CONFIG': {config!r}}}\n"
+    )
+    cmd = [sys.executable, "-m", "litefs", "config", "--settings", "mysettings"]
+    env["PYTHONPATH"] = f"{tmp_path}:{DJPROJECT}"
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "# litefs-py.yml" in r.stdout and "# litefs.yml" in r.stdout
+    own, lfs = r.stdout.split("---\n")
+    assert "hostname: web-1" in own and "dir: /srv/app" in own
+    assert "type: consul" in lfs and "hostname: web-1" in lfs
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [*cmd, "--output-dir", str(out)], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert (out / "litefs-py.yml").read_text() == own.removeprefix("# litefs-py.yml\n")
+    assert "lease:" in (out / "litefs.yml").read_text()
+
+    settings.write_text(
+        "from djproject.settings import *  # noqa\n"
+        "LITEFS = {'CONFIG': {'node': {'id': 1, 'bogus': 2}}}\n"
+    )
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert r.returncode == 1 and "bogus" in r.stderr, r.stderr
+
+
+def test_database_outside_the_mount_is_plain_sqlite(tmp_path: Path):
+    """A database outside the mount (e.g. a developer's local file) is plain SQLite: no state is
+    read, writes work though no mount answers. The settings check still flags it (E001)."""
+    db = str(tmp_path / "local.db")
+    nomount = tmp_path / "nomount"
+    r = manage(nomount, "migrate", "--noinput", DJP_DB=db)
+    assert r.returncode != 0 and "litefs.E001" in r.stderr
+    r = manage(nomount, "migrate", "--noinput", DJP_DB=db, DJP_ENGINE="django.db.backends.sqlite3")
+    assert r.returncode == 0, r.stderr
+    out = scenario(nomount, "ops", DJP_DB=db)
+    assert all(out[op]["ok"] for op in WRITES), out
+    assert out["journal_mode"]["value"] == "wal"

@@ -1,0 +1,183 @@
+"""``litefs.state()``, ``is_primary()``, ``wait_for_primary()`` and the exceptions, against real
+mounts."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Cluster
+
+import litefs
+
+
+def test_single_node_is_primary(shim, monkeypatch):
+    s = litefs.state(shim.mnt)
+    assert isinstance(s, litefs.State)
+    assert s.role == "primary"
+    assert s.is_primary and not s.is_replica
+    assert s.primary == "solo" == s.hostname
+    assert s.healthy
+    assert s.problems() == ()
+    assert s.term >= 1 and s.node_id == 1
+    assert s.version == litefs.__version__
+    assert s.raw["role"] == "primary"
+    assert litefs.is_primary(shim.mnt) is True
+    assert litefs.primary(shim.mnt) == "solo"
+    assert litefs.require_primary(str(shim.mnt)).is_primary
+    # The mount from $LITEFS_DIR when no argument is given.
+    monkeypatch.setenv("LITEFS_DIR", str(shim.mnt))
+    assert litefs.mount_path() == str(shim.mnt)
+    assert litefs.is_primary()
+    assert litefs.wait_for_primary(1).primary == "solo"
+
+
+def test_state_is_immutable(shim):
+    s = litefs.state(shim.mnt)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.role = "replica"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        s.raw["role"] = "x"  # type: ignore[index]
+
+
+def test_default_mount(monkeypatch):
+    monkeypatch.delenv("LITEFS_DIR", raising=False)
+    assert litefs.mount_path() == "/litefs" == litefs.DEFAULT_MOUNT
+
+
+def test_not_mounted_plain_dir(tmp_path):
+    for fn in (litefs.state, litefs.is_primary, litefs.primary):
+        with pytest.raises(litefs.NotMounted, match="not a litefs-py mount"):
+            fn(tmp_path)
+    with pytest.raises(litefs.NotMounted, match="no such directory"):
+        litefs.state(tmp_path / "missing")
+    with pytest.raises(litefs.NotMounted):
+        litefs.is_primary(tmp_path / "missing")
+    # A file is not a mount either.
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(litefs.NotMounted):
+        litefs.state(tmp_path / "f")
+    assert issubclass(litefs.NotMounted, litefs.LiteFSError)
+    assert not issubclass(litefs.NotMounted, OSError)
+
+
+def test_wait_for_primary_times_out(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(litefs.NotMounted):
+        litefs.wait_for_primary(0.3, tmp_path)
+    assert 0.25 < time.monotonic() - started < 3
+
+
+def test_wait_for_primary_sees_a_mount_come_up(mount_factory, tmp_path):
+    lower, mnt = tmp_path / "lower", tmp_path / "mnt"
+    lower.mkdir()
+    mnt.mkdir()
+    found: dict = {}
+
+    def wait() -> None:
+        try:
+            found["state"] = litefs.wait_for_primary(15, mnt)
+        except Exception as e:  # handed to the test
+            found["error"] = e
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.3)
+    mount_factory.start(lower, mnt, extra_args=["--hostname", "late"])
+    t.join(20)
+    assert "error" not in found, found
+    assert found["state"].primary == "late"
+
+
+def test_replica_and_primary(cluster: Cluster):
+    p, r = litefs.state(cluster.primary.mnt), litefs.state(cluster.replica.mnt)
+    assert p.is_primary and p.role == "primary" and p.primary == cluster.primary.hostname
+    assert not r.is_primary and r.is_replica
+    assert r.primary == cluster.primary.hostname
+    assert r.hostname == cluster.replica.hostname
+    assert r.healthy and r.problems() == ()
+    assert p.term == r.term and p.leader_id == r.leader_id == cluster.primary.id
+    assert litefs.is_primary(cluster.replica.mnt) is False
+    with pytest.raises(litefs.NotPrimary) as info:
+        litefs.require_primary(cluster.replica.mnt)
+    assert info.value.primary == cluster.primary.hostname
+    assert cluster.primary.hostname in str(info.value)
+
+
+def test_no_primary_known(cluster: Cluster):
+    """A replica whose primary is gone (two voters: no election can succeed) says electing:
+    no primary, not healthy; wait_for_primary times out with NoPrimary."""
+    cluster.primary.mount.stop()
+    deadline = time.monotonic() + 10
+    while litefs.state(cluster.replica.mnt).role != "electing":
+        assert time.monotonic() < deadline, "the replica never noticed its primary was gone"
+        time.sleep(0.05)
+    s = litefs.state(cluster.replica.mnt)
+    assert s.primary is None and not s.healthy
+    assert any("no primary known" in p for p in s.problems())
+    with pytest.raises(litefs.NoPrimary, match="no primary known"):
+        litefs.wait_for_primary(0.3, cluster.replica.mnt)
+    with pytest.raises(litefs.NotPrimary, match="no primary is known"):
+        litefs.require_primary(cluster.replica.mnt)
+
+
+def test_problems_lag_and_litefs():
+    health = {
+        "role": "replica",
+        "hostname": "b",
+        "primary": "a",
+        "term": 3,
+        "lag_ms": 2500,
+        "litefs": {"mounted": True, "serving": False},
+    }
+    s = litefs.State.from_health("/m", health)
+    assert s.problems() == ("LiteFS is not serving",)
+    assert s.problems(max_lag_ms=1000) == (
+        "LiteFS is not serving",
+        "replication lag 2500 ms exceeds 1000 ms",
+    )
+    assert not s.healthy
+    with pytest.raises(litefs.LiteFSError, match="unexpected content"):
+        litefs.State.from_health("/m", {"no": "role"})
+
+
+def test_not_primary_is_a_database_error_and_pickles():
+    from django.db import DatabaseError
+
+    e = litefs.NotPrimary(primary="node-a", hostname="node-b")
+    assert isinstance(e, DatabaseError) and isinstance(e, litefs.LiteFSError)
+    assert "node-a" in str(e) and "node-b" in str(e)
+    again = pickle.loads(pickle.dumps(e))
+    assert type(again) is litefs.NotPrimary
+    assert (again.primary, again.hostname, str(again)) == ("node-a", "node-b", str(e))
+    c = pickle.loads(pickle.dumps(litefs.ConfigError("bad", "node.id")))
+    assert (c.key, str(c)) == ("node.id", "bad")
+
+
+def test_import_does_not_import_django():
+    code = "import sys, litefs; litefs.is_primary; print('django' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_dead_daemon_is_not_mounted(mount_factory, tmp_path: Path):
+    """A mount whose daemon is gone: NotMounted (ENOTCONN), not a bare OSError."""
+    lower, mnt = tmp_path / "lower", tmp_path / "mnt"
+    lower.mkdir()
+    mnt.mkdir()
+    m = mount_factory.start(lower, mnt, extra_args=["--no-auto-unmount"])
+    m.proc.kill()
+    m.proc.wait(10)
+    try:
+        with pytest.raises(litefs.NotMounted, match="not connected"):
+            litefs.state(m.mnt)
+        with pytest.raises(litefs.NotMounted):
+            litefs.is_primary(m.mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(m.mnt)], check=False)
