@@ -91,13 +91,13 @@ impl Kill {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// min/p50/p90/p99/max/mean of `xs` (ms), nearest rank as in the shim benchmark: with fewer
 /// than 100 samples, p99 is the maximum.
-fn stats(xs: &[f64]) -> Value {
+pub(crate) fn stats(xs: &[f64]) -> Value {
     if xs.is_empty() {
         return json!({ "n": 0 });
     }
@@ -115,7 +115,7 @@ fn stats(xs: &[f64]) -> Value {
     })
 }
 
-fn stats_line(s: &Value) -> String {
+pub(crate) fn stats_line(s: &Value) -> String {
     if s["n"] == 0 {
         return "no samples".into();
     }

@@ -3,16 +3,20 @@
 //! run; optionally the same over a single-node LiteFS. Prints tables, writes JSON.
 //!
 //! `litefs-py-bench failover` measures something else: how long a 3-node cluster takes to agree
-//! on a new primary after kill -9 of the current one (see `failover.rs`).
+//! on a new primary after kill -9 of the current one (see `failover.rs`);
+//! `litefs-py-bench litefs-failover` the same with `litefs-py run` and real LiteFS, up to the
+//! first write the new primary accepts (see `litefs_failover.rs`).
 
 mod cluster;
 mod failover;
 mod litefs;
+mod litefs_failover;
 mod measure;
 mod micro;
 mod mounts;
 mod report;
 mod run;
+mod run_cluster;
 mod sys;
 mod workloads;
 
@@ -78,6 +82,10 @@ enum Mode {
     /// Failover time of a 3-node cluster: kill -9 of the primary until every survivor's
     /// `.primary` names the new one; p50/p90/p99 over many kills, JSON as failover-*.json.
     Failover(failover::FailoverArgs),
+    /// Failover of 3 `litefs-py run` nodes with real LiteFS: kill -9 of the primary (its
+    /// `litefs-py run` and its LiteFS) until a survivor's shim commits a write; p50/p99 over
+    /// many kills, the killed node rejoining before the next; JSON as litefs-failover-*.json.
+    LitefsFailover(litefs_failover::LiteFsFailoverArgs),
 }
 
 fn main() {
@@ -90,6 +98,7 @@ fn main() {
     let result = match args.mode.take() {
         None => run(args),
         Some(Mode::Failover(f)) => run_failover(f),
+        Some(Mode::LitefsFailover(f)) => run_litefs_failover(f),
     };
     if let Err(e) = result {
         eprintln!("litefs-py-bench: {e:#}");
@@ -106,6 +115,19 @@ fn run_failover(args: failover::FailoverArgs) -> Result<()> {
     ensure!(
         clean,
         "failover: some kills failed or the safety check fired (see above)"
+    );
+    Ok(())
+}
+
+fn run_litefs_failover(args: litefs_failover::LiteFsFailoverArgs) -> Result<()> {
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let clean = litefs_failover::run(args, &target_dir()?, &exe_dir)?;
+    ensure!(
+        clean,
+        "litefs-failover: some kills failed, a check fired or rows are missing (see above)"
     );
     Ok(())
 }
