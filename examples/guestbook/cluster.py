@@ -324,6 +324,9 @@ run:
             "GUESTBOOK_PRIMARY_URL": f"http://{{primary}}:{node.ports[APP]}",
             "DJANGO_ALLOWED_HOSTS": ",".join(n.ip for n in self.nodes),
             "PYTHONUNBUFFERED": "1",
+            # Inherited by everything the node starts (LiteFS, start.py, gunicorn's workers): a
+            # last-resort cleanup (scripts/demo's trap) finds this run's processes by it.
+            "GUESTBOOK_CLUSTER": str(self.work),
             "LITEFS_PY_LOG": os.environ.get("LITEFS_PY_LOG", "info"),
             **self.env,
         }
