@@ -67,6 +67,21 @@ pub enum Command {
     /// Change the cluster's membership, via the local node (forwarded to the leader).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Move the raft leadership and the LiteFS primary to another node, losing no acknowledged
+    /// write (a planned switch-over: maintenance, a rolling upgrade).
+    ///
+    /// Asks the local daemon on node.http-addr (forwarded to the leader; the cluster secret is
+    /// required). The leader HALTs its LiteFS's databases (writers on the old primary wait),
+    /// waits until the target's LiteFS has replicated every one of them to the same position,
+    /// has its own LiteFS give up the primary lease, records that in raft, and transfers raft
+    /// leadership to the target, whose LiteFS becomes primary without waiting out a lease.
+    /// Writes are paused for about a second (up to lease.ttl / 2 + the transfer). Every node
+    /// must run `litefs-py run`.
+    ///
+    /// Exits 1 with one line saying why if: ID is not a member, is a learner or a witness, or
+    /// is not keeping up; no leader is known; the target did not catch up within 10 s; the
+    /// local LiteFS did not demote in time (nothing changed then: it stays primary).
+    Handoff(HandoffArgs),
     /// Validate and print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -161,6 +176,17 @@ pub struct ClusterAddArgs {
     /// The new node's node.raft-addr (host:port).
     pub raft_addr: String,
     /// The local node's config file (for node.http-addr and the secret).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HandoffArgs {
+    /// The node.id to hand to [default: the data voter furthest along in replication].
+    #[arg(long, value_name = "ID")]
+    pub to: Option<u64>,
+    /// The local node's config file (for node.http-addr and the secret) [default:
+    /// ./litefs-py.yml, then /etc/litefs-py.yml].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }

@@ -37,6 +37,7 @@ where
         cli::Command::Witness(args) => crate::cmd_witness::run(args),
         cli::Command::Status(args) => crate::cmd_status::run(args),
         cli::Command::Cluster(cmd) => crate::cmd_cluster::run(cmd),
+        cli::Command::Handoff(args) => crate::cmd_handoff::run(args),
         cli::Command::Config(cli::ConfigCommand::Check(args)) => config_check(args),
         cli::Command::Config(cli::ConfigCommand::Litefs(args)) => config_litefs(args),
         cli::Command::Version => {

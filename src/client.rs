@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::handoff::{FORWARD_TIMEOUT, HandoffOutcome, HandoffRequest};
 use crate::raft::api::paths;
 use crate::raft::node::{AddRequest, MembershipOutcome, RemoveRequest};
 use crate::raft::status::StatusReport;
@@ -74,16 +75,17 @@ impl DaemonClient {
         &self,
         path: &str,
         body: &Req,
+        timeout: Duration,
     ) -> anyhow::Result<T> {
         let secret = self.secret.as_deref().context(
-            "no cluster secret: set cluster.secret-file or $LITEFS_PY_SECRET (membership changes require it)",
+            "no cluster secret: set cluster.secret-file or $LITEFS_PY_SECRET (membership changes and handoffs require it)",
         )?;
         let req = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(secret)
             .json(body)
-            .timeout(CHANGE_TIMEOUT);
+            .timeout(timeout);
         self.send(req, path)
     }
 
@@ -100,11 +102,21 @@ impl DaemonClient {
             id,
             raft_addr: raft_addr.to_string(),
         };
-        self.post(paths::CLUSTER_ADD, &body)
+        self.post(paths::CLUSTER_ADD, &body, CHANGE_TIMEOUT)
     }
 
     pub fn remove(&self, id: u64) -> anyhow::Result<MembershipOutcome> {
-        self.post(paths::CLUSTER_REMOVE, &RemoveRequest { id })
+        self.post(paths::CLUSTER_REMOVE, &RemoveRequest { id }, CHANGE_TIMEOUT)
+    }
+
+    /// `handoff [--to ID]`: bounded by the leader's own steps (each has a timeout).
+    pub fn handoff(&self, to: Option<u64>) -> anyhow::Result<HandoffOutcome> {
+        let body = HandoffRequest { to };
+        self.post(
+            paths::CLUSTER_HANDOFF,
+            &body,
+            FORWARD_TIMEOUT + Duration::from_secs(5),
+        )
     }
 }
 

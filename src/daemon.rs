@@ -96,7 +96,12 @@ impl Daemon {
         let lease = match lease {
             LeaseApi::Off => None,
             mode => match rt.block_on(raft_facts::start_for_node(node.clone(), config)) {
-                Ok(server) => Some(server),
+                Ok((server, service)) => {
+                    if node.litefs.is_some() {
+                        install_handoff(&node, config, &service)?;
+                    }
+                    Some(server)
+                }
                 Err(e @ LeaseError::Bind { .. }) if mode == LeaseApi::BestEffort => {
                     tracing::error!(
                         "{e}: the lease API is not served, so a LiteFS on this node cannot follow the cluster"
@@ -129,6 +134,27 @@ impl Daemon {
         self.rt.block_on(self.node.shutdown());
         self.rt.shutdown_timeout(Duration::from_secs(1));
     }
+}
+
+/// Under `run`: what a planned handoff needs of this node's LiteFS and lease API.
+fn install_handoff(
+    node: &Arc<RaftNode>,
+    config: &Config,
+    service: &Arc<crate::lease::LeaseService<raft_facts::NodeFacts>>,
+) -> anyhow::Result<()> {
+    let http = crate::supervisor::litefs_http_addr(&config.litefs.http_addr).ok_or_else(|| {
+        anyhow::anyhow!(
+            "litefs.http-addr {:?} is not host:port",
+            config.litefs.http_addr
+        )
+    })?;
+    let local = crate::handoff::Local {
+        litefs: crate::handoff::litefs_api::LiteFsApi::new(config.mount.lower.clone(), http)?,
+        lease: Arc::downgrade(service),
+        ttl: config.lease.ttl,
+    };
+    let _ = node.handoff.set(Arc::new(local));
+    Ok(())
 }
 
 /// What the virtual files say before raft has spoken: no primary known.

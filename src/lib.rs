@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod handoff;
 pub mod lease;
 pub mod litefs_config;
 pub mod litefs_state;
@@ -16,6 +17,7 @@ extern crate self as litefs_py;
 mod cli;
 mod cli_entry;
 mod cmd_cluster;
+mod cmd_handoff;
 mod cmd_mount;
 mod cmd_run;
 mod cmd_status;

@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::raft::{NodeId, Request, Response};
 
 pub mod consul;
+pub mod handoff;
 pub mod raft_facts;
 pub mod server;
 pub mod service;
@@ -98,6 +99,11 @@ pub trait RaftFacts: Send + Sync + 'static {
     fn get(&self, key: &str) -> Option<String>;
     /// The replicated LiteFS cluster id.
     fn cluster_id(&self) -> Option<String>;
+    /// The term of the last log entry applied to this node's state machine (see
+    /// [`handoff::waives`]). `None`: unknown, and no handoff record is ever trusted.
+    fn applied_term(&self) -> Option<u64> {
+        None
+    }
     /// Writes through raft; resolves once committed and applied here.
     fn write(&self, request: Request) -> impl Future<Output = Result<Response, WriteError>> + Send;
     /// Resolves when raft's state may have changed (the caller re-reads [`RaftFacts::now`]).

@@ -82,6 +82,10 @@ impl RaftFacts for NodeFacts {
         self.node.state_machine.cluster_id()
     }
 
+    fn applied_term(&self) -> Option<u64> {
+        self.node.metrics().last_applied.map(|l| l.leader_id.term)
+    }
+
     async fn write(&self, request: Request) -> Result<Response, WriteError> {
         self.node
             .raft
@@ -103,16 +107,16 @@ impl RaftFacts for NodeFacts {
     }
 }
 
-/// Serves the lease API for `node` on `lease.addr`, with `lease.ttl`.
+/// Serves the lease API for `node` on `lease.addr`, with `lease.ttl`. The service is returned
+/// too: a planned handoff fences it.
 pub async fn start_for_node(
     node: Arc<RaftNode>,
     config: &Config,
-) -> Result<LeaseServer, LeaseError> {
+) -> Result<(LeaseServer, Arc<LeaseService<NodeFacts>>), LeaseError> {
     let params = LeaseParams::new(config.lease.ttl);
     let litefs = node.litefs.clone();
     let service = LeaseService::new(NodeFacts::new(node), params).with_litefs_state(litefs);
-    let (server, _service) = server::start_service(service, config.lease.addr).await?;
-    Ok(server)
+    server::start_service(service, config.lease.addr).await
 }
 
 #[cfg(test)]

@@ -13,8 +13,10 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 use super::consul::{self, KvPair, SessionEntry};
+use super::handoff::{HANDOFF_KEY, HandoffRecord, waives};
 use super::state::{
-    AcquireCheck, HolderRecord, LeaseParams, LeaseState, LeaseStatus, Lost, record_is_current,
+    AcquireCheck, HolderRecord, LeaseParams, LeaseState, LeaseStatus, Lost, RaftNow, Refusal,
+    record_is_current,
 };
 use super::{LEASE_KEY, LeaseError, RaftFacts, WRITE_TIMEOUT, WriteError};
 use crate::litefs_state::LiteFsState;
@@ -110,6 +112,7 @@ impl<F: RaftFacts> LeaseService<F> {
         let mut held = false;
         loop {
             let r = self.facts.now();
+            self.apply_waiver(&r);
             let check = self.state.lock().check_acquire(id, &r);
             match check {
                 AcquireCheck::Grant { .. } => break,
@@ -304,7 +307,59 @@ impl<F: RaftFacts> LeaseService<F> {
 
     pub fn status(&self) -> LeaseStatus {
         let r = self.facts.now();
+        self.apply_waiver(&r);
         self.state.lock().status(&r)
+    }
+
+    /// A leader whose previous term ended in a handoff may grant at once (see
+    /// [`super::handoff`]).
+    fn apply_waiver(&self, r: &RaftNow) {
+        if !r.is_leader {
+            return;
+        }
+        let Some(record) = self
+            .facts
+            .get(HANDOFF_KEY)
+            .and_then(|v| serde_json::from_str::<HandoffRecord>(&v).ok())
+        else {
+            return;
+        };
+        if waives(&record, r.term, self.facts.applied_term()) {
+            self.state.lock().waive_wait(r.term);
+        }
+    }
+
+    /// Handoff, step 1: fences this leadership (no grant, no renewal for the rest of its term),
+    /// so the local LiteFS demotes at its next renewal. Returns the fenced term.
+    pub fn fence(&self) -> Result<u64, Refusal> {
+        let r = self.facts.now();
+        let result = self.state.lock().fence(&r);
+        self.report_hold();
+        if let Ok(term) = result {
+            tracing::info!(term, "handoff: the primary lease is fenced");
+        }
+        result
+    }
+
+    /// Whether the fenced leadership `term` has no holder any more (the renewal that demoted
+    /// the local LiteFS was answered) and this node still leads it with a fresh quorum.
+    pub fn fenced_and_released(&self, term: u64) -> bool {
+        let r = self.facts.now();
+        let released = self.state.lock().fenced_without_holder(term, &r);
+        self.report_hold();
+        released && r.is_leader && r.fresh && r.term == term
+    }
+
+    /// Lifts the fence after a handoff that did not happen (no record left that could waive a
+    /// wait): the local LiteFS may acquire again.
+    pub fn unfence(&self) {
+        self.state.lock().unfence();
+        tracing::info!("handoff abandoned: the primary lease is no longer fenced");
+    }
+
+    /// Writes through raft (for the handoff's record), bounded like the lease's own writes.
+    pub async fn write_record(&self, request: Request) -> Result<Response, WriteError> {
+        self.write(request).await
     }
 
     /// Makes the replicated record match this node's decision: the holder while we lead and

@@ -13,6 +13,9 @@
 //!   acquire only at `leadership start + lease.ttl + lock delay (1 s) + margin`.
 //! - A session belongs to the leadership (term) in which it acquired the lock: a renewal in a
 //!   later term is 404, even on the same node.
+//! - A planned handoff (`litefs-py handoff`) fences the leader for the rest of its term: no grant,
+//!   no renewal. Once its LiteFS has demoted, it records through raft that term `t` ended with no
+//!   primary (`super::handoff`); the leader of term `t + 1` may then grant at once (the waiver).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -140,6 +143,8 @@ pub enum Refusal {
     StaleQuorum,
     /// A new leader waiting out the previous lease, or a lock delay.
     Waiting,
+    /// This leader is handing the primary to another node.
+    HandingOff,
 }
 
 impl Refusal {
@@ -150,6 +155,7 @@ impl Refusal {
             Refusal::NotLeader => "this node is not the raft leader",
             Refusal::StaleQuorum => "no fresh quorum acknowledgement",
             Refusal::Waiting => "waiting out the previous lease",
+            Refusal::HandingOff => "this node is handing the primary lease to another node",
         }
     }
 }
@@ -161,6 +167,7 @@ pub enum Lost {
     NotHolder,
     StaleQuorum,
     OldTerm,
+    HandingOff,
 }
 
 impl Lost {
@@ -170,6 +177,7 @@ impl Lost {
             Lost::NotHolder => "the session does not hold the lock (leadership changed?)",
             Lost::StaleQuorum => "no fresh quorum acknowledgement",
             Lost::OldTerm => "the lock was granted in an earlier raft term",
+            Lost::HandingOff => "the primary is being handed to another node",
         }
     }
 }
@@ -199,6 +207,9 @@ pub struct LeaseStatus {
     pub holder: Option<String>,
     pub holder_value: Option<String>,
     pub sessions: Vec<String>,
+    /// A planned handoff fenced this leader: it grants nothing more in its term.
+    #[serde(default)]
+    pub handing_off: bool,
 }
 
 #[derive(Debug)]
@@ -213,6 +224,10 @@ pub struct LeaseState {
     blocked_until: Option<Instant>,
     /// Consul's modify index, for the answers' `*Index` fields.
     index: u64,
+    /// A handoff fenced this leadership (its term): no grant, no renewal in it.
+    fence: Option<u64>,
+    /// The term whose new-leader wait a committed handoff record waived.
+    waived: Option<u64>,
 }
 
 impl LeaseState {
@@ -225,6 +240,8 @@ impl LeaseState {
             last_loss: None,
             blocked_until: None,
             index: 0,
+            fence: None,
+            waived: None,
         }
     }
 
@@ -312,8 +329,10 @@ impl LeaseState {
         if !r.fresh {
             return AcquireCheck::Refuse(Refusal::StaleQuorum);
         }
-        let ready = epoch.since + self.params.new_leader_wait();
-        let ready = self.blocked_until.map_or(ready, |b| b.max(ready));
+        if self.fence == Some(epoch.term) {
+            return AcquireCheck::Refuse(Refusal::HandingOff);
+        }
+        let ready = self.ready_at(epoch);
         if r.now < ready {
             return AcquireCheck::WaitUntil(ready);
         }
@@ -363,6 +382,8 @@ impl LeaseState {
             Some(Lost::OldTerm)
         } else if !(r.is_leader && r.fresh) {
             Some(Lost::StaleQuorum)
+        } else if self.fence == Some(r.term) {
+            Some(Lost::HandingOff)
         } else {
             None
         };
@@ -435,17 +456,67 @@ impl LeaseState {
 
     pub fn status(&mut self, r: &RaftNow) -> LeaseStatus {
         self.sync(r);
-        let grant_at = self.epoch.map(|e| {
-            let ready = e.since + self.params.new_leader_wait();
-            self.blocked_until.map_or(ready, |b| b.max(ready))
-        });
+        let grant_at = self.epoch.map(|e| self.ready_at(e));
         LeaseStatus {
             leader_term: self.epoch.map(|e| e.term),
             grant_in_ms: grant_at.map(|t| t.saturating_duration_since(r.now).as_millis() as u64),
             holder: self.holder.as_ref().map(|h| h.session.clone()),
             holder_value: self.holder.as_ref().map(|h| h.value.clone()),
             sessions: self.sessions.keys().cloned().collect(),
+            handing_off: self.epoch.is_some_and(|e| self.fence == Some(e.term)),
         }
+    }
+
+    /// The first instant leadership `epoch` may grant: after the new-leader wait (unless a
+    /// handoff record waived it for this term) and any lock delay.
+    fn ready_at(&self, epoch: Epoch) -> Instant {
+        let ready = if self.waived == Some(epoch.term) {
+            epoch.since
+        } else {
+            epoch.since + self.params.new_leader_wait()
+        };
+        self.blocked_until.map_or(ready, |b| b.max(ready))
+    }
+
+    /// Fences the leadership in `r`'s term for a handoff: every later acquire is refused and
+    /// the holder's next renewal is 404 (its LiteFS demotes on it). Only a fresh leader whose
+    /// own wait is over may hand off: then no LiteFS of an earlier leadership can still be
+    /// primary, and once its own holder is gone no LiteFS is. Returns the fenced term.
+    pub fn fence(&mut self, r: &RaftNow) -> Result<u64, Refusal> {
+        self.sync(r);
+        let Some(epoch) = self.epoch.filter(|_| r.is_leader) else {
+            return Err(Refusal::NotLeader);
+        };
+        if !r.fresh {
+            return Err(Refusal::StaleQuorum);
+        }
+        if r.now < self.ready_at(epoch) {
+            return Err(Refusal::Waiting);
+        }
+        self.fence = Some(epoch.term);
+        Ok(epoch.term)
+    }
+
+    /// Lifts the fence: only once no handoff record for its term can be acted on (it was never
+    /// written, or its deletion committed).
+    pub fn unfence(&mut self) {
+        self.fence = None;
+    }
+
+    /// Whether the local LiteFS's grant is gone in the fenced term `term` (the 404 was answered:
+    /// LiteFS demotes on reading it).
+    pub fn fenced_without_holder(&mut self, term: u64, r: &RaftNow) -> bool {
+        self.sync(r);
+        self.fence == Some(term) && self.holder.is_none()
+    }
+
+    /// Waives the new-leader wait of `term`: a committed handoff record says the previous term
+    /// ended with no LiteFS primary (see `super::handoff::waives`).
+    pub fn waive_wait(&mut self, term: u64) {
+        if self.waived != Some(term) {
+            tracing::info!(term, "handoff record: the new-leader wait is waived");
+        }
+        self.waived = Some(term);
     }
 }
 

@@ -4,6 +4,8 @@
 //! - `GET /metrics`: Prometheus text. Open, read-only.
 //! - `POST /cluster/add` `{"id":4,"raft_addr":"host:port"}`, `POST /cluster/remove` `{"id":4}`:
 //!   membership changes; they require `Authorization: Bearer <cluster secret>`.
+//! - `POST /cluster/handoff` `{"to":2}` (or `{}`): the planned leadership + primary move (see
+//!   `crate::handoff`); the secret too.
 //! - `GET`/`PUT /test/faults` `{"blocked":[2,3]}`: TEST-ONLY, routed only when the daemon
 //!   started with `LITEFS_PY_TEST_FAULTS=1` (see `faults.rs`); secret required too.
 
@@ -30,6 +32,7 @@ pub mod paths {
     pub const METRICS: &str = "/metrics";
     pub const CLUSTER_ADD: &str = "/cluster/add";
     pub const CLUSTER_REMOVE: &str = "/cluster/remove";
+    pub const CLUSTER_HANDOFF: &str = "/cluster/handoff";
     pub const TEST_FAULTS: &str = "/test/faults";
 }
 
@@ -55,7 +58,8 @@ pub fn router(node: Arc<RaftNode>) -> Router {
         .route(paths::STATUS, get(status))
         .route(paths::METRICS, get(metrics))
         .route(paths::CLUSTER_ADD, post(cluster_add))
-        .route(paths::CLUSTER_REMOVE, post(cluster_remove));
+        .route(paths::CLUSTER_REMOVE, post(cluster_remove))
+        .route(paths::CLUSTER_HANDOFF, post(cluster_handoff));
     if faults {
         router = router.route(paths::TEST_FAULTS, get(faults_get).put(faults_put));
     }
@@ -130,6 +134,24 @@ async fn cluster_remove(
     }
     match parse::<RemoveRequest>(&body) {
         Ok(req) => st.node.remove_node(req).await.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn cluster_handoff(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = check(&st, peer, &headers, "a handoff request") {
+        return resp.into_response();
+    }
+    match parse::<crate::handoff::HandoffRequest>(&body) {
+        Ok(req) => match crate::handoff::handoff(&st.node, req).await {
+            Ok(outcome) => outcome.into_response(),
+            Err(e) => e.into_response(),
+        },
         Err(e) => e.into_response(),
     }
 }

@@ -171,6 +171,9 @@ pub struct RaftNode {
     /// Under `litefs-py run`: the local LiteFS's lease and health, which the view takes into
     /// account (see `view`). `None` under `mount` and `witness`.
     pub litefs: Option<LiteFsState>,
+    /// Under `litefs-py run`: what a planned handoff needs of this node's LiteFS and lease API
+    /// (installed by the daemon once the lease API runs).
+    pub handoff: std::sync::OnceLock<Arc<crate::handoff::Local>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -269,6 +272,7 @@ impl RaftNode {
             state_machine: sm,
             state,
             litefs,
+            handoff: std::sync::OnceLock::new(),
             stop,
             tasks: Mutex::new(Vec::new()),
         });

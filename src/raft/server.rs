@@ -51,6 +51,8 @@ pub fn router(node: Arc<RaftNode>) -> Router {
         .route(paths::HELLO, get(hello))
         .route(paths::ADMIN_ADD, post(admin_add))
         .route(paths::ADMIN_REMOVE, post(admin_remove))
+        .route(paths::ADMIN_HANDOFF, post(admin_handoff))
+        .route(paths::LITEFS_REPORT, get(litefs_report))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -247,6 +249,27 @@ async fn admin_add(State(st): State<RpcState>, body: Bytes) -> Response {
         Ok(req) => st.node.add_node_here(req).await.into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// A handoff forwarded by another node: only handled if this node leads (no second forward).
+async fn admin_handoff(State(st): State<RpcState>, body: Bytes) -> Response {
+    let req: crate::handoff::HandoffRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let m = st.node.metrics();
+    if m.state != openraft::ServerState::Leader {
+        let msg = "this node is no longer the leader; retry\n";
+        return (StatusCode::CONFLICT, msg).into_response();
+    }
+    match crate::handoff::handoff(&st.node, req).await {
+        Ok(outcome) => outcome.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn litefs_report(State(st): State<RpcState>) -> Response {
+    json(&crate::handoff::report(&st.node).await)
 }
 
 async fn admin_remove(State(st): State<RpcState>, body: Bytes) -> Response {

@@ -30,6 +30,8 @@ use litefs_py_fuse::{DataPath, MountError, MountOptions, MountedShim};
 use self::children::{Event, Events, describe, shell_code, signal_name};
 use self::litefs::{LiteFs, is_mount_point, resolve_binary};
 use self::probe::Probe;
+/// Where to reach LiteFS's API from this host, given `litefs.http-addr` (also for the handoff).
+pub use self::probe::local_http_addr as litefs_http_addr;
 use crate::config::{Config, ConfigError, DataPathMode};
 use crate::daemon::Daemon;
 use crate::litefs_config::{self, LiteFsConfigError};

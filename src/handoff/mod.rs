@@ -1,0 +1,513 @@
+//! `litefs-py handoff`: moves raft leadership and the LiteFS primary together, with no
+//! acknowledged write lost. Runs on the leader (any node forwards the request there):
+//!
+//! 1. Choose and check the target ([`plan::choose_target`]): a data voter, caught up in raft,
+//!    running LiteFS under `litefs-py run` (it answers [`paths::LITEFS_REPORT`]).
+//! 2. HALT every database on the local LiteFS (its write lock: commits stop, local writers wait,
+//!    every commit acknowledged so far is in the position it answers with).
+//! 3. Wait until the target's LiteFS has exactly those positions (`<db>-pos`): it has every
+//!    acknowledged write. (Demoting first would be wrong: LiteFS cuts its replication streams
+//!    the instant it stops being primary.)
+//! 4. Fence the lease ([`crate::lease::LeaseService::fence`]): the local LiteFS's next renewal
+//!    is 404 and it demotes; wait until it says `isPrimary: false`.
+//! 5. Record through raft that this term ended with no primary ([`HandoffRecord`]), release the
+//!    HALT locks (LiteFS is a replica now and must apply what the new primary sends).
+//! 6. Transfer raft leadership to the target; its lease API may grant in the next term at once
+//!    (the waiver, `crate::lease::handoff`), and its LiteFS becomes primary.
+//!
+//! Any failure before step 4 undoes the halts; before step 5 also the fence. If leadership does
+//! not move after the record was written, the record is deleted through raft before the fence is
+//! lifted (a lifted fence with a live record could let the next term skip its wait unsafely).
+
+pub mod litefs_api;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use self::litefs_api::LiteFsApi;
+use self::plan::{Member, PlanError, Positions, lagging};
+use crate::lease::LeaseService;
+use crate::lease::handoff::{HANDOFF_KEY, HandoffRecord};
+use crate::lease::raft_facts::NodeFacts;
+use crate::raft::network::{CallError, paths};
+use crate::raft::{NodeId, RaftNode, Request};
+
+/// How long the target may take to replicate up to the halted positions.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the fence, LiteFS demotes at its next renewal (every ttl/2); this much on top.
+const DEMOTE_SLACK: Duration = Duration::from_secs(2);
+/// How long the raft leadership transfer may take (one retry halfway).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long the target's LiteFS may take to become primary once its node leads.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// One call to the target's report route.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(3);
+const POLL: Duration = Duration::from_millis(20);
+/// What a forwarded request may take in all.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What the local node's LiteFS handoff needs, installed by `litefs-py run`'s daemon.
+pub struct Local {
+    pub litefs: LiteFsApi,
+    /// Weak: the service holds the node, which holds this.
+    pub lease: Weak<LeaseService<NodeFacts>>,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HandoffRequest {
+    /// The node to hand to; `None`: the fittest data voter.
+    pub to: Option<NodeId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub what: String,
+    pub ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandoffOutcome {
+    pub message: String,
+    pub from: NodeId,
+    pub to: NodeId,
+    /// Database -> position handed over (what the new primary starts from).
+    pub positions: BTreeMap<String, String>,
+    pub steps: Vec<Step>,
+    pub elapsed_ms: u64,
+}
+
+impl IntoResponse for HandoffOutcome {
+    fn into_response(self) -> Response {
+        axum::Json(self).into_response()
+    }
+}
+
+/// A node's LiteFS as `GET /raft/litefs` answers it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalReport {
+    /// `None`: this node runs no LiteFS of its own (`mount`, `witness`).
+    pub is_primary: Option<bool>,
+    pub positions: Positions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("no leader is known right now; retry in a moment")]
+    NoLeader,
+    #[error("{0}")]
+    Refused(String),
+    #[error("LiteFS: {0}")]
+    LiteFs(String),
+    #[error("{0}")]
+    Peer(String),
+    #[error("{what} did not happen within {timeout:?}{detail}")]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        detail: String,
+    },
+}
+
+impl HandoffError {
+    fn status(&self) -> StatusCode {
+        match self {
+            HandoffError::Plan(PlanError::Unknown(_)) => StatusCode::NOT_FOUND,
+            HandoffError::Plan(_) | HandoffError::Refused(_) => StatusCode::CONFLICT,
+            HandoffError::NoLeader => StatusCode::SERVICE_UNAVAILABLE,
+            HandoffError::LiteFs(_) | HandoffError::Peer(_) => StatusCode::BAD_GATEWAY,
+            HandoffError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+impl IntoResponse for HandoffError {
+    fn into_response(self) -> Response {
+        (self.status(), format!("{self}\n")).into_response()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// This node's LiteFS report (the target side of step 3).
+pub async fn report(node: &RaftNode) -> LocalReport {
+    let Some(local) = node.handoff.get() else {
+        return LocalReport {
+            is_primary: None,
+            positions: Positions::new(),
+        };
+    };
+    let (primary, positions) = tokio::join!(local.litefs.is_primary(), local.litefs.positions());
+    LocalReport {
+        // LiteFS not answering counts as "not primary": the caller keeps polling.
+        is_primary: Some(primary.unwrap_or(false)),
+        positions: positions.unwrap_or_default(),
+    }
+}
+
+/// `handoff` on any node: here if this node leads, else forwarded to the leader.
+pub async fn handoff(
+    node: &Arc<RaftNode>,
+    req: HandoffRequest,
+) -> Result<HandoffOutcome, HandoffError> {
+    let m = node.metrics();
+    let leader = m.current_leader.ok_or(HandoffError::NoLeader)?;
+    if leader == node.settings.id && m.state == ServerState::Leader {
+        return handoff_here(node, req).await;
+    }
+    let addr = m
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.raft_addr.clone())
+        .ok_or(HandoffError::NoLeader)?;
+    node.transport
+        .call(
+            leader,
+            &addr,
+            paths::ADMIN_HANDOFF,
+            Some(&req),
+            FORWARD_TIMEOUT,
+        )
+        .await
+        .map_err(|e| match e {
+            CallError::Http { status, body, .. } if status != 503 || !body.is_empty() => {
+                HandoffError::Peer(format!("the leader (node {leader}): {}", body.trim()))
+            }
+            other => {
+                HandoffError::Peer(format!("forwarding to the leader (node {leader}): {other}"))
+            }
+        })
+}
+
+async fn target_report(
+    node: &RaftNode,
+    to: NodeId,
+    addr: &str,
+) -> Result<LocalReport, HandoffError> {
+    node.transport
+        .call::<(), LocalReport>(to, addr, paths::LITEFS_REPORT, None, REPORT_TIMEOUT)
+        .await
+        .map_err(|e| HandoffError::Peer(format!("node {to}: {e}")))
+}
+
+/// The halts taken so far, released on every way out of the handoff.
+struct Halts<'a> {
+    api: &'a LiteFsApi,
+    id: i64,
+    dbs: Vec<String>,
+}
+
+impl Halts<'_> {
+    async fn release(&mut self) {
+        for db in self.dbs.drain(..) {
+            if let Err(e) = self.api.unhalt(&db, self.id).await {
+                // LiteFS drops a HALT lock 30 s after it was taken anyway.
+                tracing::warn!(db, "handoff: releasing the HALT lock: {e}");
+            }
+        }
+    }
+}
+
+fn lock_id() -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as i64);
+    ((nanos ^ (i64::from(std::process::id()) << 40)) & i64::MAX).max(1)
+}
+
+async fn handoff_here(
+    node: &Arc<RaftNode>,
+    req: HandoffRequest,
+) -> Result<HandoffOutcome, HandoffError> {
+    let started = Instant::now();
+    let mut steps = Vec::new();
+    let mut step = |what: &str, since: &mut Instant| {
+        steps.push(Step {
+            what: what.into(),
+            ms: ms(since.elapsed()),
+        });
+        *since = Instant::now();
+    };
+    let me = node.settings.id;
+    let local = node.handoff.get().ok_or_else(|| {
+        HandoffError::Refused(format!(
+            "the leader (node {me}) runs no LiteFS of its own (not `litefs-py run`): there is no LiteFS primary to hand off"
+        ))
+    })?;
+    let lease = local
+        .lease
+        .upgrade()
+        .ok_or_else(|| HandoffError::Refused("the lease API is shutting down".into()))?;
+
+    // 1. The target.
+    let m = node.metrics();
+    if m.state != ServerState::Leader {
+        return Err(HandoffError::Refused(
+            "this node is no longer the leader; retry".into(),
+        ));
+    }
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let members: Vec<Member> = membership
+        .nodes()
+        .map(|(id, _)| Member {
+            id: *id,
+            voter: voters.contains(id),
+            witness: node.is_witness(*id),
+            matched: m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .and_then(|l| l.as_ref().map(|l| l.index)),
+        })
+        .collect();
+    let to = plan::choose_target(me, req.to, &members, m.last_log_index)?;
+    let addr = membership
+        .get_node(&to)
+        .map(|n| n.raft_addr.clone())
+        .ok_or(PlanError::Unknown(to))?;
+    let report = target_report(node, to, &addr).await?;
+    if report.is_primary.is_none() {
+        return Err(HandoffError::Refused(format!(
+            "node {to} runs no LiteFS of its own (it is not started with `litefs-py run`)"
+        )));
+    }
+    if !local.litefs.is_primary().await? {
+        return Err(HandoffError::Refused(format!(
+            "the local LiteFS (node {me}) is not primary yet: nothing to hand off; retry in a moment"
+        )));
+    }
+    if lease.status().grant_in_ms != Some(0) {
+        return Err(HandoffError::Refused(
+            "this leader is still waiting out the previous primary's lease; retry in a few seconds"
+                .into(),
+        ));
+    }
+    let mut t = Instant::now();
+    step("checks", &mut t);
+
+    // 2. HALT every database: from here on nothing commits on the old primary.
+    let mut halts = Halts {
+        api: &local.litefs,
+        id: lock_id(),
+        dbs: Vec::new(),
+    };
+    let dbs: Vec<String> = local.litefs.positions().await?.into_keys().collect();
+    for db in &dbs {
+        if let Err(e) = local.litefs.halt(db, halts.id).await {
+            halts.release().await;
+            return Err(e);
+        }
+        halts.dbs.push(db.clone());
+    }
+    let mut primary = match local.litefs.positions().await {
+        Ok(p) => p,
+        Err(e) => {
+            halts.release().await;
+            return Err(e);
+        }
+    };
+    // A database created after the listing is not halted: it is not compared either (it has
+    // no acknowledged write that the halted ones could order before).
+    primary.retain(|db, _| dbs.contains(db));
+    step("halt", &mut t);
+
+    // 3. The target has every acknowledged write.
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let behind = match target_report(node, to, &addr).await {
+            Ok(r) => lagging(&primary, &r.positions),
+            Err(e) => vec![e.to_string()],
+        };
+        if behind.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            halts.release().await;
+            return Err(HandoffError::Timeout {
+                what: format!("node {to}'s LiteFS catching up with the primary"),
+                timeout: CATCH_UP_TIMEOUT,
+                detail: format!(": {}", behind.join("; ")),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    step("target caught up", &mut t);
+
+    // 4. Fence the lease; the local LiteFS demotes at its next renewal.
+    let term = match lease.fence() {
+        Ok(term) => term,
+        Err(why) => {
+            halts.release().await;
+            return Err(HandoffError::Refused(format!(
+                "cannot fence the lease: {}",
+                why.as_str()
+            )));
+        }
+    };
+    let demote_timeout = local.ttl / 2 + DEMOTE_SLACK;
+    let deadline = Instant::now() + demote_timeout;
+    loop {
+        if lease.fenced_and_released(term) && !local.litefs.is_primary().await.unwrap_or(true) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            lease.unfence();
+            halts.release().await;
+            return Err(HandoffError::Timeout {
+                what: "the local LiteFS giving up the primary lease".into(),
+                timeout: demote_timeout,
+                detail: " (it stays primary)".into(),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    step("old primary demoted", &mut t);
+
+    // 5. The record that lets the next term grant at once; then LiteFS may replicate again.
+    let record = HandoffRecord {
+        released_term: term,
+        from: me,
+        to,
+    };
+    let recorded = lease
+        .write_record(Request::Set {
+            key: HANDOFF_KEY.into(),
+            value: serde_json::to_string(&record).expect("plain struct"),
+        })
+        .await;
+    if let Err(e) = &recorded {
+        // Fenced for the rest of the term either way; without the record the next leader just
+        // waits out the lease as after a failure.
+        tracing::warn!("handoff: writing the record: {e}; the new leader will wait out the lease");
+    }
+    halts.release().await;
+    step("recorded", &mut t);
+
+    // 6. Leadership to the target.
+    let transferred = transfer(node, to, term).await;
+    step("leadership transferred", &mut t);
+    if let Err(e) = transferred {
+        return Err(abandon(node, &lease, term, recorded.is_ok(), e).await);
+    }
+    let deadline = Instant::now() + PROMOTE_TIMEOUT;
+    loop {
+        if let Ok(LocalReport {
+            is_primary: Some(true),
+            ..
+        }) = target_report(node, to, &addr).await
+        {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(HandoffError::Timeout {
+                what: format!("node {to} leads the cluster, but its LiteFS becoming primary"),
+                timeout: PROMOTE_TIMEOUT,
+                detail: "; it should still get there (see `litefs-py status`)".into(),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    step("new primary", &mut t);
+    let hostname = membership
+        .get_node(&to)
+        .map(|n| n.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("node {to}"));
+    let elapsed = started.elapsed();
+    tracing::info!(to, ?elapsed, "handoff complete");
+    Ok(HandoffOutcome {
+        message: format!(
+            "node {to} ({hostname}) is the leader and the LiteFS primary; handed off from node {me} in {} ms",
+            ms(elapsed)
+        ),
+        from: me,
+        to,
+        positions: primary
+            .iter()
+            .map(|(db, p)| (db.clone(), p.to_string()))
+            .collect(),
+        steps,
+        elapsed_ms: ms(elapsed),
+    })
+}
+
+/// Asks openraft to hand leadership to `to` and waits until `to` leads a later term.
+async fn transfer(node: &RaftNode, to: NodeId, term: u64) -> Result<(), HandoffError> {
+    let deadline = Instant::now() + TRANSFER_TIMEOUT;
+    let mut retried = false;
+    node.raft
+        .trigger()
+        .transfer_leader(to)
+        .await
+        .map_err(|e| HandoffError::Refused(format!("raft: {e}")))?;
+    loop {
+        let m = node.metrics();
+        if m.current_leader == Some(to) && m.current_term > term {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HandoffError::Timeout {
+                what: format!("raft leadership moving to node {to}"),
+                timeout: TRANSFER_TIMEOUT,
+                detail: format!(
+                    " (leader now: {})",
+                    m.current_leader
+                        .map_or("none".into(), |l| format!("node {l}"))
+                ),
+            });
+        }
+        if !retried && left < TRANSFER_TIMEOUT / 2 && m.state == ServerState::Leader {
+            retried = true;
+            let _ = node.raft.trigger().transfer_leader(to).await;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Leadership did not move: if this node still leads the fenced term, delete the record and
+/// lift the fence so its LiteFS can be primary again. Returns the error to report.
+async fn abandon(
+    node: &RaftNode,
+    lease: &LeaseService<NodeFacts>,
+    term: u64,
+    recorded: bool,
+    e: HandoffError,
+) -> HandoffError {
+    let m = node.metrics();
+    if m.state != ServerState::Leader || m.current_term != term {
+        // Someone else leads a later term: their lease API decides from here.
+        return e;
+    }
+    if recorded {
+        let deleted = lease
+            .write_record(Request::Delete {
+                key: HANDOFF_KEY.into(),
+            })
+            .await;
+        if let Err(w) = deleted {
+            return HandoffError::Refused(format!(
+                "{e}; withdrawing the handoff record failed ({w}): node {} stays fenced (no primary) until the next election",
+                node.settings.id
+            ));
+        }
+    }
+    lease.unfence();
+    HandoffError::Refused(format!(
+        "{e}; the handoff was abandoned and node {} becomes primary again",
+        node.settings.id
+    ))
+}
