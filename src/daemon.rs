@@ -152,6 +152,7 @@ fn install_handoff(
         litefs: crate::handoff::litefs_api::LiteFsApi::new(config.mount.lower.clone(), http)?,
         lease: Arc::downgrade(service),
         ttl: config.lease.ttl,
+        busy: Default::default(),
     };
     let _ = node.handoff.set(Arc::new(local));
     Ok(())

@@ -59,6 +59,8 @@ pub struct Local {
     /// Weak: the service holds the node, which holds this.
     pub lease: Weak<LeaseService<NodeFacts>>,
     pub ttl: Duration,
+    /// A handoff is running on this node: a second one is refused.
+    pub busy: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -164,7 +166,16 @@ pub async fn handoff(
     let m = node.metrics();
     let leader = m.current_leader.ok_or(HandoffError::NoLeader)?;
     if leader == node.settings.id && m.state == ServerState::Leader {
-        return handoff_here(node, req).await;
+        // On a task of its own: a client that goes away (Ctrl-C, its timeout) drops this
+        // request's future, and a handoff stopped halfway would leave HALT locks or the fence.
+        let node = node.clone();
+        return tokio::spawn(async move { handoff_here(&node, req).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(HandoffError::Refused(format!(
+                    "the handoff task failed: {e}"
+                )))
+            });
     }
     let addr = m
         .membership_config
@@ -250,6 +261,19 @@ async fn handoff_here(
         .lease
         .upgrade()
         .ok_or_else(|| HandoffError::Refused("the lease API is shutting down".into()))?;
+    use std::sync::atomic::Ordering;
+    if local.busy.swap(true, Ordering::AcqRel) {
+        return Err(HandoffError::Refused(
+            "a handoff is already in progress on the leader".into(),
+        ));
+    }
+    struct Busy<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Busy<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    let _busy = Busy(&local.busy);
 
     // 1. The target.
     let m = node.metrics();
