@@ -214,3 +214,9 @@ def spawn_scenario(mount: Path | str, name: str, *args: str, **env: Any) -> subp
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def client(mount: Path | str, requests: list[list[str]], **env: Any) -> list[dict[str, Any]]:
+    """Requests (``[method, path]``) through Django's test client in the test project."""
+    result: list[dict[str, Any]] = scenario(mount, "client", json.dumps(requests), **env)
+    return result

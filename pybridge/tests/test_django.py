@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import DJPROJECT, Cluster, django_env, manage, scenario, spawn_scenario
+from conftest import DJPROJECT, Cluster, client, django_env, manage, scenario, spawn_scenario
 
 WRITES = (
     "save",
@@ -157,10 +157,6 @@ def test_user_options_respected(shim):
     assert out["journal_mode"]["value"] == "delete"
     assert out["save"]["ok"] and out["atomic_write"]["ok"]
     assert scenario(shim.mnt, "write_txn", "0", DJP_OPTIONS=options)["begin"] == "EXCLUSIVE"
-
-
-def client(mount: Path, requests: list[list[str]], **env) -> list[dict]:
-    return scenario(mount, "client", json.dumps(requests), **env)
 
 
 HEALTH = [["GET", "/health"], ["GET", "/ready"], ["GET", "/live"], ["GET", "/primary"]]

@@ -40,6 +40,7 @@ def outcome(fn: Callable[[], Any]) -> dict[str, Any]:
             "primary": getattr(e, "primary", None),
             "message": str(e),
             "cause": type(e.__cause__).__name__ if e.__cause__ is not None else None,
+            "cause_message": str(e.__cause__) if e.__cause__ is not None else None,
         }
     return {"ok": True, "value": value}
 
@@ -145,6 +146,23 @@ def client(requests: str) -> list[dict[str, Any]]:
     return out
 
 
+def bypass() -> dict[str, Any]:
+    """The backend's own guards off (no role read before statements, no authorizer, no
+    ``query_only``): a write reaches the file system, and what LiteFS answers on a replica must
+    still come back as NotPrimary."""
+    connection.ensure_connection()
+    connection._litefs_before = lambda query: None
+    sqlite = connection.connection
+    sqlite.set_authorizer(None)
+    sqlite.execute("PRAGMA query_only = 0")
+    connection._litefs_query_only = False
+    now = timezone.now()
+    return {
+        "raw_insert": outcome(lambda: raw(INSERT, ["bypass", "", now])),
+        "count_after": outcome(Entry.objects.count),
+    }
+
+
 def phases(count: str) -> dict[str, Any]:
     """``ops()`` now, then again after each line read from stdin (the test changes the cluster
     in between), in one process: the same connection sees the role change."""
@@ -159,9 +177,14 @@ def phases(count: str) -> dict[str, Any]:
 
 def main() -> None:
     name, *args = sys.argv[1:]
-    fn = {"ops": ops, "hold": hold, "write_txn": write_txn, "client": client, "phases": phases}[
-        name
-    ]
+    fn = {
+        "ops": ops,
+        "hold": hold,
+        "write_txn": write_txn,
+        "client": client,
+        "phases": phases,
+        "bypass": bypass,
+    }[name]
     print(json.dumps(fn(*args), default=str), flush=True)
 
 
