@@ -379,3 +379,49 @@ def test_database_outside_the_mount_is_plain_sqlite(tmp_path: Path):
     out = scenario(nomount, "ops", DJP_DB=db)
     assert all(out[op]["ok"] for op in WRITES), out
     assert out["journal_mode"]["value"] == "wal"
+
+
+def test_open_connections_follow_a_failover(mount_factory, tmp_path: Path):
+    """Three nodes; both replicas hold an open connection (writes refused). The primary stops;
+    one replica is elected: on the same connection its writes now succeed, while the other
+    replica's NotPrimary names the new primary."""
+    from conftest import start_cluster, wait_roles
+
+    nodes = start_cluster(mount_factory, tmp_path, [1, 2, 3])
+    first = wait_roles(nodes)
+    replicas = [n for n in nodes if n is not first.primary]
+    migrate(first.primary.mnt)
+    for n in replicas:
+        shutil.copy(first.primary.lower / "app.db", n.lower / "app.db")
+    procs = {n.id: spawn_scenario(n.mnt, "phases", "2") for n in replicas}
+    try:
+        for n in replicas:
+            before = json.loads(procs[n.id].stdout.readline())
+            assert all(before[op]["not_primary"] for op in WRITES), before
+            assert before["save"]["primary"] == first.primary.hostname
+        first.primary.mount.stop()
+        second = wait_roles(replicas)
+        for p in procs.values():
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        after = {i: json.loads(p.stdout.readline()) for i, p in procs.items()}
+    finally:
+        errs = {i: p.communicate(timeout=30)[1] for i, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), errs
+    new = after[second.primary.id]
+    for op in (*READS, *WRITES):
+        assert new[op]["ok"], (op, new[op])
+    other = after[second.replica.id]
+    for op in WRITES:
+        assert other[op]["not_primary"], (op, other[op])
+        assert other[op]["primary"] == second.primary.hostname, (op, other[op])
+
+
+def test_role_reads_per_request(shim):
+    """Reads never read .role once seen; the classification survives reconnects. Per unit
+    (connect, two reads, one write transaction): at connect, at BEGIN, and nothing more."""
+    migrate(shim.mnt)
+    out = scenario(shim.mnt, "role_reads")
+    first, *later = out["per_unit"]
+    assert first > later[0], out
+    assert later == [2, 2], out

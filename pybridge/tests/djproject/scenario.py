@@ -163,6 +163,31 @@ def bypass() -> dict[str, Any]:
     }
 
 
+def role_reads() -> dict[str, Any]:
+    """How often the backend reads ``.role`` for a request-like unit of work (connect, a few
+    reads, one write transaction, close), the first time and once statements are known."""
+    from litefs.django import mixin
+
+    calls = {"n": 0}
+    real = mixin._native.read_role
+
+    def counting(mount: Any) -> str:
+        calls["n"] += 1
+        return real(mount)
+
+    mixin._native.read_role = counting  # type: ignore[assignment]
+    out = []
+    for _ in range(3):
+        calls["n"] = 0
+        Entry.objects.count()
+        list(Entry.objects.filter(name="x"))
+        with transaction.atomic():
+            Entry.objects.create(name="r")
+        connection.close()  # Django's default: a new connection per request
+        out.append(calls["n"])
+    return {"per_unit": out}
+
+
 def phases(count: str) -> dict[str, Any]:
     """``ops()`` now, then again after each line read from stdin (the test changes the cluster
     in between), in one process: the same connection sees the role change."""
@@ -184,6 +209,7 @@ def main() -> None:
         "client": client,
         "phases": phases,
         "bypass": bypass,
+        "role_reads": role_reads,
     }[name]
     print(json.dumps(fn(*args), default=str), flush=True)
 

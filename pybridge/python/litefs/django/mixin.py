@@ -216,7 +216,10 @@ class LiteFSMixin:
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         conn = super().get_new_connection(conn_params)  # type: ignore[misc]
-        self._litefs_classified = {}
+        # What each statement does depends only on its text: the classification outlives the
+        # connection (Django reconnects per request by default), one per wrapper (per thread).
+        if "_litefs_classified" not in self.__dict__:
+            self._litefs_classified = {}
         self._litefs_query_only = False
         self._litefs_write_txn = False
         if self._litefs_mount is None:
