@@ -14,15 +14,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::run::prerequisites;
-use common::run_cluster::{InfoSampler, RunCluster, hostname};
+use common::run_cluster::{InfoSampler, RunCluster, SLEEPING_APP, hostname};
 use common::{serial, wait_for};
 use rusqlite::{Connection, ErrorCode};
 
-/// First start: raft elects, the leader waits out a possible previous lease (TTL 3 s + lock
-/// delay 1 s + 0.5 s), LiteFS retries its acquire, the replicas connect and catch up.
+/// First start: raft elects, the leader waits out a possible previous lease (`lease.ttl`, 2 s
+/// by default, + lock delay 1 s + 0.5 s), LiteFS retries its acquire, the replicas connect and
+/// catch up.
 const START: Duration = Duration::from_secs(60);
 /// From the kill (or cut) of the primary to the first write a new primary accepts: raft
-/// failover (< 1 s), the new leader's wait (4.5 s), LiteFS's acquire retry (1-2 s).
+/// failover (< 1 s), the new leader's wait (3.5 s), LiteFS's acquire retry (0.5 s): ~4.3 s.
 const FAILOVER: Duration = Duration::from_secs(15);
 /// A committed write on the primary is readable on every connected replica within this.
 const REPLICATION: Duration = Duration::from_secs(10);
@@ -346,6 +347,71 @@ fn a_partitioned_primary_demotes_before_a_new_one_is_elected_and_rejoins_as_repl
     for id in &all {
         assert_eq!(integrity(&c, *id), "ok", "node {id}");
     }
+    let rounds = assert_never_two_primaries(sampler);
+    eprintln!("sampler: {rounds} rounds of /info on every node, never two primaries");
+}
+
+#[test]
+fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_litefs_mount() {
+    let Some(litefs) = prerequisites() else {
+        return;
+    };
+    let _serial = serial();
+    let mut c = RunCluster::start(&litefs, 3);
+    let all = c.ids();
+    let sampler = sampler(&c);
+    let old = c.wait_one_primary(&all, START);
+    create(&c, old);
+    insert(&c, old, 1..=10).unwrap();
+    let rows: Vec<i64> = (1..=10).collect();
+    for id in &all {
+        wait_rows(&c, *id, &rows, REPLICATION);
+    }
+    // Only `litefs-py run` dies: its LiteFS is orphaned, can renew nothing (the lease API went
+    // with the daemon) and must demote before anyone else is granted the lease (the sampler).
+    let killed = Instant::now();
+    c.nodes.get_mut(&old).unwrap().kill9();
+    let others: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
+    let (new, write_after) = first_accepted_write(&c, &others, 11, killed);
+    eprintln!(
+        "kill -9 of node {old}'s litefs-py run alone -> node {new} took a write after {write_after:?}"
+    );
+    // The orphan dies on its own (its output pipe is gone); if not, it is ours to stop.
+    let run = c.node(old);
+    let gone = wait_for(Duration::from_secs(15), "", || {
+        Some(run.litefs_pid().is_none())
+            .filter(|g| *g || killed.elapsed() > Duration::from_secs(14))
+    });
+    if let (false, Some(pid)) = (gone, run.litefs_pid()) {
+        eprintln!("the orphaned LiteFS still ran: SIGKILL");
+        // SAFETY: that node's LiteFS, checked against its command line just now.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // What it leaves: a dead FUSE mount at mount.lower (the shim's own watchdog unmounted mnt/).
+    wait_for(Duration::from_secs(10), "the orphan to be gone", || {
+        run.litefs_pid().is_none().then_some(())
+    });
+    assert!(
+        common::is_mounted(&run.path("lower")),
+        "no dead LiteFS mount left to test with"
+    );
+    // The node restarts over it and rejoins as a replica with every row.
+    let restarted = Instant::now();
+    c.nodes.get_mut(&old).unwrap().start(SLEEPING_APP);
+    assert_eq!(c.wait_one_primary(&all, START), new);
+    let rows: Vec<i64> = (1..=11).collect();
+    wait_rows(&c, old, &rows, REPLICATION);
+    eprintln!(
+        "restarted over the dead mount -> replica with every row after {:?}",
+        restarted.elapsed()
+    );
+    assert!(
+        c.node(old)
+            .log()
+            .contains("detached a dead FUSE mount left at mount.lower"),
+        "{}",
+        c.node(old).log()
+    );
     let rounds = assert_never_two_primaries(sampler);
     eprintln!("sampler: {rounds} rounds of /info on every node, never two primaries");
 }

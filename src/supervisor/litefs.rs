@@ -11,6 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -232,6 +233,110 @@ pub fn is_mount_point(path: &Path) -> bool {
     !mount_ids_at(path).is_empty()
 }
 
+/// How long a `statfs` of a FUSE mount left at `mount.lower` may take at start-up.
+const LEFTOVER_STAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Clears what an earlier LiteFS left at `mount.lower` before a new one starts: a FUSE mount
+/// whose daemon is gone (a `litefs-py run` killed -9 leaves its LiteFS orphaned; LiteFS then
+/// dies on its next log line, its mount stays, every access fails with ENOTCONN).
+///
+/// Why here and not left to LiteFS, which unmounts such a mount itself when it starts: the
+/// kernel may give LiteFS's new mount the very mount id the dead one had (ids are reused), and
+/// [`LiteFs::mount_appeared`] tells LiteFS's mount apart by id, so it would never see it and
+/// start-up would time out. A FUSE mount there that still answers is a LiteFS still running
+/// (two on one data dir must not be): refused, with what to do.
+pub fn clear_leftover_mounts(lower: &Path) -> Result<(), RunError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if fuse_mount_ids_in(&info, lower).is_empty() {
+        return Ok(());
+    }
+    let shown = lower.display();
+    match statfs_with_timeout(lower, LEFTOVER_STAT_TIMEOUT) {
+        Some(Err(e)) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        Some(Ok(())) => {
+            return Err(RunError::Invalid(format!(
+                "mount.lower {shown} is already a FUSE mount that answers: a LiteFS from an earlier run still runs? Stop it first"
+            )));
+        }
+        Some(Err(e)) => {
+            return Err(RunError::Invalid(format!(
+                "mount.lower {shown} is a FUSE mount left by an earlier run and cannot be checked ({e}): `umount -l {shown}`"
+            )));
+        }
+        None => {
+            return Err(RunError::Invalid(format!(
+                "mount.lower {shown} is a FUSE mount that does not answer within {LEFTOVER_STAT_TIMEOUT:?}: `umount -l {shown}`"
+            )));
+        }
+    }
+    let c = CString::new(lower.as_os_str().as_bytes())
+        .map_err(|_| RunError::Invalid(format!("mount.lower {shown}: a NUL in the path")))?;
+    // Stacked dead mounts (several killed runs in a row) go one by one; bounded all the same.
+    for _ in 0..16 {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if fuse_mount_ids_in(&info, lower).is_empty() {
+            return Ok(());
+        }
+        // SAFETY: a valid path. MNT_DETACH: works on a dead FUSE mount, busy or not.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(RunError::Io {
+                what: format!("detaching the dead FUSE mount left at mount.lower {shown}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        tracing::warn!(
+            lower = %shown,
+            "detached a dead FUSE mount left at mount.lower by an earlier run (its LiteFS was killed)"
+        );
+    }
+    Err(RunError::Invalid(format!(
+        "mount.lower {shown}: FUSE mounts keep appearing there"
+    )))
+}
+
+/// `statfs` on a thread of its own: a hung FUSE daemon can block it forever. `None`: no answer
+/// in time (the thread is left behind; it ends when the call returns, or with the process).
+/// `statfs`, not `stat`: the kernel answers `stat` of a FUSE root from cached attributes (for
+/// up to a minute after the daemon died), while every `statfs` goes to the daemon.
+fn statfs_with_timeout(path: &Path, timeout: Duration) -> Option<std::io::Result<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    std::thread::Builder::new()
+        .name("litefs-leftover".into())
+        .spawn(move || {
+            // SAFETY: a valid path and a zeroed out-buffer of the right type.
+            let rc = unsafe {
+                let mut buf: libc::statfs = std::mem::zeroed();
+                libc::statfs(c.as_ptr(), &mut buf)
+            };
+            let result = if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            };
+            let _ = tx.send(result);
+        })
+        .ok()?;
+    rx.recv_timeout(timeout).ok()
+}
+
+/// Mount ids of the FUSE mounts (type `fuse` or `fuse.*`) at exactly `path`.
+fn fuse_mount_ids_in(mountinfo: &str, path: &Path) -> BTreeSet<u64> {
+    let want = path.to_string_lossy();
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (fields, after) = l.split_once(" - ")?;
+            let mut f = fields.split(' ');
+            let id = f.next()?.parse().ok()?;
+            let point = f.nth(3)?;
+            let fstype = after.split(' ').next()?;
+            let fuse = fstype == "fuse" || fstype.starts_with("fuse.");
+            (fuse && unescape(point) == want).then_some(id)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +350,34 @@ mod tests {
         assert_eq!(ids.into_iter().collect::<Vec<_>>(), [90, 91]);
         assert!(mount_ids_in(info, Path::new("/tmp/a b")).is_empty());
         assert_eq!(unescape("/x\\134y"), "/x\\y");
+    }
+
+    #[test]
+    fn fuse_mounts_by_path() {
+        let info = "22 1 0:21 / /proc rw - proc proc rw\n\
+                    42 27 0:39 / /tmp/n1/lower rw,nosuid,nodev,relatime - fuse litefs rw,user_id=0\n\
+                    43 27 0:40 / /tmp/n1/mnt rw - fuse.litefs-py litefs-py rw\n\
+                    44 27 8:1 / /tmp/n1/lower rw - ext4 /dev/vda rw\n\
+                    45 27 0:41 / /tmp/n1/lowerx rw - fuse litefs rw\n";
+        let lower = fuse_mount_ids_in(info, Path::new("/tmp/n1/lower"));
+        assert_eq!(
+            lower.into_iter().collect::<Vec<_>>(),
+            [42],
+            "FUSE only, that path only"
+        );
+        let mnt = fuse_mount_ids_in(info, Path::new("/tmp/n1/mnt"));
+        assert_eq!(mnt.into_iter().collect::<Vec<_>>(), [43]);
+        assert!(fuse_mount_ids_in("garbage\n", Path::new("/tmp/n1/lower")).is_empty());
+    }
+
+    #[test]
+    fn a_plain_lower_dir_needs_no_clearing() {
+        let dir = tempfile::tempdir().unwrap();
+        clear_leftover_mounts(dir.path()).unwrap();
+        assert_eq!(
+            statfs_with_timeout(dir.path(), Duration::from_secs(5)).map(|r| r.is_ok()),
+            Some(true)
+        );
     }
 
     #[test]

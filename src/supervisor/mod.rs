@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use litefs_py_fuse::{DataPath, MountError, MountOptions, MountedShim};
 
 use self::children::{Event, Events, describe, shell_code, signal_name};
-use self::litefs::{LiteFs, is_mount_point, resolve_binary};
+use self::litefs::{LiteFs, clear_leftover_mounts, is_mount_point, resolve_binary};
 use self::probe::Probe;
 /// Where to reach LiteFS's API from this host, given `litefs.http-addr` (also for the handoff).
 pub use self::probe::local_http_addr as litefs_http_addr;
@@ -175,6 +175,8 @@ fn preflight(config: &Config) -> Result<(), RunError> {
             m.dir.display()
         )));
     }
+    // First: a dead mount there makes even `create_dir_all` fail (ENOTCONN, then EEXIST).
+    clear_leftover_mounts(&m.lower)?;
     for (key, dir) in [
         ("mount.dir", &m.dir),
         ("mount.lower", &m.lower),
