@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::run::prerequisites;
 use common::run_cluster::{InfoSampler, RunCluster, SLEEPING_APP, hostname};
-use common::{serial, wait_for};
+use common::{Sampler, serial, wait_for};
 use rusqlite::{Connection, ErrorCode};
 
 /// First start: raft elects, the leader waits out a possible previous lease (`lease.ttl`, 2 s
@@ -107,6 +107,21 @@ fn sampler(c: &RunCluster) -> InfoSampler {
     )
 }
 
+/// The shim's side of the invariant: `.role` on every node, every few ms.
+fn role_sampler(c: &RunCluster) -> Sampler {
+    Sampler::start(c.ids().into_iter().map(|id| (id, c.mnt(id))).collect())
+}
+
+fn assert_never_two_roles_primary(s: Sampler) -> u64 {
+    let (samples, violations) = s.finish();
+    assert!(
+        violations.is_empty(),
+        "two shims said primary at once: {violations:#?}"
+    );
+    assert!(samples > 100, "the .role sampler barely ran ({samples})");
+    samples
+}
+
 fn assert_never_two_primaries(s: InfoSampler) -> u64 {
     let (rounds, violations) = s.finish();
     assert!(
@@ -150,6 +165,19 @@ fn a_write_on_the_primary_is_readable_on_both_replicas() {
         lags[lags.len() / 2],
         lags[lags.len() - 1]
     );
+    // Steady state: on every node, at every look for 2 s, the shim's `.primary` says what
+    // LiteFS's `/info` says.
+    let steady = Instant::now();
+    let mut looks = 0;
+    while steady.elapsed() < Duration::from_secs(2) {
+        for id in &all {
+            let named = c.shim_agrees_with_litefs(*id);
+            let want = (*id != primary).then(|| hostname(primary));
+            assert_eq!(named, Ok(want), "node {id}, look {looks}");
+        }
+        looks += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for id in &all {
         assert_eq!(integrity(&c, *id), "ok", "node {id}");
     }
@@ -293,8 +321,9 @@ fn a_partitioned_primary_demotes_before_a_new_one_is_elected_and_rejoins_as_repl
     let _serial = serial();
     let mut c = RunCluster::start(&litefs, 3);
     let all = c.ids();
-    // For the whole test: never two LiteFS primaries at once.
+    // For the whole test: never two LiteFS primaries at once, nor two shims saying `primary`.
     let sampler = sampler(&c);
+    let roles = role_sampler(&c);
     let mut primary = c.wait_one_primary(&all, START);
     create(&c, primary);
     let mut rows: Vec<i64> = Vec::new();
@@ -348,7 +377,10 @@ fn a_partitioned_primary_demotes_before_a_new_one_is_elected_and_rejoins_as_repl
         assert_eq!(integrity(&c, *id), "ok", "node {id}");
     }
     let rounds = assert_never_two_primaries(sampler);
-    eprintln!("sampler: {rounds} rounds of /info on every node, never two primaries");
+    let samples = assert_never_two_roles_primary(roles);
+    eprintln!(
+        "samplers: {rounds} rounds of /info, {samples} of .role on every node, never two primaries"
+    );
 }
 
 #[test]
@@ -414,4 +446,107 @@ fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_lit
     );
     let rounds = assert_never_two_primaries(sampler);
     eprintln!("sampler: {rounds} rounds of /info on every node, never two primaries");
+}
+
+#[test]
+fn a_node_left_alone_never_becomes_primary_and_the_cluster_recovers_with_a_quorum() {
+    let Some(litefs) = prerequisites() else {
+        return;
+    };
+    let _serial = serial();
+    let mut c = RunCluster::start(&litefs, 3);
+    let all = c.ids();
+    let sampler = sampler(&c);
+    let first = c.wait_one_primary(&all, START);
+    let replicas: Vec<u64> = all.iter().copied().filter(|id| *id != first).collect();
+    let (down, alone) = (replicas[0], replicas[1]);
+    create(&c, first);
+    insert(&c, first, 1..=5).unwrap();
+    // One replica down: two of three still make a quorum, the primary keeps taking writes.
+    c.kill9(down);
+    insert(&c, first, [6]).unwrap();
+    let rows: Vec<i64> = (1..=6).collect();
+    wait_rows(&c, alone, &rows, REPLICATION);
+    assert_eq!(
+        c.wait_one_primary(&[first, alone], Duration::from_secs(5)),
+        first
+    );
+    // The primary down too: the last node has no quorum and must never be primary.
+    c.kill9(first);
+    let lost = Instant::now();
+    while lost.elapsed() < FAILOVER {
+        c.assert_running(&[alone]);
+        let info = c.info(alone);
+        assert!(
+            !info.as_ref().is_some_and(|i| i.is_primary),
+            "node {alone} became primary without a quorum: {info:?}"
+        );
+        assert_ne!(c.role(alone).as_deref(), Some("primary"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(insert(&c, alone, [7]).is_err(), "a write without a quorum");
+    // A second node back: a quorum, a primary, writes, every acknowledged row.
+    let back = Instant::now();
+    c.nodes.get_mut(&down).unwrap().start(SLEEPING_APP);
+    let (new, write_after) = first_accepted_write(&c, &[alone, down], 7, back);
+    eprintln!(
+        "quorum back (node {down} restarted) -> node {new} took a write after {write_after:?}"
+    );
+    c.nodes.get_mut(&first).unwrap().start(SLEEPING_APP);
+    assert_eq!(c.wait_one_primary(&all, START), new);
+    let rows: Vec<i64> = (1..=7).collect();
+    for id in &all {
+        wait_rows(&c, *id, &rows, REPLICATION);
+        assert_eq!(integrity(&c, *id), "ok", "node {id}");
+    }
+    let rounds = assert_never_two_primaries(sampler);
+    eprintln!("sampler: {rounds} rounds of /info on every node, never two primaries");
+}
+
+#[test]
+fn the_whole_cluster_stops_cleanly_and_restarts_with_every_row() {
+    let Some(litefs) = prerequisites() else {
+        return;
+    };
+    let _serial = serial();
+    let mut c = RunCluster::start(&litefs, 3);
+    let all = c.ids();
+    let primary = c.wait_one_primary(&all, START);
+    create(&c, primary);
+    insert(&c, primary, 1..=10).unwrap();
+    let rows: Vec<i64> = (1..=10).collect();
+    for id in &all {
+        wait_rows(&c, *id, &rows, REPLICATION);
+    }
+    // SIGTERM to all three at once, as an orchestrator stopping a deployment does.
+    let stopping = Instant::now();
+    for id in &all {
+        c.node(*id).sigterm();
+    }
+    for id in &all {
+        let run = c.nodes.get_mut(id).unwrap();
+        let status = run.wait_exit(Duration::from_secs(40));
+        // The app (`sleep`) dies of the SIGTERM passed on: 128 + 15.
+        assert_eq!(status.code(), Some(143), "node {id}:\n{}", run.log());
+        run.assert_nothing_left();
+    }
+    eprintln!("all three stopped after {:?}", stopping.elapsed());
+    let restarted = Instant::now();
+    for id in &all {
+        c.nodes.get_mut(id).unwrap().start(SLEEPING_APP);
+    }
+    let new = c.wait_one_primary(&all, START);
+    eprintln!(
+        "restarted: node {new} primary after {:?}",
+        restarted.elapsed()
+    );
+    for id in &all {
+        wait_rows(&c, *id, &rows, REPLICATION);
+    }
+    insert(&c, new, [11]).unwrap();
+    let rows: Vec<i64> = (1..=11).collect();
+    for id in &all {
+        wait_rows(&c, *id, &rows, REPLICATION);
+        assert_eq!(integrity(&c, *id), "ok", "node {id}");
+    }
 }
