@@ -304,20 +304,31 @@ fn statfs_with_timeout(path: &Path, timeout: Duration) -> Option<std::io::Result
     std::thread::Builder::new()
         .name("litefs-leftover".into())
         .spawn(move || {
-            // SAFETY: a valid path and a zeroed out-buffer of the right type.
-            let rc = unsafe {
-                let mut buf: libc::statfs = std::mem::zeroed();
-                libc::statfs(c.as_ptr(), &mut buf)
-            };
-            let result = if rc == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            };
-            let _ = tx.send(result);
+            let _ = tx.send(statfs_c(&c));
         })
         .ok()?;
     rx.recv_timeout(timeout).ok()
+}
+
+/// `statfs(path)`: on a FUSE mount, always a request to its daemon (see above). Blocks while
+/// the daemon does not answer.
+pub fn statfs(path: &Path) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    statfs_c(&c)
+}
+
+fn statfs_c(c: &CString) -> std::io::Result<()> {
+    // SAFETY: a valid path and a zeroed out-buffer of the right type.
+    let rc = unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Mount ids of the FUSE mounts (type `fuse` or `fuse.*`) at exactly `path`.
@@ -374,6 +385,8 @@ mod tests {
     fn a_plain_lower_dir_needs_no_clearing() {
         let dir = tempfile::tempdir().unwrap();
         clear_leftover_mounts(dir.path()).unwrap();
+        statfs(dir.path()).unwrap();
+        assert!(statfs(&dir.path().join("missing")).is_err());
         assert_eq!(
             statfs_with_timeout(dir.path(), Duration::from_secs(5)).map(|r| r.is_ok()),
             Some(true)

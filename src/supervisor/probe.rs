@@ -150,14 +150,16 @@ fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
     }
 }
 
-/// A `stat` of the mount root (a real FUSE request: LiteFS caches no attributes) that must be
-/// a mount (another device than its parent), and LiteFS's `.lag`.
+/// The mount root must be a mount (another device than its parent) that answers a `statfs`,
+/// and LiteFS's `.lag`. `statfs`, not `stat`, for "answers": the kernel serves `stat` of a FUSE
+/// root from cached attributes, even for a while after its daemon died.
 fn look_at_fs(lower: &Path) -> FsLook {
     let parent_dev = lower
         .parent()
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|m| m.dev());
-    let mounted = std::fs::metadata(lower).is_ok_and(|m| Some(m.dev()) != parent_dev);
+    let mounted = std::fs::metadata(lower).is_ok_and(|m| Some(m.dev()) != parent_dev)
+        && super::litefs::statfs(lower).is_ok();
     let lag_ms = mounted
         .then(|| std::fs::read_to_string(lower.join(".lag")).ok())
         .flatten()
