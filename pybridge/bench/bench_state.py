@@ -2,12 +2,14 @@
 """Calls per second of ``litefs.is_primary()`` and ``litefs.state()``, next to plain
 ``os.path.exists`` calls, in the same run::
 
-    python pybridge/bench/bench_state.py [--mount DIR] [--seconds S] [--json FILE]
+    python pybridge/bench/bench_state.py [--mount DIR] [--seconds S] [--cpu N] [--json FILE]
 
 Without ``--mount`` it starts ``litefs-py mount`` (``$LITEFS_PY_BIN``, else
 ``target/debug/litefs-py``; needs root and /dev/fuse) over a temporary directory and stops it
 (by its PID) afterwards. Each case runs for ``--seconds`` in 5 slices; the table shows the
-median slice and the spread. JSON goes to ``target/bench/pystate-<time>.json`` unless ``--json``
+median slice and the spread. ``--cpu N`` pins this process and the mount it starts to CPU N: a
+FUSE round trip costs a few µs when client and daemon share a CPU, tens of µs when the daemon
+must be woken on another one. JSON goes to ``target/bench/pystate-<time>.json`` unless ``--json``
 says otherwise.
 """
 
@@ -98,7 +100,10 @@ def main() -> int:
     parser.add_argument("--mount", help="an existing litefs-py mount (default: start one)")
     parser.add_argument("--seconds", type=float, default=5.0, help="per case (default 5)")
     parser.add_argument("--json", type=Path, help="where to write the results")
+    parser.add_argument("--cpu", type=int, help="pin to this CPU (and the mount started here)")
     args = parser.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     factory = None
     tmp = None
     try:
@@ -132,6 +137,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "seconds_per_case": args.seconds,
         "mount": "started" if factory is not None else "given",
+        "cpu": args.cpu,
     }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"JSON: {out}")
