@@ -5,6 +5,7 @@ backend's own guards and LiteFS refuses it. Skipped where there is no ``litefs``
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -113,8 +114,31 @@ def test_health_with_litefs(live: Live):
         s = litefs.state(node.mnt)
         assert s.litefs_mounted is True and s.litefs_serving is True, s
         assert s.primary == live.primary.hostname and s.healthy
+        # From LiteFS's .lag (0 on the primary).
+        assert isinstance(s.lag_ms, int), s
+        if node is live.primary:
+            assert s.lag_ms == 0
         (health,) = client(node.mnt, [["GET", "/health"]])
         assert health["status"] == 200, health
         assert health["body"]["litefs_serving"] is True
     r = manage(live.replicas[0].mnt, "litefs_status", "--json")
     assert r.returncode == 0, r.stderr
+
+
+def test_health_judges_replication_lag(live: Live):
+    """A replica further behind than LITEFS["MAX_LAG_MS"] is unhealthy (503, the lag in the
+    reason); the primary's lag is never judged. Idle LiteFS replicas here report a few hundred
+    ms, so a bound of 0 ms trips it."""
+    strict = {"MAX_LAG_MS": 0}
+    (health,) = client(live.primary.mnt, [["GET", "/health"]], DJP_LITEFS=strict)
+    assert health["status"] == 200, health
+    deadline = time.monotonic() + 10
+    while True:
+        (health,) = client(live.replicas[0].mnt, [["GET", "/health"]], DJP_LITEFS=strict)
+        if health["status"] == 503 or time.monotonic() > deadline:
+            break
+    assert health["status"] == 503, health
+    (reason,) = health["body"]["reasons"]
+    assert re.fullmatch(r"replication lag \d+ ms exceeds 0 ms", reason), reason
+    (health,) = client(live.replicas[0].mnt, [["GET", "/health"]], DJP_LITEFS={"MAX_LAG_MS": None})
+    assert health["status"] == 200, health
