@@ -127,22 +127,31 @@ def test_role_change_seen_by_an_open_connection(cluster: Cluster):
 
 def test_immediate_second_writer_waits(shim):
     """Default IMMEDIATE: a read-then-write transaction started while another process holds
-    the write lock waits at BEGIN and succeeds; with DEFERRED (the user's option, respected) the
-    same transaction fails at its write with "database is locked"."""
+    the write lock waits at BEGIN and succeeds once the holder commits; with DEFERRED (the
+    user's option, respected) the same transaction reads, then fails at its write with
+    "database is locked" when the holder commits."""
     migrate(shim.mnt)
     for mode, expect_ok in ((None, True), ("DEFERRED", False)):
         options = {"transaction_mode": mode} if mode else None
-        holder = spawn_scenario(shim.mnt, "hold", "1.5", DJP_OPTIONS=options)
+        holder = spawn_scenario(shim.mnt, "hold", "0.5", DJP_OPTIONS=options)
+        waiter = None
         try:
             assert json.loads(holder.stdout.readline()) == {"locked": True}
-            out = scenario(shim.mnt, "write_txn", "0.2", DJP_OPTIONS=options)
+            waiter = spawn_scenario(shim.mnt, "write_txn", "0.2", DJP_OPTIONS=options)
+            assert json.loads(waiter.stdout.readline()) == {"starting": True}
+            time.sleep(1.0)  # the waiter is in its transaction (or waiting to begin it)
+            holder.stdin.write("commit\n")
+            holder.stdin.flush()
+            out = json.loads(waiter.stdout.readline())
         finally:
             err = holder.communicate(timeout=30)[1]
+            if waiter is not None:
+                waiter.communicate(timeout=30)
         assert holder.returncode == 0, err
         assert out["begin"] == (mode or "IMMEDIATE")
         if expect_ok:
             assert out["ok"], out
-            assert out["seconds"] >= 0.8, out  # it waited for the holder's commit
+            assert out["seconds"] >= 1.2, out  # it waited for the holder's commit
         else:
             assert not out["ok"], out
             assert "locked" in out["message"], out

@@ -100,17 +100,22 @@ def _one(sql: str) -> Any:
 
 
 def hold(seconds: str) -> dict[str, Any]:
-    """Takes the write lock (a write in atomic()), says so, holds it, commits."""
+    """Takes the write lock (a write in atomic()), says so, holds it until a line arrives on
+    stdin, then ``seconds`` more, and commits."""
     with transaction.atomic():
         Entry.objects.create(name="holder")
         print(json.dumps({"locked": True}), flush=True)
+        sys.stdin.readline()
         time.sleep(float(seconds))
     return {"committed": True}
 
 
 def write_txn(pause: str) -> dict[str, Any]:
     """A read-then-write transaction, the pattern that fails at its write under DEFERRED while
-    another writer holds the lock (SQLite cannot upgrade a stale read snapshot)."""
+    another writer holds the lock (SQLite cannot upgrade a stale read snapshot). Says when it
+    starts."""
+    connection.ensure_connection()
+    print(json.dumps({"starting": True}), flush=True)
     started = time.monotonic()
 
     def txn() -> None:
