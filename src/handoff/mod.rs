@@ -9,7 +9,10 @@
 //!    acknowledged write. (Demoting first would be wrong: LiteFS cuts its replication streams
 //!    the instant it stops being primary.)
 //! 4. Fence the lease ([`crate::lease::LeaseService::fence`]): the local LiteFS's next renewal
-//!    is 404 and it demotes; wait until it says `isPrimary: false`.
+//!    is 404 and it demotes; wait until it says `isPrimary: false`. LiteFS drops a HALT lock
+//!    30 s after it was taken, so steps 2-4 must fit in that (with a margin), or the handoff is
+//!    refused before the fence; after demotion the local positions are read again, and anything
+//!    that committed after step 3 must be on the target too, or no record is written.
 //! 5. Record through raft that this term ended with no primary ([`HandoffRecord`]), release the
 //!    HALT locks (LiteFS is a replica now and must apply what the new primary sends).
 //! 6. Transfer raft leadership to the target; its lease API may grant in the next term at once
@@ -32,7 +35,7 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
 use self::litefs_api::LiteFsApi;
-use self::plan::{Member, PlanError, Positions, lagging};
+use self::plan::{HALT_LOCK_TTL, Member, PlanError, Positions, catch_up_allowance, lagging, moved};
 use crate::lease::LeaseService;
 use crate::lease::handoff::{HANDOFF_KEY, HandoffRecord};
 use crate::lease::raft_facts::NodeFacts;
@@ -43,6 +46,9 @@ use crate::raft::{NodeId, RaftNode, Request};
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the fence, LiteFS demotes at its next renewal (every ttl/2); this much on top.
 const DEMOTE_SLACK: Duration = Duration::from_secs(2);
+/// After demotion, how long the target may take to show what committed after it was checked
+/// (LiteFS cut its streams at demotion: what it has not got by then, it does not get).
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the raft leadership transfer may take (one retry halfway).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long the target's LiteFS may take to become primary once its node leads.
@@ -319,10 +325,21 @@ async fn handoff_here(
                 .into(),
         ));
     }
+    // LiteFS drops a HALT lock 30 s after it was taken: the halts must hold until the old
+    // primary has demoted, so the catch-up and the demotion must both fit in that time.
+    let demote_timeout = local.ttl / 2 + DEMOTE_SLACK;
+    if catch_up_allowance(Duration::ZERO, demote_timeout).is_none() {
+        return Err(HandoffError::Refused(format!(
+            "the lease TTL ({:?}) is too long for a handoff: the old primary may take up to {demote_timeout:?} to demote, and LiteFS drops a HALT lock {HALT_LOCK_TTL:?} after it was taken",
+            local.ttl
+        )));
+    }
     let mut t = Instant::now();
     step("checks", &mut t);
 
-    // 2. HALT every database: from here on nothing commits on the old primary.
+    // 2. HALT every database: from here on nothing commits on the old primary (for
+    // HALT_LOCK_TTL from the first halt).
+    let halted_at = Instant::now();
     let mut halts = Halts {
         api: &local.litefs,
         id: lock_id(),
@@ -349,7 +366,10 @@ async fn handoff_here(
     step("halt", &mut t);
 
     // 3. The target has every acknowledged write.
-    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    let catch_up = catch_up_allowance(halted_at.elapsed(), demote_timeout)
+        .unwrap_or_default()
+        .min(CATCH_UP_TIMEOUT);
+    let deadline = Instant::now() + catch_up;
     loop {
         let behind = match target_report(node, to, &addr).await {
             Ok(r) => lagging(&primary, &r.positions),
@@ -362,13 +382,21 @@ async fn handoff_here(
             halts.release().await;
             return Err(HandoffError::Timeout {
                 what: format!("node {to}'s LiteFS catching up with the primary"),
-                timeout: CATCH_UP_TIMEOUT,
+                timeout: catch_up,
                 detail: format!(": {}", behind.join("; ")),
             });
         }
         tokio::time::sleep(POLL).await;
     }
     step("target caught up", &mut t);
+    // The last report may have taken a while: the halts must still outlive the demotion.
+    if catch_up_allowance(halted_at.elapsed(), demote_timeout).is_none() {
+        halts.release().await;
+        return Err(HandoffError::Refused(format!(
+            "the handoff took too long before demoting the primary ({:?} since the HALT; LiteFS drops a HALT lock after {HALT_LOCK_TTL:?}, and demotion may take up to {demote_timeout:?}); nothing was changed, retry",
+            halted_at.elapsed()
+        )));
+    }
 
     // 4. Fence the lease; the local LiteFS demotes at its next renewal.
     let term = match lease.fence() {
@@ -381,7 +409,6 @@ async fn handoff_here(
             )));
         }
     };
-    let demote_timeout = local.ttl / 2 + DEMOTE_SLACK;
     let deadline = Instant::now() + demote_timeout;
     loop {
         if lease.fenced_and_released(term) && !local.litefs.is_primary().await.unwrap_or(true) {
@@ -399,6 +426,44 @@ async fn handoff_here(
         tokio::time::sleep(POLL).await;
     }
     step("old primary demoted", &mut t);
+
+    // Had a HALT lock expired anyway, writes may have committed after the target was checked,
+    // and LiteFS cut replication at demotion: the target must have them, or no record.
+    let after = match local.litefs.positions().await {
+        Ok(p) => p,
+        Err(e) => {
+            lease.unfence();
+            halts.release().await;
+            return Err(HandoffError::LiteFs(format!(
+                "re-reading the positions after demotion: {e}; the handoff was abandoned and node {me} becomes primary again"
+            )));
+        }
+    };
+    let late = moved(&primary, &after);
+    if !late.is_empty() {
+        tracing::warn!(?late, "handoff: the primary's positions moved while halted");
+        let deadline = Instant::now() + RECHECK_TIMEOUT;
+        loop {
+            let behind = match target_report(node, to, &addr).await {
+                Ok(r) => lagging(&late, &r.positions),
+                Err(e) => vec![e.to_string()],
+            };
+            if behind.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                lease.unfence();
+                halts.release().await;
+                return Err(HandoffError::Refused(format!(
+                    "writes committed on node {me} after node {to} was checked (a HALT lock expired?), and node {to} does not have them ({}); the handoff was abandoned and node {me} becomes primary again",
+                    behind.join("; ")
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        primary.extend(late);
+        step("late writes checked", &mut t);
+    }
 
     // 5. The record that lets the next term grant at once; then LiteFS may replicate again.
     let record = HandoffRecord {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,33 @@ pub fn lagging(primary: &Positions, target: &Positions) -> Vec<String> {
             Some(have) => Some(format!("{db}: {have} (primary {want})")),
             None => Some(format!("{db}: missing (primary {want})")),
         })
+        .collect()
+}
+
+/// LiteFS drops a HALT lock this long after it was taken (v0.5.14, `DefaultHaltLockTTL`): from
+/// then on writers may commit again on the old primary.
+pub const HALT_LOCK_TTL: Duration = Duration::from_secs(30);
+/// The halts must still hold this long after the old primary is known to have demoted.
+pub const HALT_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long the target may still take to catch up, given that the first HALT was taken
+/// `halted_for` ago and demotion may then take up to `demote_timeout`: the halts must outlive
+/// both by [`HALT_MARGIN`]. `None`: no time is left; the handoff must be refused before fencing.
+pub fn catch_up_allowance(halted_for: Duration, demote_timeout: Duration) -> Option<Duration> {
+    let left = HALT_LOCK_TTL
+        .checked_sub(HALT_MARGIN)?
+        .checked_sub(demote_timeout)?
+        .checked_sub(halted_for)?;
+    (!left.is_zero()).then_some(left)
+}
+
+/// The databases whose position in `after` is not the one in `before` (moved on, or new): what
+/// committed on the old primary after the target was checked.
+pub fn moved(before: &Positions, after: &Positions) -> Positions {
+    after
+        .iter()
+        .filter(|(db, p)| before.get(*db) != Some(*p))
+        .map(|(db, p)| (db.clone(), *p))
         .collect()
 }
 
@@ -253,5 +281,38 @@ mod tests {
             choose_target(1, None, &none[..1], Some(5)),
             Err(PlanError::NoCandidate(w)) if w == "no other member"
         ));
+    }
+
+    #[test]
+    fn catch_up_allowance_keeps_the_halts_alive_through_demotion() {
+        let s = Duration::from_secs;
+        // ttl 10 s: demotion up to 7 s; 30 - 5 - 7 = 18 s, of which 1 s is gone.
+        assert_eq!(catch_up_allowance(s(1), s(7)), Some(s(17)));
+        // ttl 60 s: demotion up to 32 s, longer than a HALT lock lives: refused.
+        assert_eq!(catch_up_allowance(Duration::ZERO, s(32)), None);
+        // ttl 46 s: 25 s of demotion leave nothing.
+        assert_eq!(catch_up_allowance(Duration::ZERO, s(25)), None);
+        // Time already spent halted counts.
+        assert_eq!(catch_up_allowance(s(18), s(7)), None);
+        assert_eq!(catch_up_allowance(s(20), s(7)), None);
+    }
+
+    #[test]
+    fn moved_positions() {
+        let p = |t: u64| Pos {
+            txid: t,
+            checksum: t * 7,
+        };
+        let before: Positions = [("a.db".to_string(), p(3)), ("b.db".to_string(), p(5))].into();
+        assert!(moved(&before, &before).is_empty());
+        let after: Positions = [
+            ("a.db".to_string(), p(3)),
+            ("b.db".to_string(), p(6)),
+            ("c.db".to_string(), p(1)),
+        ]
+        .into();
+        let m = moved(&before, &after);
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["b.db", "c.db"]);
+        assert_eq!(m["b.db"], p(6));
     }
 }
