@@ -197,7 +197,9 @@ fn parse_info_response(response: &str) -> Option<Info> {
     }
     // Go's server sends a short body with a Content-Length; take the JSON object whatever the
     // framing.
-    let body = &body[body.find('{')?..=body.rfind('}')?];
+    // (Whatever answers there sends it: "} {" must not panic.)
+    let (start, end) = (body.find('{')?, body.rfind('}')?);
+    let body = body.get(start..=end).filter(|_| start < end)?;
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
     let is_primary = v.get("isPrimary")?.as_bool()?;
     let primary_known = is_primary
@@ -270,5 +272,13 @@ mod tests {
         assert!(!look.mounted);
         assert_eq!(look.lag_ms, None);
         assert!(look_at_fs(Path::new("/proc")).mounted);
+    }
+
+    #[test]
+    fn a_closing_brace_before_the_opening_one_is_no_answer() {
+        for body in ["} {", "}{", "}", "{", "x } y { z"] {
+            let response = format!("HTTP/1.1 200 OK\r\n\r\n{body}");
+            assert!(parse_info_response(&response).is_none(), "{body:?}");
+        }
     }
 }
