@@ -98,13 +98,18 @@ impl LiteFs {
         .flatten()
         {
             let lines = lines.clone();
-            std::thread::Builder::new()
+            if let Err(source) = std::thread::Builder::new()
                 .name("litefs-log".into())
                 .spawn(move || pass_through(stream, &lines))
-                .map_err(|source| RunError::Io {
-                    what: "starting a thread".into(),
+            {
+                // LiteFS runs already and nothing else would stop it: kill and reap it here.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(RunError::Io {
+                    what: "starting a thread to read LiteFS's output (LiteFS was stopped)".into(),
                     source,
-                })?;
+                });
+            }
         }
         tracing::info!(pid, config = %config.display(), "LiteFS started");
         Ok(LiteFs {
