@@ -159,6 +159,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         app_signalled: false,
         stop_signal: None,
         litefs_was_ready: false,
+        shut_down: false,
     };
     let result = sup.start_and_watch(&binary);
     sup.shutdown();
@@ -237,6 +238,9 @@ struct Supervisor {
     /// The first SIGTERM/SIGINT.
     stop_signal: Option<i32>,
     litefs_was_ready: bool,
+    /// `shutdown` ran: `Drop` must not run it again (LiteFS may still show as running when
+    /// SIGKILL did not take it away).
+    shut_down: bool,
     /// The umask to start the app with: mounting the shim sets the process's to 0.
     umask: libc::mode_t,
 }
@@ -532,6 +536,9 @@ impl Supervisor {
 
     /// Stops whatever runs, in order: the app, the shim, the probe, LiteFS, raft.
     fn shutdown(&mut self) {
+        if std::mem::replace(&mut self.shut_down, true) {
+            return;
+        }
         self.stop_app();
         if let Some(shim) = self.shim.take()
             && let Err(e) = shim.unmount_with_grace(UNMOUNT_GRACE)
@@ -551,7 +558,9 @@ impl Supervisor {
 impl Drop for Supervisor {
     /// A panic on the way must not leave children and mounts behind.
     fn drop(&mut self) {
-        if self.daemon.is_some() || self.litefs.is_some() && self.litefs_running() {
+        if !self.shut_down
+            && (self.daemon.is_some() || self.litefs.is_some() && self.litefs_running())
+        {
             self.shutdown();
         }
     }
