@@ -317,6 +317,10 @@ impl<F: RaftFacts> LeaseService<F> {
         if !r.is_leader {
             return;
         }
+        // The applied term first, then the record: once an entry of this term is applied, a
+        // record read afterwards is at least that recent. (Read the other way round, the record
+        // could predate a deletion applied just before the term's first entry.)
+        let applied_term = self.facts.applied_term();
         let Some(record) = self
             .facts
             .get(HANDOFF_KEY)
@@ -324,7 +328,7 @@ impl<F: RaftFacts> LeaseService<F> {
         else {
             return;
         };
-        if waives(&record, r.term, self.facts.applied_term()) {
+        if waives(&record, r.term, applied_term) {
             self.state.lock().waive_wait(r.term);
         }
     }

@@ -25,6 +25,9 @@ struct FakeRaft {
     kv: BTreeMap<String, String>,
     cluster_id: Option<String>,
     fail_writes: bool,
+    applied_term: Option<u64>,
+    /// The facts read, in order (`get <key>`, `applied_term`).
+    reads: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -42,6 +45,8 @@ impl Fake {
             kv: BTreeMap::new(),
             cluster_id: None,
             fail_writes: false,
+            applied_term: None,
+            reads: Vec::new(),
         })))
     }
 
@@ -90,7 +95,14 @@ impl RaftFacts for Fake {
         }
     }
     fn get(&self, key: &str) -> Option<String> {
-        self.0.lock().kv.get(key).cloned()
+        let mut r = self.0.lock();
+        r.reads.push(format!("get {key}"));
+        r.kv.get(key).cloned()
+    }
+    fn applied_term(&self) -> Option<u64> {
+        let mut r = self.0.lock();
+        r.reads.push("applied_term".into());
+        r.applied_term
     }
     fn cluster_id(&self) -> Option<String> {
         self.0.lock().cluster_id.clone()
@@ -445,4 +457,31 @@ async fn the_api_listens_on_loopback_only() {
             .expect("refused");
         assert!(matches!(err, LeaseError::NotLoopback(_)), "{err}");
     }
+}
+
+#[tokio::test]
+async fn the_waiver_reads_the_applied_term_before_the_handoff_record() {
+    use super::handoff::{HANDOFF_KEY, HandoffRecord};
+    let fake = Fake::leader();
+    // A new leader of term 8, whose previous term ended in a handoff.
+    fake.lead(8, Instant::now());
+    let record = HandoffRecord {
+        released_term: 7,
+        from: 2,
+        to: 1,
+    };
+    fake.set(|r| {
+        r.kv.insert(HANDOFF_KEY.into(), serde_json::to_string(&record).unwrap());
+        r.applied_term = Some(8);
+    });
+    let service = LeaseService::new(fake.clone(), params());
+    fake.set(|r| r.reads.clear());
+    assert_eq!(service.status().grant_in_ms, Some(0));
+    let reads = fake.0.lock().reads.clone();
+    let applied = reads.iter().position(|r| r == "applied_term").unwrap();
+    let record = reads
+        .iter()
+        .position(|r| *r == format!("get {HANDOFF_KEY}"))
+        .unwrap();
+    assert!(applied < record, "{reads:?}");
 }
