@@ -18,9 +18,14 @@
 //! 6. Transfer raft leadership to the target; its lease API may grant in the next term at once
 //!    (the waiver, `crate::lease::handoff`), and its LiteFS becomes primary.
 //!
-//! Any failure before step 4 undoes the halts; before step 5 also the fence. If leadership does
-//! not move after the record was written, the record is deleted through raft before the fence is
-//! lifted (a lifted fence with a live record could let the next term skip its wait unsafely).
+//! Any failure before step 4 undoes the halts; before step 5 also the fence. From step 5 on the
+//! fence stays: a lifted fence with a live record could let the next term skip its wait while
+//! this node's LiteFS is primary again, and once the record write was attempted it may have
+//! committed (even one that failed or timed out). So the fence is lifted only once a deletion of
+//! the record is known committed. After `transfer_leader`, openraft refuses client writes from
+//! this leader for the rest of its term: if leadership does not move, the deletion fails, this
+//! node stays fenced (no primary) for term `t`, and the next election (due within the election
+//! timeout) ends it.
 
 pub mod litefs_api;
 pub mod plan;
@@ -471,6 +476,7 @@ async fn handoff_here(
         from: me,
         to,
     };
+    // From here on the record may be committed, whatever this call returns.
     let recorded = lease
         .write_record(Request::Set {
             key: HANDOFF_KEY.into(),
@@ -480,7 +486,9 @@ async fn handoff_here(
     if let Err(e) = &recorded {
         // Fenced for the rest of the term either way; without the record the next leader just
         // waits out the lease as after a failure.
-        tracing::warn!("handoff: writing the record: {e}; the new leader will wait out the lease");
+        tracing::warn!(
+            "handoff: writing the record: {e}; it may still commit (else the new leader waits out the lease)"
+        );
     }
     halts.release().await;
     step("recorded", &mut t);
@@ -489,7 +497,7 @@ async fn handoff_here(
     let transferred = transfer(node, to, term).await;
     step("leadership transferred", &mut t);
     if let Err(e) = transferred {
-        return Err(abandon(node, &lease, term, recorded.is_ok(), e).await);
+        return Err(abandon(node, &lease, term, e).await);
     }
     let deadline = Instant::now() + PROMOTE_TIMEOUT;
     loop {
@@ -567,36 +575,37 @@ async fn transfer(node: &RaftNode, to: NodeId, term: u64) -> Result<(), HandoffE
     }
 }
 
-/// Leadership did not move: if this node still leads the fenced term, delete the record and
-/// lift the fence so its LiteFS can be primary again. Returns the error to report.
+/// Leadership did not move. The record write was attempted, so it may have committed: the
+/// fence is lifted only if this node still leads the fenced term and a deletion of the record
+/// commits. After `transfer_leader` openraft refuses this leader's writes for the rest of the
+/// term, so that normally fails and the node stays fenced until the next election. Returns the
+/// error to report.
 async fn abandon(
     node: &RaftNode,
     lease: &LeaseService<NodeFacts>,
     term: u64,
-    recorded: bool,
     e: HandoffError,
 ) -> HandoffError {
+    let me = node.settings.id;
     let m = node.metrics();
     if m.state != ServerState::Leader || m.current_term != term {
         // Someone else leads a later term: their lease API decides from here.
         return e;
     }
-    if recorded {
-        let deleted = lease
-            .write_record(Request::Delete {
-                key: HANDOFF_KEY.into(),
-            })
-            .await;
-        if let Err(w) = deleted {
-            return HandoffError::Refused(format!(
-                "{e}; withdrawing the handoff record failed ({w}): node {} stays fenced (no primary) until the next election",
-                node.settings.id
-            ));
+    let deleted = lease
+        .write_record(Request::Delete {
+            key: HANDOFF_KEY.into(),
+        })
+        .await;
+    match deleted {
+        Ok(_) => {
+            lease.unfence();
+            HandoffError::Refused(format!(
+                "{e}; the leadership transfer failed, the handoff record was withdrawn and node {me} becomes primary again"
+            ))
         }
+        Err(w) => HandoffError::Refused(format!(
+            "{e}; the leadership transfer failed: node {me} stays fenced (no LiteFS primary) for term {term} (withdrawing the handoff record: {w}); a new election is due within the election timeout, and its leader grants the primary lease"
+        )),
     }
-    lease.unfence();
-    HandoffError::Refused(format!(
-        "{e}; the handoff was abandoned and node {} becomes primary again",
-        node.settings.id
-    ))
 }

@@ -13,6 +13,11 @@
 //!   state machine may lag the committed log: it could still show a record whose deletion (a
 //!   cancelled handoff, after which the old leader granted again in `t`) already committed.
 //!   Once an entry of its own term is applied, everything committed before it is applied too.
+//! - No grant in `t` follows a live record: the old leader lifts its fence only once a deletion
+//!   of the record is known committed (a record write that failed or timed out may still have
+//!   committed, so a failed write is no reason). And after `transfer_leader`, openraft refuses
+//!   client writes from that leader for the rest of `t`: once the transfer was attempted it
+//!   cannot delete the record, so it stays fenced until the next election.
 
 use serde::{Deserialize, Serialize};
 
