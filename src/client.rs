@@ -45,21 +45,20 @@ impl DaemonClient {
         &self,
         request: reqwest::RequestBuilder,
         path: &str,
+        timeout: Duration,
     ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
         self.rt.block_on(async {
             let response = request.send().await.map_err(|e| {
-                let why = if e.is_timeout() {
-                    "no answer in time".to_string()
-                } else {
-                    e.source_chain_last()
-                };
-                anyhow::anyhow!(
-                    "cannot reach the litefs-py daemon at {url} (node.http-addr): {why}; is `litefs-py mount` or `litefs-py witness` running with this config?"
-                )
+                // Connected but no answer in time: the daemon may still be at it.
+                let waited = (e.is_timeout() && !e.is_connect()).then_some(timeout);
+                anyhow::anyhow!(send_error(&url, waited, &e.source_chain_last()))
             })?;
             let status = response.status();
-            let text = response.text().await.with_context(|| format!("reading {url}"))?;
+            let text = response
+                .text()
+                .await
+                .with_context(|| format!("reading {url}"))?;
             if !status.is_success() {
                 let msg = text.trim();
                 if status == reqwest::StatusCode::UNAUTHORIZED {
@@ -86,7 +85,7 @@ impl DaemonClient {
             .bearer_auth(secret)
             .json(body)
             .timeout(timeout);
-        self.send(req, path)
+        self.send(req, path, timeout)
     }
 
     pub fn status(&self) -> anyhow::Result<StatusReport> {
@@ -94,7 +93,7 @@ impl DaemonClient {
             .http
             .get(format!("{}{}", self.base, paths::STATUS))
             .timeout(STATUS_TIMEOUT);
-        self.send(req, paths::STATUS)
+        self.send(req, paths::STATUS, STATUS_TIMEOUT)
     }
 
     pub fn add(&self, id: u64, raft_addr: &str) -> anyhow::Result<MembershipOutcome> {
@@ -120,6 +119,18 @@ impl DaemonClient {
     }
 }
 
+/// Why a request got no answer. `waited`: the daemon was reached but did not answer within it.
+fn send_error(url: &str, waited: Option<Duration>, why: &str) -> String {
+    match waited {
+        Some(timeout) => format!(
+            "no answer from the litefs-py daemon at {url} within {timeout:?}; the request may still complete (a handoff or membership change goes on without this client): check `litefs-py status`"
+        ),
+        None => format!(
+            "cannot reach the litefs-py daemon at {url} (node.http-addr): {why}; is `litefs-py run`, `litefs-py mount` or `litefs-py witness` running with this config?"
+        ),
+    }
+}
+
 trait SourceChainLast {
     fn source_chain_last(&self) -> String;
 }
@@ -132,5 +143,24 @@ impl SourceChainLast for reqwest::Error {
             last = s;
         }
         last.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_answer_in_time_is_not_unreachable() {
+        let url = "http://127.0.0.1:7070/cluster/handoff";
+        let late = send_error(url, Some(Duration::from_secs(95)), "operation timed out");
+        assert!(late.contains("within 95s"), "{late}");
+        assert!(late.contains("may still complete"), "{late}");
+        assert!(late.contains("`litefs-py status`"), "{late}");
+        assert!(!late.contains("cannot reach"), "{late}");
+        let down = send_error(url, None, "Connection refused");
+        assert!(down.contains("cannot reach"), "{down}");
+        assert!(down.contains("Connection refused"), "{down}");
+        assert!(down.contains("`litefs-py run`"), "{down}");
     }
 }
