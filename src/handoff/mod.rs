@@ -109,6 +109,20 @@ pub struct LocalReport {
     /// `None`: this node runs no LiteFS of its own (`mount`, `witness`).
     pub is_primary: Option<bool>,
     pub positions: Positions,
+    /// Why `is_primary` or `positions` may be wrong (LiteFS did not answer): for the caller's
+    /// timeout message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LocalReport {
+    /// `what`, with the target's own error if it had one.
+    fn with_error(&self, what: String) -> String {
+        match &self.error {
+            Some(e) => format!("{what} ({e})"),
+            None => what,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +137,8 @@ pub enum HandoffError {
     LiteFs(String),
     #[error("{0}")]
     Peer(String),
+    #[error("{0}")]
+    Internal(String),
     #[error("{what} did not happen within {timeout:?}{detail}")]
     Timeout {
         what: String,
@@ -139,6 +155,7 @@ impl HandoffError {
             HandoffError::NoLeader => StatusCode::SERVICE_UNAVAILABLE,
             HandoffError::LiteFs(_) | HandoffError::Peer(_) => StatusCode::BAD_GATEWAY,
             HandoffError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            HandoffError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -159,13 +176,20 @@ pub async fn report(node: &RaftNode) -> LocalReport {
         return LocalReport {
             is_primary: None,
             positions: Positions::new(),
+            error: None,
         };
     };
     let (primary, positions) = tokio::join!(local.litefs.is_primary(), local.litefs.positions());
+    let errors: Vec<String> = [primary.as_ref().err(), positions.as_ref().err()]
+        .into_iter()
+        .flatten()
+        .map(ToString::to_string)
+        .collect();
     LocalReport {
         // LiteFS not answering counts as "not primary": the caller keeps polling.
         is_primary: Some(primary.unwrap_or(false)),
         positions: positions.unwrap_or_default(),
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
     }
 }
 
@@ -183,8 +207,8 @@ pub async fn handoff(
         return tokio::spawn(async move { handoff_here(&node, req).await })
             .await
             .unwrap_or_else(|e| {
-                Err(HandoffError::Refused(format!(
-                    "the handoff task failed: {e}"
+                Err(HandoffError::Internal(format!(
+                    "the handoff task failed: {e}; see the leader's log and `litefs-py status`"
                 )))
             });
     }
@@ -377,7 +401,10 @@ async fn handoff_here(
     let deadline = Instant::now() + catch_up;
     loop {
         let behind = match target_report(node, to, &addr).await {
-            Ok(r) => lagging(&primary, &r.positions),
+            Ok(r) => lagging(&primary, &r.positions)
+                .into_iter()
+                .map(|l| r.with_error(l))
+                .collect(),
             Err(e) => vec![e.to_string()],
         };
         if behind.is_empty() {
@@ -450,7 +477,10 @@ async fn handoff_here(
         let deadline = Instant::now() + RECHECK_TIMEOUT;
         loop {
             let behind = match target_report(node, to, &addr).await {
-                Ok(r) => lagging(&late, &r.positions),
+                Ok(r) => lagging(&late, &r.positions)
+                    .into_iter()
+                    .map(|l| r.with_error(l))
+                    .collect(),
                 Err(e) => vec![e.to_string()],
             };
             if behind.is_empty() {
@@ -501,18 +531,22 @@ async fn handoff_here(
     }
     let deadline = Instant::now() + PROMOTE_TIMEOUT;
     loop {
-        if let Ok(LocalReport {
-            is_primary: Some(true),
-            ..
-        }) = target_report(node, to, &addr).await
-        {
-            break;
-        }
+        let last = match target_report(node, to, &addr).await {
+            Ok(LocalReport {
+                is_primary: Some(true),
+                ..
+            }) => break,
+            Ok(r) => r.error.map(|e| format!("node {to}'s LiteFS: {e}")),
+            Err(e) => Some(e.to_string()),
+        };
         if Instant::now() >= deadline {
             return Err(HandoffError::Timeout {
                 what: format!("node {to} leads the cluster, but its LiteFS becoming primary"),
                 timeout: PROMOTE_TIMEOUT,
-                detail: "; it should still get there (see `litefs-py status`)".into(),
+                detail: format!(
+                    "{}; it should still get there (see `litefs-py status`)",
+                    last.map_or_else(String::new, |e| format!(" (last: {e})"))
+                ),
             });
         }
         tokio::time::sleep(POLL).await;
@@ -607,5 +641,31 @@ async fn abandon(
         Err(w) => HandoffError::Refused(format!(
             "{e}; the leadership transfer failed: node {me} stays fenced (no LiteFS primary) for term {term} (withdrawing the handoff record: {w}); a new election is due within the election timeout, and its leader grants the primary lease"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicked_handoff_is_a_500_and_a_report_carries_its_error() {
+        assert_eq!(
+            HandoffError::Internal("the handoff task failed".into()).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let r = LocalReport {
+            is_primary: Some(false),
+            positions: Positions::new(),
+            error: Some("LiteFS: connection refused".into()),
+        };
+        assert_eq!(
+            r.with_error("app.db: missing".into()),
+            "app.db: missing (LiteFS: connection refused)"
+        );
+        // An older node's report (no `error`) still parses.
+        let old: LocalReport =
+            serde_json::from_str(r#"{"is_primary":true,"positions":{}}"#).unwrap();
+        assert!(old.error.is_none());
     }
 }
