@@ -49,14 +49,14 @@ pub enum Command {
     ///
     /// SIGTERM or SIGINT goes to CMD first; CMD gets --grace to exit (then SIGKILL), then the
     /// shim is unmounted, then LiteFS is stopped (SIGTERM; SIGKILL and a lazy unmount if it
-    /// does not exit), then raft. The same order when CMD exits, LiteFS exits or the shim is
-    /// unmounted from outside. SIGHUP, SIGUSR1 and SIGUSR2 are passed on to CMD. As PID 1 it
-    /// reaps orphaned processes.
+    /// does not exit), then raft. The same order when CMD exits, LiteFS exits, the shim is
+    /// unmounted from outside, or raft or the lease API stops. SIGHUP, SIGUSR1 and SIGUSR2 are
+    /// passed on to CMD. As PID 1 it reaps orphaned processes.
     ///
     /// Exit status: CMD's own (128 + N if a signal N killed it); 1 if litefs-py could not start
     /// (one line says why); 70 if LiteFS exited; 71 if the shim's mount was removed from
-    /// outside; 126/127 if CMD could not be executed / was not found; 128 + N if signal N
-    /// stopped it before CMD started.
+    /// outside; 72 if raft or the lease API stopped; 126/127 if CMD could not be executed / was
+    /// not found; 128 + N if signal N stopped it before CMD started.
     Run(RunArgs),
     /// Run a raft voter only (no LiteFS, no FUSE): the third vote of a two-data-node cluster.
     ///

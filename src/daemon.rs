@@ -126,6 +126,18 @@ impl Daemon {
         self.lease.as_ref().map(|l| l.addr)
     }
 
+    /// Why this node can no longer do its part, if so: raft stopped (openraft's fatal error) or
+    /// the lease API's server or loop ended.
+    pub fn failure(&self) -> Option<String> {
+        if let Err(e) = &self.node.metrics().running_state {
+            return Some(format!("raft stopped: {e}"));
+        }
+        if self.lease.as_ref().is_some_and(LeaseServer::ended) {
+            return Some("the lease API stopped".into());
+        }
+        None
+    }
+
     /// Stops the lease API, then raft and the servers, bounded in time.
     pub fn shutdown(self) {
         if let Some(lease) = self.lease {

@@ -330,6 +330,12 @@ pub async fn start_service<F: RaftFacts>(
 }
 
 impl LeaseServer {
+    /// Whether a task of the API ended (the server or the background loop) without
+    /// [`LeaseServer::shutdown`]: it serves no more.
+    pub fn ended(&self) -> bool {
+        self.tasks.iter().any(JoinHandle::is_finished)
+    }
+
     /// Stops serving; bounded: a request still held (an acquire waiting) is abandoned.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

@@ -47,6 +47,8 @@ pub mod exit {
     pub const LITEFS_EXITED: i32 = 70;
     /// The shim's mount went away (unmounted from outside).
     pub const SHIM_GONE: i32 = 71;
+    /// This node's raft stopped (a fatal error) or its lease API stopped serving.
+    pub const RAFT_STOPPED: i32 = 72;
     /// The app's command is not executable.
     pub const APP_NOT_EXECUTABLE: i32 = 126;
     /// The app's command was not found.
@@ -310,7 +312,7 @@ impl Supervisor {
     }
 
     /// Why everything must stop now, as the exit status, logged once: a stop signal, LiteFS
-    /// gone, the shim's mount gone. (The app's own exit is looked at by the caller.)
+    /// gone, the shim's mount gone, raft or the lease API stopped. (The app's own exit is looked at by the caller.)
     fn must_stop(&mut self) -> Option<i32> {
         if let Some(sig) = self.stop_signal {
             return Some(match self.app.as_ref().and_then(|a| a.exited) {
@@ -336,6 +338,10 @@ impl Supervisor {
                 "the shim's mount was unmounted from outside: stopping"
             );
             return Some(exit::SHIM_GONE);
+        }
+        if let Some(why) = self.daemon.as_ref().and_then(Daemon::failure) {
+            tracing::error!("{why}: stopping (LiteFS cannot follow the cluster without it)");
+            return Some(exit::RAFT_STOPPED);
         }
         None
     }
