@@ -434,3 +434,13 @@ def test_role_reads_per_request(shim):
     first, *later = out["per_unit"]
     assert first > later[0], out
     assert later == [2, 2], out
+
+
+def test_commit_refused_after_demotion_is_not_primary(shim):
+    """A commit that fails (LiteFS refuses it: the node was demoted mid-atomic()) comes out of
+    Django's error wrapping as NotPrimary, with the sqlite3 error as its cause."""
+    migrate(shim.mnt)
+    out = scenario(shim.mnt, "commit_refused")
+    assert not out["ok"], out
+    assert out["type"] == "NotPrimary" and out["not_primary"], out
+    assert out["cause"] == "OperationalError" and "disk I/O" in out["cause_message"], out

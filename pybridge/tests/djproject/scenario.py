@@ -193,6 +193,45 @@ def role_reads() -> dict[str, Any]:
     return {"per_unit": out}
 
 
+class _RefusingCommit:
+    """The sqlite3 connection, except that COMMIT fails as LiteFS fails it on a node that lost
+    the primary role (a disk I/O error)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def commit(self) -> None:
+        import sqlite3
+
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def commit_refused() -> dict[str, Any]:
+    """A write in atomic() on the primary; before COMMIT the node is demoted (``.role`` read as
+    replica) and the commit is refused: NotPrimary, not Django's OperationalError."""
+    from litefs.django import mixin
+
+    connection.ensure_connection()
+    real = mixin._native.read_role
+
+    def txn() -> None:
+        with transaction.atomic():
+            Entry.objects.create(name="demoted")
+            mixin._native.read_role = lambda mount: "replica"  # type: ignore[assignment]
+            connection.connection = _RefusingCommit(connection.connection)
+
+    try:
+        result = outcome(txn)
+    finally:
+        mixin._native.read_role = real  # type: ignore[assignment]
+        if isinstance(connection.connection, _RefusingCommit):
+            connection.connection = connection.connection._conn
+    return result
+
+
 def phases(count: str) -> dict[str, Any]:
     """``ops()`` now, then again after each line read from stdin (the test changes the cluster
     in between), in one process: the same connection sees the role change."""
@@ -215,6 +254,7 @@ def main() -> None:
         "phases": phases,
         "bypass": bypass,
         "role_reads": role_reads,
+        "commit_refused": commit_refused,
     }[name]
     print(json.dumps(fn(*args), default=str), flush=True)
 

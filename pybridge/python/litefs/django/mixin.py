@@ -36,6 +36,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from django.db.backends.sqlite3.base import SQLiteCursorWrapper
+from django.db.utils import DatabaseError as DjangoDatabaseError
 
 from .. import _native
 from .._errors import LiteFSError, _not_primary_class
@@ -263,10 +264,13 @@ class LiteFSMixin:
         self._litefs_write_txn = False
         try:
             super()._commit()  # type: ignore[misc]
-        except sqlite3.Error as e:
+        except (sqlite3.Error, DjangoDatabaseError) as e:
             # LiteFS refuses the commit of a node that lost the primary role mid-transaction.
-            if self._litefs_mount is not None:
-                self._litefs_after_error(e, retry=False)
+            # Django's _commit wraps the sqlite3 error (wrap_database_errors): the original is
+            # the cause.
+            cause = e if isinstance(e, sqlite3.Error) else e.__cause__
+            if self._litefs_mount is not None and isinstance(cause, sqlite3.Error):
+                self._litefs_after_error(cause, retry=False)
             raise
 
     def _rollback(self) -> None:
