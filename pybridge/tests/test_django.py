@@ -444,3 +444,33 @@ def test_commit_refused_after_demotion_is_not_primary(shim):
     assert not out["ok"], out
     assert out["type"] == "NotPrimary" and out["not_primary"], out
     assert out["cause"] == "OperationalError" and "disk I/O" in out["cause_message"], out
+
+
+def test_write_stays_a_write_after_the_classification_overflows(cluster: Cluster):
+    """Once the per-connection classification is cleared (``_CLASSIFIED_MAX``), a write that
+    sqlite3 had prepared before is not recorded as a read; a PRAGMA that sets a database value
+    counts as a write. After the node loses the primary role (its only peer stops), both raise
+    NotPrimary on the same connection; reads go on."""
+    migrate(cluster.primary.mnt)
+    p = spawn_scenario(cluster.primary.mnt, "classify_overflow")
+    try:
+        first = json.loads(p.stdout.readline())
+        assert all(first[k]["ok"] for k in ("insert", "pragma", "insert_again")), first
+        assert first["insert_known"] is True and first["pragma_known"] is True, first
+        cluster.replica.mount.stop()
+        deadline = time.monotonic() + 10
+        while cluster.primary.role() == "primary":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.returncode is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    second = json.loads(out.strip().splitlines()[-1])
+    assert second["count"]["ok"], second
+    for op in ("insert", "pragma"):
+        assert second[op]["not_primary"], (op, second[op])

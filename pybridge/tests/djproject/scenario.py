@@ -232,6 +232,34 @@ def commit_refused() -> dict[str, Any]:
     return result
 
 
+def classify_overflow() -> dict[str, Any]:
+    """The statement classification overflows (a small ``_CLASSIFIED_MAX``) and is cleared
+    while sqlite3 still holds a write statement prepared: its next run must not record it as a
+    read. Then, after a line on stdin (the test demotes the node), the same write and a
+    value-setting PRAGMA must raise NotPrimary."""
+    from litefs.django import mixin
+
+    mixin._CLASSIFIED_MAX = 3
+    now = timezone.now()
+    first = {
+        "insert": outcome(lambda: raw(INSERT, ["c1", "", now])),
+        "pragma": outcome(lambda: raw("PRAGMA user_version = 5")),
+    }
+    for i in range(5):  # distinct reads: the classification fills up and is cleared
+        _one(f"SELECT {i}")
+    first["insert_again"] = outcome(lambda: raw(INSERT, ["c2", "", now]))
+    first["pragma_again"] = outcome(lambda: raw("PRAGMA user_version = 5"))
+    first["insert_known"] = connection._litefs_classified.get(INSERT)
+    first["pragma_known"] = connection._litefs_classified.get("PRAGMA user_version = 5")
+    print(json.dumps(first, default=str), flush=True)
+    sys.stdin.readline()
+    return {
+        "insert": outcome(lambda: raw(INSERT, ["c3", "", now])),
+        "pragma": outcome(lambda: raw("PRAGMA user_version = 5")),
+        "count": outcome(Entry.objects.count),
+    }
+
+
 def phases(count: str) -> dict[str, Any]:
     """``ops()`` now, then again after each line read from stdin (the test changes the cluster
     in between), in one process: the same connection sees the role change."""
@@ -255,6 +283,7 @@ def main() -> None:
         "bypass": bypass,
         "role_reads": role_reads,
         "commit_refused": commit_refused,
+        "classify_overflow": classify_overflow,
     }[name]
     print(json.dumps(fn(*args), default=str), flush=True)
 

@@ -68,6 +68,51 @@ WRITE_ACTIONS = frozenset(
         sqlite3.SQLITE_ANALYZE,
     }
 )
+#: PRAGMAs that take a value without writing the database: settings of the connection, and
+#: the introspection ones whose argument is a table or index name. Any other PRAGMA given a
+#: value (``user_version = 5``, ``journal_mode = WAL``, ``schema_version = ...``) counts as a
+#: write; the authorizer sees it only as ``SQLITE_PRAGMA``.
+CONNECTION_PRAGMAS = frozenset(
+    {
+        "analysis_limit",
+        "automatic_index",
+        "busy_timeout",
+        "cache_size",
+        "cache_spill",
+        "case_sensitive_like",
+        "cell_size_check",
+        "checkpoint_fullfsync",
+        "defer_foreign_keys",
+        "foreign_key_check",
+        "foreign_key_list",
+        "foreign_keys",
+        "fullfsync",
+        "hard_heap_limit",
+        "ignore_check_constraints",
+        "index_info",
+        "index_list",
+        "index_xinfo",
+        "integrity_check",
+        "legacy_alter_table",
+        "mmap_size",
+        "query_only",
+        "quick_check",
+        "read_uncommitted",
+        "recursive_triggers",
+        "reverse_unordered_selects",
+        "secure_delete",
+        "soft_heap_limit",
+        "synchronous",
+        "table_info",
+        "table_list",
+        "table_xinfo",
+        "temp_store",
+        "threads",
+        "trusted_schema",
+        "writable_schema",
+    }
+)
+_SQLITE_PRAGMA = sqlite3.SQLITE_PRAGMA
 _SQLITE_OK = sqlite3.SQLITE_OK
 _SQLITE_DENY = sqlite3.SQLITE_DENY
 # Result codes (sqlite3 names them from Python 3.11 on, with ``sqlite_errorcode``; on 3.10 the
@@ -117,7 +162,7 @@ class LiteFSCursor(SQLiteCursorWrapper):
                 return super().execute(query, params)
             raise
         finally:
-            db._litefs_current = None
+            db._litefs_after(query)
 
     def executemany(self, query: str, param_list: Any) -> Any:
         db = self.litefs
@@ -132,7 +177,7 @@ class LiteFSCursor(SQLiteCursorWrapper):
                 return super().executemany(query, param_list)
             raise
         finally:
-            db._litefs_current = None
+            db._litefs_after(query)
 
     def executescript(self, sql_script: str) -> Any:
         db = self.litefs
@@ -155,12 +200,19 @@ def _authorizer(ref: weakref.ReferenceType[LiteFSMixin]) -> Callable[..., int]:
     def authorize(
         action: int, arg1: str | None, arg2: str | None, dbname: str | None, source: str | None
     ) -> int:
-        if action not in WRITE_ACTIONS or dbname == "temp":
-            return _SQLITE_OK
         db = ref()
         if db is None:
             return _SQLITE_OK
         current = db._litefs_current
+        if current is not None:
+            db._litefs_seen = True  # prepared now: what it does is known
+        if dbname == "temp":
+            return _SQLITE_OK
+        if action not in WRITE_ACTIONS and (
+            action != _SQLITE_PRAGMA or arg2 is None or (arg1 or "").lower() in CONNECTION_PRAGMAS
+        ):
+            return _SQLITE_OK
+        db._litefs_saw_write = True
         if current is not None:
             db._litefs_classified[current] = True
         if db._litefs_primary:
@@ -199,6 +251,10 @@ class LiteFSMixin:
     _litefs_current: str | None = None
     _litefs_classified: dict[str, bool]
     _litefs_denied: bool = False
+    #: Whether the authorizer was called for the current statement (it is not when sqlite3
+    #: reuses a statement it prepared before), and whether it saw a write action.
+    _litefs_seen: bool = False
+    _litefs_saw_write: bool = False
 
     # --- connection set-up -------------------------------------------------------------------
 
@@ -305,7 +361,11 @@ class LiteFSMixin:
         """Turns ``query_only`` on for a replica, off for the primary (only when it changes)."""
         if self._litefs_query_only == (not primary):
             return
-        conn.execute(f"PRAGMA query_only = {0 if primary else 1}")
+        current, self._litefs_current = self._litefs_current, None  # not the user's statement
+        try:
+            conn.execute(f"PRAGMA query_only = {0 if primary else 1}")
+        finally:
+            self._litefs_current = current
         self._litefs_query_only = not primary
 
     def _litefs_refresh(self) -> bool:
@@ -319,6 +379,8 @@ class LiteFSMixin:
         """Before a statement: ask the state unless the statement is known to only read, or
         this transaction already holds the write lock on the primary."""
         self._litefs_denied = False
+        self._litefs_seen = False
+        self._litefs_saw_write = False
         if self._litefs_write_txn and self.connection.in_transaction:
             self._litefs_current = query
             return
@@ -329,13 +391,22 @@ class LiteFSMixin:
         if known is None:
             if len(self._litefs_classified) >= _CLASSIFIED_MAX:
                 self._litefs_classified.clear()
-            self._litefs_classified[query] = False  # the authorizer sets True on a write
+                # sqlite3 reuses statements it prepared before without asking the authorizer
+                # again: setting it anew expires them, so each is classified on its next run.
+                self.connection.set_authorizer(_authorizer(weakref.ref(self)))
             self._litefs_refresh()
         elif known:
             self._litefs_refresh()
             if not self._litefs_primary:
                 raise self._litefs_not_primary(None)
         self._litefs_current = query
+
+    def _litefs_after(self, query: str | None) -> None:
+        """After a statement ran (or failed): it only reads if the authorizer saw it and no
+        write in it. Not seen (a statement sqlite3 had prepared before): it stays unknown."""
+        self._litefs_current = None
+        if query is not None and self._litefs_seen and not self._litefs_saw_write:
+            self._litefs_classified.setdefault(query, False)
 
     def _litefs_after_error(self, error: sqlite3.Error, retry: bool = True) -> bool:
         """After SQLite raised ``error``: raises :class:`litefs.NotPrimary` if this node is not
