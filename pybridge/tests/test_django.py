@@ -474,3 +474,12 @@ def test_write_stays_a_write_after_the_classification_overflows(cluster: Cluster
     assert second["count"]["ok"], second
     for op in ("insert", "pragma"):
         assert second[op]["not_primary"], (op, second[op])
+
+
+def test_read_error_on_replica_is_not_not_primary(shim):
+    """An I/O error on a SELECT on a replica is the read's own error, not NotPrimary."""
+    migrate(shim.mnt)
+    out = scenario(shim.mnt, "read_ioerror")["count"]
+    assert not out["ok"], out
+    assert out["type"] == "OperationalError" and not out["not_primary"], out
+    assert "disk I/O error" in out["message"], out

@@ -152,13 +152,18 @@ def client(requests: str) -> list[dict[str, Any]]:
 
 
 def bypass() -> dict[str, Any]:
-    """The backend's own guards off (no role read before statements, no authorizer, no
-    ``query_only``): a write reaches the file system, and what LiteFS answers on a replica must
-    still come back as NotPrimary."""
+    """The backend's own guards off (no role read before statements, an authorizer that denies
+    nothing, no ``query_only``): a write reaches the file system, and what LiteFS answers on a
+    replica must still come back as NotPrimary."""
     connection.ensure_connection()
-    connection._litefs_before = lambda query: None
+
+    def before(query: Any) -> None:  # no role read; the authorizer still watches
+        connection._litefs_current = query
+        connection._litefs_seen = connection._litefs_saw_write = False
+
+    connection._litefs_before = before
+    connection._litefs_primary = True  # the authorizer lets every write through
     sqlite = connection.connection
-    sqlite.set_authorizer(None)
     sqlite.execute("PRAGMA query_only = 0")
     connection._litefs_query_only = False
     now = timezone.now()
@@ -260,6 +265,32 @@ def classify_overflow() -> dict[str, Any]:
     }
 
 
+def read_ioerror() -> dict[str, Any]:
+    """On a replica (``.role`` read as replica), a SELECT fails with an I/O error: that is not
+    a refused write, the error stands (not NotPrimary)."""
+    from django.db.backends.sqlite3.base import SQLiteCursorWrapper
+
+    from litefs.django import mixin
+
+    connection.ensure_connection()
+    real_role, real_execute = mixin._native.read_role, SQLiteCursorWrapper.execute
+
+    def failing(self: Any, query: str, params: Any = None) -> Any:
+        if query.lstrip().upper().startswith("SELECT"):
+            import sqlite3
+
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_execute(self, query, params)
+
+    mixin._native.read_role = lambda mount: "replica"  # type: ignore[assignment]
+    SQLiteCursorWrapper.execute = failing  # type: ignore[method-assign]
+    try:
+        return {"count": outcome(Entry.objects.count)}
+    finally:
+        mixin._native.read_role = real_role  # type: ignore[assignment]
+        SQLiteCursorWrapper.execute = real_execute  # type: ignore[method-assign]
+
+
 def phases(count: str) -> dict[str, Any]:
     """``ops()`` now, then again after each line read from stdin (the test changes the cluster
     in between), in one process: the same connection sees the role change."""
@@ -284,6 +315,7 @@ def main() -> None:
         "role_reads": role_reads,
         "commit_refused": commit_refused,
         "classify_overflow": classify_overflow,
+        "read_ioerror": read_ioerror,
     }[name]
     print(json.dumps(fn(*args), default=str), flush=True)
 

@@ -255,6 +255,8 @@ class LiteFSMixin:
     #: reuses a statement it prepared before), and whether it saw a write action.
     _litefs_seen: bool = False
     _litefs_saw_write: bool = False
+    #: A statement of the current transaction wrote (or is known to write).
+    _litefs_txn_wrote: bool = False
 
     # --- connection set-up -------------------------------------------------------------------
 
@@ -278,7 +280,7 @@ class LiteFSMixin:
         if "_litefs_classified" not in self.__dict__:
             self._litefs_classified = {}
         self._litefs_query_only = False
-        self._litefs_write_txn = False
+        self._litefs_write_txn = self._litefs_txn_wrote = False
         if self._litefs_mount is None:
             self._litefs_primary = True
             if self._litefs_wal:
@@ -314,10 +316,12 @@ class LiteFSMixin:
             # lock fails under query_only).
             mode = self._litefs_primary_mode if primary else None
             self._litefs_write_txn = primary and mode in ("IMMEDIATE", "EXCLUSIVE")
+        self._litefs_txn_wrote = False
         self.cursor().execute(f"BEGIN {mode}" if mode else "BEGIN")
 
     def _commit(self) -> None:
-        self._litefs_write_txn = False
+        wrote = self._litefs_write_txn or self._litefs_txn_wrote
+        self._litefs_write_txn = self._litefs_txn_wrote = False
         try:
             super()._commit()  # type: ignore[misc]
         except (sqlite3.Error, DjangoDatabaseError) as e:
@@ -326,11 +330,11 @@ class LiteFSMixin:
             # the cause.
             cause = e if isinstance(e, sqlite3.Error) else e.__cause__
             if self._litefs_mount is not None and isinstance(cause, sqlite3.Error):
-                self._litefs_after_error(cause, retry=False)
+                self._litefs_after_error(cause, retry=False, write=wrote)
             raise
 
     def _rollback(self) -> None:
-        self._litefs_write_txn = False
+        self._litefs_write_txn = self._litefs_txn_wrote = False
         super()._rollback()  # type: ignore[misc]
 
     def prepare_database(self) -> None:
@@ -407,12 +411,22 @@ class LiteFSMixin:
         self._litefs_current = None
         if query is not None and self._litefs_seen and not self._litefs_saw_write:
             self._litefs_classified.setdefault(query, False)
+        if self._litefs_mount is not None and (
+            self._litefs_saw_write or (query is not None and self._litefs_classified.get(query))
+        ):
+            conn = self.connection
+            if conn is not None and conn.in_transaction:
+                self._litefs_txn_wrote = True
 
-    def _litefs_after_error(self, error: sqlite3.Error, retry: bool = True) -> bool:
+    def _litefs_after_error(
+        self, error: sqlite3.Error, retry: bool = True, write: bool = False
+    ) -> bool:
         """After SQLite raised ``error``: raises :class:`litefs.NotPrimary` if this node is not
-        the primary and the error is a refusal to write; returns True if the statement should
-        run once more (the node became primary since ``query_only`` was turned on, so SQLite
-        refused before doing anything)."""
+        the primary and the error is a refusal to write (the statement writes: the authorizer
+        saw a write in it, it is known to write, or it ran in a write transaction; ``write``:
+        the caller knows, e.g. a COMMIT); else ``error`` stands. Returns True if the statement
+        should run once more (the node became primary since ``query_only`` was turned on, so
+        SQLite refused before doing anything)."""
         code = getattr(error, "sqlite_errorcode", None)
         base = code & 0xFF if isinstance(code, int) else None
         message = str(error).lower()
@@ -421,6 +435,16 @@ class LiteFSMixin:
         ioerr = base == _IOERR or "disk i/o error" in message
         if not (denied or readonly or ioerr):
             return False
+        current = self._litefs_current
+        wrote = (
+            write
+            or denied
+            or self._litefs_saw_write
+            or self._litefs_write_txn
+            or (current is not None and self._litefs_classified.get(current) is True)
+        )
+        if not wrote:
+            return False  # a read that failed (e.g. an I/O error): not a refused write
         was_query_only = self._litefs_query_only
         try:
             primary = self._litefs_refresh()
