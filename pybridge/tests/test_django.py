@@ -23,6 +23,7 @@ WRITES = (
     "atomic_write",
     "pragma_write",
     "create_table",
+    "temp_table",  # query_only refuses TEMP writes on a replica too
 )
 READS = ("count", "atomic_read", "count_after", "atomic_read_after", "journal_mode")
 

@@ -87,6 +87,7 @@ def ops() -> dict[str, Any]:
         "atomic_write": outcome(atomic_write),
         "pragma_write": outcome(lambda: raw("PRAGMA user_version = 7")),
         "create_table": outcome(lambda: raw("CREATE TABLE t_new (x)")),
+        "temp_table": outcome(lambda: raw("CREATE TEMP TABLE t_tmp (x)")),
         "count_after": outcome(Entry.objects.count),
         "atomic_read_after": outcome(lambda: len(atomic_read())),
         "journal_mode": outcome(lambda: _one("PRAGMA journal_mode")),

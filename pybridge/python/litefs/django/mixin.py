@@ -46,10 +46,18 @@ from . import conf
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-#: Authorizer actions that change the main (or an attached) database. The TEMP variants are
-#: left alone: the temp schema is per connection.
+#: Authorizer actions that write. The TEMP variants too: on a replica ``query_only`` refuses
+#: writes to the temp schema as well, so they are refused (as NotPrimary) like any other.
 WRITE_ACTIONS = frozenset(
     {
+        sqlite3.SQLITE_CREATE_TEMP_INDEX,
+        sqlite3.SQLITE_CREATE_TEMP_TABLE,
+        sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+        sqlite3.SQLITE_CREATE_TEMP_VIEW,
+        sqlite3.SQLITE_DROP_TEMP_INDEX,
+        sqlite3.SQLITE_DROP_TEMP_TABLE,
+        sqlite3.SQLITE_DROP_TEMP_TRIGGER,
+        sqlite3.SQLITE_DROP_TEMP_VIEW,
         sqlite3.SQLITE_INSERT,
         sqlite3.SQLITE_UPDATE,
         sqlite3.SQLITE_DELETE,
@@ -206,8 +214,6 @@ def _authorizer(ref: weakref.ReferenceType[LiteFSMixin]) -> Callable[..., int]:
         current = db._litefs_current
         if current is not None:
             db._litefs_seen = True  # prepared now: what it does is known
-        if dbname == "temp":
-            return _SQLITE_OK
         if action not in WRITE_ACTIONS and (
             action != _SQLITE_PRAGMA or arg2 is None or (arg1 or "").lower() in CONNECTION_PRAGMAS
         ):
