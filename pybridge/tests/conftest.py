@@ -163,7 +163,14 @@ def cluster(mount_factory: shimtest.MountFactory, tmp_path: Path) -> Cluster:
 
 def django_env(mount: Path | str, **extra: Any) -> dict[str, str]:
     env = dict(os.environ)
-    for key in ("DJP_DB", "DJP_ENGINE", "DJP_OPTIONS", "DJP_LITEFS", "DJP_MIDDLEWARE"):
+    for key in (
+        "DJP_DB",
+        "DJP_ENGINE",
+        "DJP_OPTIONS",
+        "DJP_LITEFS",
+        "DJP_MIDDLEWARE",
+        "DJP_ATOMIC",
+    ):
         env.pop(key, None)
     env["LITEFS_DIR"] = str(mount)
     env["PYTHONPATH"] = str(DJPROJECT)

@@ -268,9 +268,22 @@ def test_middleware_on_replica(cluster: Cluster):
     )
     assert post["status"] == 200
     # An unsafe request that raised NotPrimary after the middleware let it in is not replayed
-    # (it may have done part of its work): 503, retry.
+    # (it may have done part of its work): 503, outcome unknown, no Retry-After.
     assert boom["status"] == 503 and "fly-replay" not in boom["headers"]
-    assert boom["headers"]["retry-after"] == "1"
+    assert "retry-after" not in boom["headers"], boom
+    assert "outcome is unknown" in boom["body"]["error"], boom
+
+
+def test_middleware_unsafe_request_rolled_back_may_be_retried(shim):
+    """With ATOMIC_REQUESTS the unsafe request that hit NotPrimary was rolled back: 503 with
+    Retry-After; without, its earlier writes may have committed: no Retry-After."""
+    migrate(shim.mnt)
+    (atomic,) = client(shim.mnt, [["POST", "/boom"]], DJP_MIDDLEWARE="1", DJP_ATOMIC="1")
+    assert atomic["status"] == 503 and atomic["headers"]["retry-after"] == "1", atomic
+    assert "rolled back" in atomic["body"]["error"], atomic
+    (plain,) = client(shim.mnt, [["POST", "/boom"]], DJP_MIDDLEWARE="1")
+    assert plain["status"] == 503 and "retry-after" not in plain["headers"], plain
+    assert "outcome is unknown" in plain["body"]["error"], plain
 
 
 def test_middleware_without_primary(cluster: Cluster):

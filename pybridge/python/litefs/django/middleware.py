@@ -14,9 +14,11 @@ run. Depending on ``LITEFS["REPLICA_WRITES"]``:
     The middleware does nothing; views raise :class:`litefs.NotPrimary` on their first write.
 
 While no primary is known: 503 with ``Retry-After: 1``. A safe request whose view tries to
-write (:class:`litefs.NotPrimary`) is answered the same way; an unsafe one that got through
-(the role changed while it ran) gets 503: the middleware never has a non-idempotent request
-run twice.
+write (:class:`litefs.NotPrimary`) is diverted the same way. An unsafe one that got through
+(the role changed while it ran) gets 503 and is never replayed: with ``ATOMIC_REQUESTS`` on
+every ``litefs.django`` database (and the view not excluded from it) its transaction was rolled
+back, so the 503 says to retry it (``Retry-After: 1``); without, writes it made before may have
+committed: the 503 says the outcome is unknown, without ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -33,10 +35,24 @@ from . import conf
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
-def _unavailable(reason: str) -> JsonResponse:
+def _unavailable(reason: str, retry: bool = True) -> JsonResponse:
     response = JsonResponse({"error": reason}, status=503)
-    response["Retry-After"] = "1"
+    if retry:
+        response["Retry-After"] = "1"
     return response
+
+
+def _rolled_back(request: HttpRequest) -> bool:
+    """Whether the view ran in a transaction (``ATOMIC_REQUESTS``) on every ``litefs.django``
+    database, so that an exception out of it rolled everything back."""
+    from .checks import litefs_databases
+
+    match = getattr(request, "resolver_match", None)
+    excluded: set[str] = getattr(getattr(match, "func", None), "_non_atomic_requests", set())
+    databases = litefs_databases()
+    return bool(databases) and all(
+        spec.get("ATOMIC_REQUESTS") and alias not in excluded for alias, spec in databases.items()
+    )
 
 
 def divert(request: HttpRequest, primary: str | None) -> HttpResponse:
@@ -79,4 +95,10 @@ class ReplicaWriteMiddleware:
             return None
         if request.method in SAFE_METHODS:
             return divert(request, exception.primary)
-        return _unavailable(f"{exception}; the request was not completed: retry it")
+        if _rolled_back(request):
+            return _unavailable(f"{exception}; the request was rolled back: retry it")
+        return _unavailable(
+            f"{exception}; the request was stopped part way: what it wrote before may have "
+            "committed, its outcome is unknown (check before sending it again)",
+            retry=False,
+        )

@@ -2,7 +2,8 @@
 
 ``LITEFS_DIR`` the mount; ``DJP_DB`` the database file (default ``$LITEFS_DIR/app.db``);
 ``DJP_ENGINE`` (default ``litefs.django``); ``DJP_OPTIONS`` and ``DJP_LITEFS`` (JSON) the
-database's OPTIONS and ``settings.LITEFS``; ``DJP_MIDDLEWARE=1`` adds the replica middleware.
+database's OPTIONS and ``settings.LITEFS``; ``DJP_MIDDLEWARE=1`` adds the replica middleware;
+``DJP_ATOMIC=1`` sets ``ATOMIC_REQUESTS``.
 """
 
 import json
@@ -19,6 +20,7 @@ DATABASES = {
         "ENGINE": os.environ.get("DJP_ENGINE", "litefs.django"),
         "NAME": os.environ.get("DJP_DB") or os.path.join(MOUNT, "app.db"),
         "OPTIONS": json.loads(os.environ.get("DJP_OPTIONS") or "{}"),
+        "ATOMIC_REQUESTS": bool(os.environ.get("DJP_ATOMIC")),
     }
 }
 LITEFS = json.loads(os.environ.get("DJP_LITEFS") or "{}")
