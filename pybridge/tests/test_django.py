@@ -322,6 +322,14 @@ def test_system_checks(shim, tmp_path: Path):
     r = manage(shim.mnt, "check", DJP_LITEFS={"REPLICA_WRITES": "redirect"})
     assert check_ids(r) == {"litefs.E006"} and "PRIMARY_URL" in r.stderr
 
+    # Other braces than {primary}: every diverted request would raise KeyError.
+    bad = {"REPLICA_WRITES": "redirect", "PRIMARY_URL": "https://{primary}:{port}"}
+    r = manage(shim.mnt, "check", DJP_LITEFS=bad)
+    assert check_ids(r) == {"litefs.E006"}, r.stderr
+    assert "{port}" in r.stderr and "doubled" in r.stderr, r.stderr
+    r = manage(shim.mnt, "check", DJP_LITEFS={"REPLAY_VALUE": "instance={primary"})
+    assert check_ids(r) == {"litefs.E006"} and "REPLAY_VALUE" in r.stderr, r.stderr
+
     node = {"id": 1, "hostname": "a", "raft-addr": "127.0.0.1:1", "bogus": 1}
     r = manage(shim.mnt, "check", DJP_LITEFS={"CONFIG": {"node": node}})
     assert check_ids(r) == {"litefs.E007"} and "bogus" in r.stderr, r.stderr

@@ -110,6 +110,19 @@ def check_database_settings(alias: str, spec: Mapping[str, Any], mount: str) -> 
     return errors
 
 
+def _template_problem(value: Any) -> str | None:
+    """Why ``value.format(primary=...)`` would fail for every request, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.format(primary="x")
+    except (KeyError, IndexError) as e:
+        return f"the placeholder {{{e.args[0]}}} is not known"
+    except ValueError as e:
+        return f"it is not a valid format string ({e})"
+    return None
+
+
 def check_litefs_settings() -> list[Any]:
     errors: list[Any] = []
     try:
@@ -162,6 +175,19 @@ def check_litefs_settings() -> list[Any]:
                 id="litefs.E006",
             )
         )
+    for key, value in (("PRIMARY_URL", s.primary_url), ("REPLAY_VALUE", s.replay_value)):
+        problem = _template_problem(value)
+        if problem:
+            errors.append(
+                checks.Error(
+                    f"settings.LITEFS[{key!r}] is {value!r}: {problem}.",
+                    hint=(
+                        "'{primary}' is the only placeholder (the primary's hostname); write "
+                        "other braces doubled: '{{' and '}}'."
+                    ),
+                    id="litefs.E006",
+                )
+            )
     if s.config is not None:
         from .config import litefs_py_yml
 
