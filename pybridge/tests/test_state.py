@@ -181,3 +181,14 @@ def test_dead_daemon_is_not_mounted(mount_factory, tmp_path: Path):
             litefs.is_primary(m.mnt)
     finally:
         subprocess.run(["umount", "-l", str(m.mnt)], check=False)
+
+
+def test_state_pickles_and_deep_copies(shim):
+    import copy
+
+    s = litefs.state(shim.mnt)
+    for again in (pickle.loads(pickle.dumps(s)), copy.deepcopy(s), copy.copy(s)):
+        assert again == s and type(again) is litefs.State
+        assert dict(again.raw) == dict(s.raw) and again.raw["role"] == "primary"
+        with pytest.raises(TypeError):
+            again.raw["role"] = "replica"  # type: ignore[index]

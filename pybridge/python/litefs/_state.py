@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -102,6 +102,12 @@ class State:
             out.append(f"replication lag {self.lag_ms} ms exceeds {max_lag_ms} ms")
         return tuple(out)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``raw`` is a read-only mapping view, which pickle cannot store: a dict goes instead.
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["raw"] = dict(self.raw)
+        return (_rebuild_state, (values,))
+
     @classmethod
     def from_health(cls, mount: str, health: Mapping[str, Any]) -> State:
         """Builds a state from a parsed ``.health`` object (as the shim writes it)."""
@@ -135,6 +141,12 @@ class State:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise LiteFSError(f"{mount}/.health: unexpected content: {e!r}") from e
+
+
+def _rebuild_state(values: dict[str, Any]) -> State:
+    values = dict(values)
+    values["raw"] = MappingProxyType(dict(values["raw"]))
+    return State(**values)
 
 
 def state(mount: Mount | None = None) -> State:
