@@ -379,6 +379,13 @@ def test_python_m_litefs_config(tmp_path: Path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, check=False)
     assert r.returncode == 0, r.stderr
     assert "# litefs-py.yml" in r.stdout and "# litefs.yml" in r.stdout
+    # The pip-installed `litefs-py` script is the same command.
+    script = shutil.which("litefs-py", path=str(Path(sys.executable).parent))
+    assert script is not None
+    same = subprocess.run(
+        [script, *cmd[3:]], env=env, capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert same.returncode == 0 and same.stdout == r.stdout, same.stderr
     own, lfs = r.stdout.split("---\n")
     assert "hostname: web-1" in own and "dir: /srv/app" in own
     assert "type: consul" in lfs and "hostname: web-1" in lfs

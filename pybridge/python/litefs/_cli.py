@@ -24,4 +24,8 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    """The ``litefs-py`` script: the same dispatch as ``python -m litefs`` (``config
+    --settings`` renders from Django's settings; anything else is the Rust command line)."""
+    from .__main__ import main as dispatch
+
+    sys.exit(dispatch(sys.argv[1:]))
