@@ -54,8 +54,18 @@ pub struct RunCluster {
     root: PathBuf,
 }
 
+/// A loopback port free right now and not handed out before by this process: the listener is
+/// dropped at once and nodes bind later, so the kernel could offer one port twice in a cluster.
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 fn secret() -> Result<String> {

@@ -47,12 +47,24 @@ pub fn skip_or_fail(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// A loopback port free right now and never handed out before in this test process. The
+/// listener is dropped at once, so the kernel may offer the same port to the next call; a node
+/// binds its ports only when it starts, so without the record two of one cluster's addresses
+/// (say node 1's raft and node 2's LiteFS) could be the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// The app the tests run: records its environment, writes a row through $LITEFS_DIR with
