@@ -13,6 +13,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -115,6 +116,24 @@ def call_with_timeout(fn: Callable[[], object], timeout: float) -> object:
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result.get("value")
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port free right now and not handed out before by this process.
+
+    The socket is closed at once and nodes bind later, so the kernel may offer one port twice;
+    without the record two addresses of one cluster (a raft port, a LiteFS port) could collide.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def one_line(text: str) -> str:

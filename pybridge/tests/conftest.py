@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -68,12 +67,6 @@ def shim(mount_factory: shimtest.MountFactory, tmp_path: Path) -> shimtest.Mount
     return mount_factory.start(lower, mnt, extra_args=["--hostname", "solo"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Node:
     id: int
@@ -106,7 +99,7 @@ class Cluster:
 def start_cluster(factory: shimtest.MountFactory, base: Path, ids: Sequence[int]) -> list[Node]:
     """``litefs-py mount --config`` nodes of one raft cluster (node ``ids[0]`` bootstraps), each
     with its own lower dir, mountpoint and loopback ports."""
-    raft = {i: f"127.0.0.1:{free_port()}" for i in ids}
+    raft = {i: f"127.0.0.1:{shimtest.free_port()}" for i in ids}
     secret = base / "secret"
     secret.write_text(SECRET + "\n")
     peers = "".join(f"    {i}: {raft[i]}\n" for i in ids)
@@ -118,11 +111,11 @@ def start_cluster(factory: shimtest.MountFactory, base: Path, ids: Sequence[int]
         config = d / "litefs-py.yml"
         config.write_text(
             f"node:\n  id: {i}\n  hostname: node-{i}\n  raft-addr: {raft[i]}\n"
-            f"  http-addr: 127.0.0.1:{free_port()}\n"
+            f"  http-addr: 127.0.0.1:{shimtest.free_port()}\n"
             f"cluster:\n  bootstrap: {'true' if i == ids[0] else 'false'}\n  peers:\n{peers}"
             f"  secret-file: {secret}\n  data-dir: {d / 'raft'}\n"
             f"mount:\n  dir: {d / 'mnt'}\n  lower: {d / 'lower'}\n"
-            f"lease:\n  addr: 127.0.0.1:{free_port()}\n"
+            f"lease:\n  addr: 127.0.0.1:{shimtest.free_port()}\n"
         )
         m = shimtest.Mount(
             d / "lower",

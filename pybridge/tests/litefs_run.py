@@ -35,14 +35,6 @@ def litefs_binary() -> str | None:
     return str(home) if home.is_file() else None
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RunNode:
     def __init__(self, root: Path, node_id: int, peers: dict[int, str], secret: Path, litefs: str):
         self.root = root
@@ -54,15 +46,15 @@ class RunNode:
         self.config = root / "litefs-py.yml"
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True)
-        litefs_http = f"127.0.0.1:{free_port()}"
+        litefs_http = f"127.0.0.1:{shimtest.free_port()}"
         peer_lines = "".join(f"    {i}: {a}\n" for i, a in sorted(peers.items()))
         self.config.write_text(
             f"node:\n  id: {node_id}\n  hostname: {self.hostname}\n"
-            f"  raft-addr: {peers[node_id]}\n  http-addr: 127.0.0.1:{free_port()}\n"
+            f"  raft-addr: {peers[node_id]}\n  http-addr: 127.0.0.1:{shimtest.free_port()}\n"
             f"cluster:\n  bootstrap: {'true' if node_id == 1 else 'false'}\n  peers:\n{peer_lines}"
             f"  secret-file: {secret}\n  data-dir: {root}/raft\n"
             f"mount:\n  dir: {self.mnt}\n  lower: {self.lower}\n"
-            f"lease:\n  addr: 127.0.0.1:{free_port()}\n"
+            f"lease:\n  addr: 127.0.0.1:{shimtest.free_port()}\n"
             f"litefs:\n  binary: {litefs}\n  data-dir: {root}/litefs-data\n"
             f"  http-addr: {litefs_http}\n  advertise-url: http://{litefs_http}\n"
             "run:\n  grace: 5s\n"
@@ -144,7 +136,7 @@ class RunCluster:
     def __init__(self, base: Path, n: int, litefs: str):
         secret = base / "secret"
         secret.write_text(SECRET + "\n")
-        peers = {i: f"127.0.0.1:{free_port()}" for i in range(1, n + 1)}
+        peers = {i: f"127.0.0.1:{shimtest.free_port()}" for i in range(1, n + 1)}
         self.nodes = [RunNode(base / f"n{i}", i, peers, secret, litefs) for i in peers]
 
     def start(self) -> None:
