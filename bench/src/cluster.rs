@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::measure::check_stop;
-use crate::mounts::{Child, MountGuard, wait_ready};
+use crate::mounts::{Child, MountGuard, finish_clean_up, wait_ready};
 use crate::sys;
 
 pub const NODES: [u64; 3] = [1, 2, 3];
@@ -386,28 +386,7 @@ impl Cluster {
                 Err(e) => problems.push(format!("node {id}: {e:#}")),
             }
         }
-        let left: Vec<PathBuf> = sys::mounts()?
-            .into_iter()
-            .map(|(p, _)| p)
-            .filter(|p| p.starts_with(&self.root))
-            .collect();
-        if let Some(dir) = self.dir.take() {
-            if left.is_empty() {
-                dir.close()
-                    .with_context(|| format!("removing {}", self.root.display()))?;
-            } else {
-                // Never delete through a mount: leave the dir for a look.
-                problems.push(format!(
-                    "still mounted: {left:?}; {} kept",
-                    dir.keep().display()
-                ));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            bail!("clean-up: {}", problems.join("; "))
-        }
+        finish_clean_up(self.dir.take(), &self.root, problems)
     }
 }
 

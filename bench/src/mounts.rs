@@ -274,3 +274,35 @@ impl Shim {
         }
     }
 }
+
+/// The end of a cluster's clean-up, once every node is stopped: removes the cluster's temp dir
+/// `dir` (at `root`) unless something is still mounted under it, and turns the `problems` met on
+/// the way into one error.
+pub fn finish_clean_up(
+    dir: Option<tempfile::TempDir>,
+    root: &Path,
+    mut problems: Vec<String>,
+) -> Result<()> {
+    let left: Vec<PathBuf> = sys::mounts()?
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.starts_with(root))
+        .collect();
+    if let Some(dir) = dir {
+        if left.is_empty() {
+            dir.close()
+                .with_context(|| format!("removing {}", root.display()))?;
+        } else {
+            // Never delete through a mount: leave the dir for a look.
+            problems.push(format!(
+                "still mounted: {left:?}; {} kept",
+                dir.keep().display()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("clean-up: {}", problems.join("; "))
+    }
+}
