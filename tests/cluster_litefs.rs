@@ -66,6 +66,20 @@ fn ids(c: &RunCluster, id: u64) -> rusqlite::Result<Vec<i64>> {
     st.query_map([], |r| r.get(0))?.collect()
 }
 
+/// Waits for the one primary, creates the table there, inserts rows 1..=n and waits until every
+/// node has them: the primary's id and the rows.
+fn seed(c: &mut RunCluster, n: i64) -> (u64, Vec<i64>) {
+    let all = c.ids();
+    let primary = c.wait_one_primary(&all, START);
+    create(c, primary);
+    insert(c, primary, 1..=n).unwrap();
+    let rows: Vec<i64> = (1..=n).collect();
+    for id in &all {
+        wait_rows(c, *id, &rows, REPLICATION);
+    }
+    (primary, rows)
+}
+
 /// Waits until node `id` has exactly `want`; returns how long it took.
 fn wait_rows(c: &RunCluster, id: u64, want: &[i64], timeout: Duration) -> Duration {
     let started = Instant::now();
@@ -192,14 +206,8 @@ fn after_kill_9_of_the_primary_a_new_one_takes_writes_and_nothing_acknowledged_i
     let mut c = RunCluster::start(&litefs, 3);
     let all = c.ids();
     let sampler = sampler(&c);
-    let old = c.wait_one_primary(&all, START);
-    create(&c, old);
-    insert(&c, old, 1..=20).unwrap();
     // Acknowledged by the primary and replicated to both replicas: must survive.
-    let acked: Vec<i64> = (1..=20).collect();
-    for id in &all {
-        wait_rows(&c, *id, &acked, REPLICATION);
-    }
+    let (old, _) = seed(&mut c, 20);
     let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
 
     let killed = Instant::now();
@@ -392,13 +400,7 @@ fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_lit
     let mut c = RunCluster::start(&litefs, 3);
     let all = c.ids();
     let sampler = sampler(&c);
-    let old = c.wait_one_primary(&all, START);
-    create(&c, old);
-    insert(&c, old, 1..=10).unwrap();
-    let rows: Vec<i64> = (1..=10).collect();
-    for id in &all {
-        wait_rows(&c, *id, &rows, REPLICATION);
-    }
+    let (old, _) = seed(&mut c, 10);
     // Only `litefs-py run` dies: its LiteFS is orphaned, can renew nothing (the lease API went
     // with the daemon) and must demote before anyone else is granted the lease (the sampler).
     let killed = Instant::now();
@@ -511,13 +513,7 @@ fn the_whole_cluster_stops_cleanly_and_restarts_with_every_row() {
     let _serial = serial();
     let mut c = RunCluster::start(&litefs, 3);
     let all = c.ids();
-    let primary = c.wait_one_primary(&all, START);
-    create(&c, primary);
-    insert(&c, primary, 1..=10).unwrap();
-    let rows: Vec<i64> = (1..=10).collect();
-    for id in &all {
-        wait_rows(&c, *id, &rows, REPLICATION);
-    }
+    let (_, rows) = seed(&mut c, 10);
     // SIGTERM to all three at once, as an orchestrator stopping a deployment does.
     let stopping = Instant::now();
     for id in &all {
