@@ -496,7 +496,17 @@ fn a_node_left_alone_never_becomes_primary_and_the_cluster_recovers_with_a_quoru
     );
     c.nodes.get_mut(&first).unwrap().start(SLEEPING_APP);
     assert_eq!(c.wait_one_primary(&all, START), new);
-    let rows: Vec<i64> = (1..=7).collect();
+    // Row 6 reached only `alone` before the primary died. If `down` (restarted without it) won
+    // the election, LiteFS resets `alone` to the new primary's history and row 6 is gone: raft
+    // picks its leader by the raft log, not by LiteFS's position (known limit, README "Limits").
+    // Every node must still converge on the new primary's rows, with every row written while it
+    // led, and an intact database.
+    let rows: Vec<i64> = if new == alone {
+        (1..=7).collect()
+    } else {
+        eprintln!("KNOWN LIMIT: node {new}, behind node {alone}, became primary: row 6 is lost");
+        vec![1, 2, 3, 4, 5, 7]
+    };
     for id in &all {
         wait_rows(&c, *id, &rows, REPLICATION);
         assert_eq!(integrity(&c, *id), "ok", "node {id}");
