@@ -10,76 +10,15 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_litefs-py");
+mod common;
 
-fn litefs_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LITEFS") {
-        return Some(PathBuf::from(p));
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("litefs"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let p = PathBuf::from(std::env::var_os("HOME")?).join("go/bin/litefs");
-        p.is_file().then_some(p)
-    })
-}
-
-/// The LiteFS binary, or None (and a line saying why) when these tests cannot run here; with
-/// `CI=true` a missing prerequisite fails the test instead of skipping it.
-fn prerequisites() -> Option<PathBuf> {
-    let skip = |why: &str| {
-        let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-        assert!(!ci, "CI=true and this test cannot run: {why}");
-        eprintln!("SKIPPED: {why}");
-    };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
-        skip("needs root and /dev/fuse");
-        return None;
-    }
-    let bin = litefs_binary();
-    if bin.is_none() {
-        skip("no litefs binary (set $LITEFS or install LiteFS v0.5.14)");
-    }
-    bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let p = path.to_string_lossy();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == p))
-}
-
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::run::{free_port, prerequisites};
+use common::{BIN, is_mounted, wait_for};
 
 /// A plain HTTP/1.1 exchange (the test does not rely on the code under test to talk HTTP).
 fn http(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
