@@ -248,6 +248,18 @@ async fn target_report(
         .map_err(|e| HandoffError::Peer(format!("node {to}: {e}")))
 }
 
+/// What the target still lacks of `want` (one line per database, with the target's own error
+/// if it reported one); empty once it has caught up.
+async fn target_behind(node: &RaftNode, to: NodeId, addr: &str, want: &Positions) -> Vec<String> {
+    match target_report(node, to, addr).await {
+        Ok(r) => lagging(want, &r.positions)
+            .into_iter()
+            .map(|l| r.with_error(l))
+            .collect(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
 /// The halts taken so far, released on every way out of the handoff.
 struct Halts<'a> {
     api: &'a LiteFsApi,
@@ -400,13 +412,7 @@ async fn handoff_here(
         .min(CATCH_UP_TIMEOUT);
     let deadline = Instant::now() + catch_up;
     loop {
-        let behind = match target_report(node, to, &addr).await {
-            Ok(r) => lagging(&primary, &r.positions)
-                .into_iter()
-                .map(|l| r.with_error(l))
-                .collect(),
-            Err(e) => vec![e.to_string()],
-        };
+        let behind = target_behind(node, to, &addr, &primary).await;
         if behind.is_empty() {
             break;
         }
@@ -476,13 +482,7 @@ async fn handoff_here(
         tracing::warn!(?late, "handoff: the primary's positions moved while halted");
         let deadline = Instant::now() + RECHECK_TIMEOUT;
         loop {
-            let behind = match target_report(node, to, &addr).await {
-                Ok(r) => lagging(&late, &r.positions)
-                    .into_iter()
-                    .map(|l| r.with_error(l))
-                    .collect(),
-                Err(e) => vec![e.to_string()],
-            };
+            let behind = target_behind(node, to, &addr, &late).await;
             if behind.is_empty() {
                 break;
             }
