@@ -27,6 +27,7 @@
 //! node stays fenced (no primary) for term `t`, and the next election (due within the election
 //! timeout) ends it.
 
+pub mod freshest;
 pub mod litefs_api;
 pub mod plan;
 
@@ -505,6 +506,7 @@ async fn handoff_here(
         released_term: term,
         from: me,
         to,
+        fresher_moves: 0,
     };
     // From here on the record may be committed, whatever this call returns.
     let recorded = lease
@@ -576,7 +578,7 @@ async fn handoff_here(
 }
 
 /// Asks openraft to hand leadership to `to` and waits until `to` leads a later term.
-async fn transfer(node: &RaftNode, to: NodeId, term: u64) -> Result<(), HandoffError> {
+pub(crate) async fn transfer(node: &RaftNode, to: NodeId, term: u64) -> Result<(), HandoffError> {
     let deadline = Instant::now() + TRANSFER_TIMEOUT;
     let mut retried = false;
     node.raft

@@ -18,6 +18,11 @@
 //!   committed, so a failed write is no reason). And after `transfer_leader`, openraft refuses
 //!   client writes from that leader for the rest of `t`: once the transfer was attempted it
 //!   cannot delete the record, so it stays fenced until the next election.
+//!
+//! A leader that finds another node's LiteFS fresher than its own ([`crate::handoff::freshest`])
+//! ends its term the same way, once its wait is over and before it ever granted: fence, record,
+//! `transfer_leader`. `fresher_moves` counts such terms in a row, so that a node that keeps
+//! failing to take over cannot keep the cluster without a primary forever.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +40,14 @@ pub struct HandoffRecord {
     /// The intended new leader. Not needed for safety (any leader of the next term may use the
     /// waiver); kept for the log and `status`.
     pub to: NodeId,
+    /// How many terms in a row ended by moving leadership to a fresher LiteFS, this one
+    /// included; 0 for a planned handoff.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fresher_moves: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Whether a leader of `term`, whose state machine has applied up to an entry of `applied_term`,
@@ -165,6 +178,7 @@ mod tests {
             released_term: 7,
             from: 1,
             to: 2,
+            fresher_moves: 0,
         };
         assert!(waives(&r, 8, Some(8)));
         // Not yet applied an entry of its own term: the record may be stale.

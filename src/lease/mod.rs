@@ -7,7 +7,8 @@
 //! - [`consul`]: the wire formats (session bodies, KV pairs, Go durations, session ids).
 //! - [`state`]: the rules, pure ([`state::LeaseState`]); the invariant is stated there.
 //! - [`service`]: the rules over a [`RaftFacts`] source: the raft writes, the new-leader wait,
-//!   the replicated holder record.
+//!   the check that no reachable LiteFS is fresher before a term's first grant, the replicated
+//!   holder record.
 //! - [`server`]: the HTTP routes (axum).
 //! - [`raft_facts`]: [`RaftFacts`] over the running [`RaftNode`](crate::raft::RaftNode).
 //!
@@ -19,6 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::handoff::freshest::Survey;
 use crate::raft::{NodeId, Request, Response};
 
 pub mod consul;
@@ -29,7 +31,11 @@ pub mod service;
 pub mod state;
 
 #[cfg(test)]
+mod fresher_tests;
+#[cfg(test)]
 mod state_tests;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
 
@@ -108,4 +114,14 @@ pub trait RaftFacts: Send + Sync + 'static {
     fn write(&self, request: Request) -> impl Future<Output = Result<Response, WriteError>> + Send;
     /// Resolves when raft's state may have changed (the caller re-reads [`RaftFacts::now`]).
     fn changed(&self) -> impl Future<Output = ()> + Send;
+    /// This node's LiteFS positions and the reachable data voters' ([`Survey`]), asked before
+    /// the first grant of a term. `Ok(None)`: this node runs no LiteFS of its own (not
+    /// `litefs-py run`), so there is nothing to compare.
+    fn survey_litefs(&self) -> impl Future<Output = Result<Option<Survey>, String>> + Send {
+        std::future::ready(Ok(None))
+    }
+    /// Starts moving raft leadership of `term` to node `to`; returns at once.
+    fn transfer_leadership(&self, to: NodeId, term: u64) {
+        let _ = (to, term);
+    }
 }

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use super::server::{self, LeaseServer};
 use super::{LeaseError, LeaseParams, LeaseService, RaftFacts, RaftNow, WriteError};
 use crate::config::Config;
+use crate::handoff::freshest::Survey;
 use crate::raft::view::{Identity, compute, observe};
 use crate::raft::{NodeId, RaftNode, Request, Response};
 
@@ -93,6 +94,22 @@ impl RaftFacts for NodeFacts {
             .await
             .map(|r| r.data)
             .map_err(|e| WriteError(e.to_string()))
+    }
+
+    async fn survey_litefs(&self) -> Result<Option<Survey>, String> {
+        crate::handoff::freshest::survey(&self.node).await
+    }
+
+    fn transfer_leadership(&self, to: NodeId, term: u64) {
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            match crate::handoff::transfer(&node, to, term).await {
+                Ok(()) => tracing::info!("raft leadership moved to node {to}"),
+                Err(e) => tracing::warn!(
+                    "moving raft leadership to node {to}: {e}; the next election picks a leader again"
+                ),
+            }
+        });
     }
 
     async fn changed(&self) {

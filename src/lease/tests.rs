@@ -1,207 +1,13 @@
-//! The lease API over real HTTP (axum on a random loopback port, reqwest as the client), with a
-//! fake raft the tests steer: who leads, in which term, since when, with a fresh ack or not.
+//! The lease API over real HTTP with a fake raft ([`super::test_support`]).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use parking_lot::Mutex;
 use serde_json::Value;
 
-use super::consul::KvPair;
-use super::server::{self, LeaseServer};
 use super::state::HolderRecord;
-use super::{LEASE_KEY, LeaseError, LeaseParams, LeaseService, RaftFacts, RaftNow, WriteError};
-use crate::raft::{NodeId, Request, Response};
-
-#[derive(Debug)]
-struct FakeRaft {
-    is_leader: bool,
-    fresh: bool,
-    term: u64,
-    leader: Option<NodeId>,
-    since: Option<Instant>,
-    kv: BTreeMap<String, String>,
-    cluster_id: Option<String>,
-    fail_writes: bool,
-    applied_term: Option<u64>,
-    /// The facts read, in order (`get <key>`, `applied_term`).
-    reads: Vec<String>,
-}
-
-#[derive(Clone)]
-struct Fake(Arc<Mutex<FakeRaft>>);
-
-impl Fake {
-    /// Node 1, leader of term 1 for long enough that no wait applies.
-    fn leader() -> Fake {
-        Fake(Arc::new(Mutex::new(FakeRaft {
-            is_leader: true,
-            fresh: true,
-            term: 1,
-            leader: Some(1),
-            since: Instant::now().checked_sub(Duration::from_secs(60)),
-            kv: BTreeMap::new(),
-            cluster_id: None,
-            fail_writes: false,
-            applied_term: None,
-            reads: Vec::new(),
-        })))
-    }
-
-    fn set(&self, f: impl FnOnce(&mut FakeRaft)) {
-        f(&mut self.0.lock());
-    }
-
-    fn follow(&self, leader: NodeId, term: u64) {
-        self.set(|r| {
-            r.is_leader = false;
-            r.fresh = false;
-            r.leader = Some(leader);
-            r.term = term;
-            r.since = None;
-        });
-    }
-
-    fn lead(&self, term: u64, since: Instant) {
-        self.set(|r| {
-            r.is_leader = true;
-            r.fresh = true;
-            r.leader = Some(1);
-            r.term = term;
-            r.since = Some(since);
-        });
-    }
-
-    fn record(&self) -> Option<HolderRecord> {
-        serde_json::from_str(self.0.lock().kv.get(LEASE_KEY)?).ok()
-    }
-}
-
-impl RaftFacts for Fake {
-    fn node_id(&self) -> NodeId {
-        1
-    }
-    fn now(&self) -> RaftNow {
-        let r = self.0.lock();
-        RaftNow {
-            now: Instant::now(),
-            term: r.term,
-            leader: r.leader,
-            is_leader: r.is_leader,
-            fresh: r.fresh,
-            leader_since: r.since,
-        }
-    }
-    fn get(&self, key: &str) -> Option<String> {
-        let mut r = self.0.lock();
-        r.reads.push(format!("get {key}"));
-        r.kv.get(key).cloned()
-    }
-    fn applied_term(&self) -> Option<u64> {
-        let mut r = self.0.lock();
-        r.reads.push("applied_term".into());
-        r.applied_term
-    }
-    fn cluster_id(&self) -> Option<String> {
-        self.0.lock().cluster_id.clone()
-    }
-    async fn write(&self, request: Request) -> Result<Response, WriteError> {
-        let mut r = self.0.lock();
-        if !r.is_leader || r.fail_writes {
-            return Err(WriteError("not the leader".into()));
-        }
-        let value = match request {
-            Request::SetClusterId { cluster_id } => {
-                Some(r.cluster_id.get_or_insert(cluster_id).clone())
-            }
-            Request::Set { key, value } => r.kv.insert(key, value),
-            Request::Delete { key } => r.kv.remove(&key),
-        };
-        Ok(Response { value })
-    }
-    async fn changed(&self) {
-        std::future::pending::<()>().await
-    }
-}
-
-const BODY: &str = r#"{"hostname":"node-a","advertise-url":"http://node-a:20202"}"#;
-const SESSION: &str =
-    r#"{"Behavior":"delete","LockDelay":"1000ms","Name":"litefs","NodeChecks":[],"TTL":"2s"}"#;
-
-fn params() -> LeaseParams {
-    LeaseParams {
-        ttl: Duration::from_secs(2),
-        lock_delay: Duration::from_millis(200),
-        margin: Duration::from_millis(100),
-        max_sessions: 8,
-    }
-}
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    fake: Fake,
-    server: Option<LeaseServer>,
-    _service: Arc<LeaseService<Fake>>,
-}
-
-impl Api {
-    async fn start(fake: Fake) -> Api {
-        let addr = "127.0.0.1:0".parse().unwrap();
-        let (server, service) = server::start(fake.clone(), params(), addr).await.unwrap();
-        Api {
-            base: format!("http://{}", server.addr),
-            http: reqwest::Client::new(),
-            fake,
-            server: Some(server),
-            _service: service,
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let resp = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .body(body.to_string())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    }
-
-    async fn session(&self) -> String {
-        let (status, body) = self.call("PUT", "/v1/session/create", SESSION).await;
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        v["ID"].as_str().unwrap().to_string()
-    }
-
-    async fn acquire(&self, id: &str) -> (u16, String) {
-        self.call("PUT", &format!("/v1/kv/{LEASE_KEY}?acquire={id}"), BODY)
-            .await
-    }
-
-    async fn primary(&self) -> Option<KvPair> {
-        let (status, body) = self.call("GET", &format!("/v1/kv/{LEASE_KEY}"), "").await;
-        match status {
-            404 => None,
-            200 => {
-                let mut pairs: Vec<KvPair> = serde_json::from_str(&body).unwrap();
-                assert_eq!(pairs.len(), 1);
-                pairs.pop()
-            }
-            other => panic!("GET {LEASE_KEY}: {other} {body}"),
-        }
-    }
-
-    async fn stop(mut self) {
-        self.server.take().unwrap().shutdown().await;
-    }
-}
+use super::test_support::*;
+use super::{LEASE_KEY, LeaseError, LeaseService, server};
 
 #[tokio::test]
 async fn litefs_becomes_primary_renews_and_releases() {
@@ -272,14 +78,6 @@ async fn litefs_becomes_primary_renews_and_releases() {
     );
     wait_until("the record is deleted", || api.fake.record().is_none()).await;
     api.stop().await;
-}
-
-async fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -469,6 +267,7 @@ async fn the_waiver_reads_the_applied_term_before_the_handoff_record() {
         released_term: 7,
         from: 2,
         to: 1,
+        fresher_moves: 0,
     };
     fake.set(|r| {
         r.kv.insert(HANDOFF_KEY.into(), serde_json::to_string(&record).unwrap());

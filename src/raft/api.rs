@@ -6,8 +6,8 @@
 //!   membership changes; they require `Authorization: Bearer <cluster secret>`.
 //! - `POST /cluster/handoff` `{"to":2}` (or `{}`): the planned leadership + primary move (see
 //!   `crate::handoff`); the secret too.
-//! - `GET`/`PUT /test/faults` `{"blocked":[2,3]}`: TEST-ONLY, routed only when the daemon
-//!   started with `LITEFS_PY_TEST_FAULTS=1` (see `faults.rs`); secret required too.
+//! - `GET`/`PUT /test/faults` `{"blocked":[2,3],"elect":true}`: TEST-ONLY, routed only when the
+//!   daemon started with `LITEFS_PY_TEST_FAULTS=1` (see `faults.rs`); secret required too.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -40,6 +40,14 @@ pub mod paths {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FaultsBody {
     pub blocked: BTreeSet<NodeId>,
+    /// Whether this node runs for leader when its leader goes silent (it still votes, and a
+    /// leadership transfer still makes it run). Tests turn it off to decide who wins.
+    #[serde(default = "elect_default")]
+    pub elect: bool,
+}
+
+fn elect_default() -> bool {
+    true
 }
 
 #[derive(Clone)]
@@ -166,6 +174,7 @@ async fn faults_get(
     }
     axum::Json(FaultsBody {
         blocked: st.node.transport.faults.blocked(),
+        elect: st.node.transport.faults.elect(),
     })
     .into_response()
 }
@@ -182,6 +191,9 @@ async fn faults_put(
     match parse::<FaultsBody>(&body) {
         Ok(req) => {
             st.node.transport.faults.set_blocked(req.blocked.clone());
+            if st.node.transport.faults.set_elect(req.elect) {
+                st.node.raft.runtime_config().elect(req.elect);
+            }
             axum::Json(req).into_response()
         }
         Err(e) => e.into_response(),

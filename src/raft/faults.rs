@@ -8,9 +8,13 @@
 //! Dropping is done on both sides of each link: outgoing RPCs to a blocked peer fail at once as
 //! "unreachable" without being sent, and incoming RPCs from a blocked peer are answered 503
 //! without reaching raft. So blocking `{2, 3}` on node 1 alone isolates node 1 completely.
+//!
+//! It can also stop a node from running for leader on its own (`elect: false`), so that a test
+//! decides which node wins the next election.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
@@ -26,6 +30,8 @@ pub const FAULT_HEADER: &str = "x-litefs-py-fault";
 pub struct Faults {
     enabled: bool,
     blocked: Arc<RwLock<BTreeSet<NodeId>>>,
+    /// `false`: elections of this node's own are off (see [`Faults::set_elect`]).
+    no_elect: Arc<AtomicBool>,
 }
 
 impl Faults {
@@ -40,6 +46,7 @@ impl Faults {
         Faults {
             enabled,
             blocked: Arc::default(),
+            no_elect: Arc::default(),
         }
     }
 
@@ -48,6 +55,7 @@ impl Faults {
         Faults {
             enabled: true,
             blocked: Arc::default(),
+            no_elect: Arc::default(),
         }
     }
 
@@ -70,5 +78,18 @@ impl Faults {
 
     pub fn blocked(&self) -> BTreeSet<NodeId> {
         self.blocked.read().clone()
+    }
+
+    /// Records whether the node may run for leader on its own; `true` if the caller should
+    /// apply it to raft (enabled layer). Ignored when disabled.
+    pub fn set_elect(&self, elect: bool) -> bool {
+        if self.enabled && self.no_elect.swap(!elect, Ordering::AcqRel) == elect {
+            tracing::warn!(elect, "test fault layer: elections of this node's own");
+        }
+        self.enabled
+    }
+
+    pub fn elect(&self) -> bool {
+        !self.no_elect.load(Ordering::Acquire)
     }
 }

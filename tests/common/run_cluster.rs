@@ -233,8 +233,15 @@ impl RunCluster {
     }
 
     /// Test fault layer on node `id`: drop raft RPCs to and from `blocked`.
+    /// Cuts node `id` off from `blocked` (both ways); its elections stay on.
     pub fn set_blocked(&self, id: u64, blocked: &[u64]) {
-        let body = format!("{{\"blocked\":{blocked:?}}}");
+        self.set_faults(id, blocked, true);
+    }
+
+    /// The fault layer of node `id`: cut off from `blocked`; `elect: false` keeps it from
+    /// running for leader on its own (it still votes, and still takes a leadership transfer).
+    pub fn set_faults(&self, id: u64, blocked: &[u64], elect: bool) {
+        let body = format!("{{\"blocked\":{blocked:?},\"elect\":{elect}}}");
         let r = http(
             &self.node(id).http_addr,
             "PUT",
