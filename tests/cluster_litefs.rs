@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::run::prerequisites;
-use common::run_cluster::{InfoSampler, RunCluster, SLEEPING_APP, hostname};
+use common::run_cluster::{RunCluster, SLEEPING_APP, hostname, info_sampler};
 use common::{Sampler, serial, wait_for};
 use rusqlite::{Connection, ErrorCode};
 
@@ -112,8 +112,8 @@ fn first_accepted_write(c: &RunCluster, ids: &[u64], row: i64, since: Instant) -
     })
 }
 
-fn sampler(c: &RunCluster) -> InfoSampler {
-    InfoSampler::start(
+fn sampler(c: &RunCluster) -> Sampler {
+    info_sampler(
         c.ids()
             .into_iter()
             .map(|id| (id, c.node(id).litefs_http.clone()))
@@ -136,7 +136,7 @@ fn assert_never_two_roles_primary(s: Sampler) -> u64 {
     samples
 }
 
-fn assert_never_two_primaries(s: InfoSampler) -> u64 {
+fn assert_never_two_primaries(s: Sampler) -> u64 {
     let (rounds, violations) = s.finish();
     assert!(
         violations.is_empty(),

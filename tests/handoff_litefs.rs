@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::run::prerequisites;
-use common::run_cluster::{InfoSampler, RunCluster};
+use common::run_cluster::{RunCluster, info_sampler};
 use common::{BIN, serial, wait_for};
 use rusqlite::Connection;
 
@@ -121,7 +121,7 @@ fn a_handoff_under_write_load_moves_the_primary_and_loses_no_acknowledged_write(
     assert!(err.contains("already the leader"), "{err}");
     assert_eq!(c.wait_one_primary(&all, Duration::from_secs(5)), old);
 
-    let sampler = InfoSampler::start(
+    let sampler = info_sampler(
         all.iter()
             .map(|id| (*id, c.node(*id).litefs_http.clone()))
             .collect(),

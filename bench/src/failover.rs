@@ -209,14 +209,7 @@ pub fn run(args: FailoverArgs, target: &Path, exe_dir: &Path) -> Result<bool> {
     for d in doubles.iter().take(5) {
         println!("  {d}");
     }
-    for (i, k) in records.iter().enumerate() {
-        if let Some(e) = &k.error {
-            println!("kill {}: {e}", i + 1);
-        }
-    }
-    if let Some(e) = &aborted {
-        println!("run stopped early: {e}");
-    }
+    report::print_kill_errors(records.iter().map(|k| k.error.as_ref()), aborted.as_ref());
 
     let elapsed = started.elapsed().as_secs_f64();
     let doc = json!({
@@ -224,14 +217,7 @@ pub fn run(args: FailoverArgs, target: &Path, exe_dir: &Path) -> Result<bool> {
         "benchmark": "failover",
         "unix_time": unix_time,
         "elapsed_s": elapsed,
-        "machine": {
-            "kernel": sys::kernel_release(),
-            "nproc": sys::online_cpus(),
-            "cpu": sys::cpu_model(),
-            "mem_total_mib": sys::mem_total_kib().map(|k| k >> 10),
-            "litefs_py": version,
-            "litefs_py_binary": binary.display().to_string(),
-        },
+        "machine": report::machine(&version, &binary),
         "settings": {
             "nodes": NODES.len(),
             "kills": kills,

@@ -206,31 +206,18 @@ pub fn run(args: LiteFsFailoverArgs, target: &Path, exe_dir: &Path) -> Result<bo
     for d in tally.double_primary.iter().take(5) {
         println!("  {d}");
     }
-    for (i, k) in records.iter().enumerate() {
-        if let Some(e) = &k.error {
-            println!("kill {}: {e}", i + 1);
-        }
-    }
-    if let Some(e) = &aborted {
-        println!("run stopped early: {e}");
-    }
+    report::print_kill_errors(records.iter().map(|k| k.error.as_ref()), aborted.as_ref());
 
     let elapsed = started.elapsed().as_secs_f64();
+    let mut machine = report::machine(&version, &binary);
+    machine.insert("litefs".into(), json!(litefs_version));
+    machine.insert("sqlite".into(), json!(rusqlite::version()));
     let doc = json!({
         "schema": 1,
         "benchmark": "litefs-failover",
         "unix_time": unix_time,
         "elapsed_s": elapsed,
-        "machine": {
-            "kernel": sys::kernel_release(),
-            "nproc": sys::online_cpus(),
-            "cpu": sys::cpu_model(),
-            "mem_total_mib": sys::mem_total_kib().map(|k| k >> 10),
-            "litefs_py": version,
-            "litefs_py_binary": binary.display().to_string(),
-            "litefs": litefs_version,
-            "sqlite": rusqlite::version(),
-        },
+        "machine": machine,
         "settings": {
             "nodes": NODES.len(),
             "kills": kills,

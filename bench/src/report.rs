@@ -306,8 +306,39 @@ pub struct Machine {
     pub litefs: Option<String>,
 }
 
-/// Writes `shim-<unix time>.json` and `shim-latest.json` into `dir`; returns the first path.
-/// Writes `<prefix>-<unix_time>.json` and `<prefix>-latest.json` in `dir`.
+/// The `machine` object of a cluster benchmark's JSON: this host and the litefs-py binary
+/// measured (`version`: its `version` output).
+pub fn machine(version: &str, binary: &Path) -> serde_json::Map<String, Value> {
+    let v = json!({
+        "kernel": crate::sys::kernel_release(),
+        "nproc": crate::sys::online_cpus(),
+        "cpu": crate::sys::cpu_model(),
+        "mem_total_mib": crate::sys::mem_total_kib().map(|k| k >> 10),
+        "litefs_py": version,
+        "litefs_py_binary": binary.display().to_string(),
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// Prints the error of each kill that had one (numbered from 1) and why the run stopped early.
+pub fn print_kill_errors<'a>(
+    errors: impl IntoIterator<Item = Option<&'a String>>,
+    aborted: Option<&String>,
+) {
+    for (i, e) in errors.into_iter().enumerate() {
+        if let Some(e) = e {
+            println!("kill {}: {e}", i + 1);
+        }
+    }
+    if let Some(e) = aborted {
+        println!("run stopped early: {e}");
+    }
+}
+
+/// Writes `<prefix>-<unix_time>.json` and `<prefix>-latest.json` in `dir`; returns the first.
 pub fn write_json(dir: &Path, prefix: &str, unix_time: u64, doc: &Value) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let text = serde_json::to_string_pretty(doc)? + "\n";

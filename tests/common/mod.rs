@@ -480,41 +480,56 @@ impl Drop for Cluster {
     }
 }
 
-/// Reads every node's `.role` every few ms on its own thread, for a whole test, and records any
-/// instant at which two nodes both said `primary`.
+/// Asks which nodes say they are primary, every few ms on its own thread, for a whole test, and
+/// records every round in which two or more did at once.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<(u64, Vec<String>)>>,
 }
 
 impl Sampler {
+    /// Every node's `.role` (a dead or restarting node's file is missing or unreadable: not
+    /// primary).
     pub fn start(mounts: Vec<(u64, PathBuf)>) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut samples = 0u64;
-            let mut violations = Vec::new();
-            let mut buf = String::new();
-            while !s.load(Ordering::Relaxed) {
-                let mut primaries = Vec::new();
-                for (id, mnt) in &mounts {
+        let mut buf = String::new();
+        Sampler::every(Duration::from_millis(2), move || {
+            mounts
+                .iter()
+                .filter(|(_, mnt)| {
                     buf.clear();
-                    // A dead or restarting node's file is missing or unreadable: not primary.
-                    if File::open(mnt.join(".role"))
+                    File::open(mnt.join(".role"))
                         .and_then(|mut f| f.read_to_string(&mut buf))
                         .is_ok()
                         && buf == "primary\n"
-                    {
-                        primaries.push(*id);
-                    }
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
+    /// `primaries` (the ids that say primary right now), then a pause of `pause`, until stopped.
+    pub fn every(
+        pause: Duration,
+        mut primaries: impl FnMut() -> Vec<u64> + Send + 'static,
+    ) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            let mut violations = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let p = primaries();
+                if p.len() > 1 && violations.len() < 20 {
+                    violations.push(format!(
+                        "round {rounds}: {p:?} all said primary (the round took {:?})",
+                        started.elapsed()
+                    ));
                 }
-                if primaries.len() > 1 && violations.len() < 20 {
-                    violations.push(format!("sample {samples}: {primaries:?} all said primary"));
-                }
-                samples += 1;
-                std::thread::sleep(Duration::from_millis(2));
+                rounds += 1;
+                std::thread::sleep(pause);
             }
-            (samples, violations)
+            (rounds, violations)
         });
         Sampler {
             stop,
@@ -522,7 +537,7 @@ impl Sampler {
         }
     }
 
-    /// Stops it; returns (samples taken, violations seen).
+    /// Stops it; returns (rounds, violations seen).
     pub fn finish(mut self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         self.handle

@@ -12,13 +12,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::run::Run;
-use super::{SECRET, http, is_mounted, read_opt, wait_for};
+use super::{SECRET, Sampler, http, is_mounted, read_opt, wait_for};
 
 /// The app every node runs: nothing but a long sleep (the tests use SQLite themselves).
 pub const SLEEPING_APP: &str = "exec sleep 100000";
@@ -286,60 +283,14 @@ impl Drop for RunCluster {
     }
 }
 
-/// Polls every LiteFS's `/info` every few ms on its own thread, for a whole test, and records
-/// every round in which two of them said `isPrimary` at once.
-pub struct InfoSampler {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<(u64, Vec<String>)>>,
-}
-
-impl InfoSampler {
-    pub fn start(addrs: Vec<(u64, String)>) -> InfoSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut rounds = 0u64;
-            let mut violations = Vec::new();
-            while !s.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                // A node that does not answer (dead, restarting) is not primary.
-                let primaries: Vec<u64> = addrs
-                    .iter()
-                    .filter(|(_, a)| litefs_info(a).is_some_and(|i| i.is_primary))
-                    .map(|(id, _)| *id)
-                    .collect();
-                if primaries.len() > 1 && violations.len() < 20 {
-                    violations.push(format!(
-                        "round {rounds}: {primaries:?} all said isPrimary (round took {:?})",
-                        started.elapsed()
-                    ));
-                }
-                rounds += 1;
-                std::thread::sleep(Duration::from_millis(3));
-            }
-            (rounds, violations)
-        });
-        InfoSampler {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    /// Stops it; returns (rounds, violations).
-    pub fn finish(mut self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for InfoSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+/// Polls every LiteFS's `/info` every 3 ms for a whole test (a node that does not answer, dead
+/// or restarting, is not primary); records every round in which two said `isPrimary` at once.
+pub fn info_sampler(addrs: Vec<(u64, String)>) -> Sampler {
+    Sampler::every(Duration::from_millis(3), move || {
+        addrs
+            .iter()
+            .filter(|(_, a)| litefs_info(a).is_some_and(|i| i.is_primary))
+            .map(|(id, _)| *id)
+            .collect()
+    })
 }
