@@ -401,30 +401,31 @@ fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_lit
     let all = c.ids();
     let sampler = sampler(&c);
     let (old, _) = seed(&mut c, 10);
-    // Only `litefs-py run` dies: its LiteFS is orphaned, can renew nothing (the lease API went
-    // with the daemon) and must demote before anyone else is granted the lease (the sampler).
+    // Only `litefs-py run` dies: its LiteFS dies with it (PDEATHSIG), before anyone else is
+    // granted the lease (the sampler).
     let killed = Instant::now();
     c.nodes.get_mut(&old).unwrap().kill9();
+    let run = c.node(old);
+    while let Some(pid) = run.litefs_pid() {
+        // The kernel signals at once (a few ms); an orphan without PDEATHSIG lived until its
+        // next log line, up to a renewal interval (1 s) later.
+        if killed.elapsed() > Duration::from_secs(1) {
+            // SAFETY: that node's LiteFS, checked against its command line just now.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("node {old}'s LiteFS outlived its litefs-py run by 1 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "node {old}'s LiteFS died with its run after {:?}",
+        killed.elapsed()
+    );
     let others: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
     let (new, write_after) = first_accepted_write(&c, &others, 11, killed);
     eprintln!(
         "kill -9 of node {old}'s litefs-py run alone -> node {new} took a write after {write_after:?}"
     );
-    // The orphan dies on its own (its output pipe is gone); if not, it is ours to stop.
-    let run = c.node(old);
-    let gone = wait_for(Duration::from_secs(15), "", || {
-        Some(run.litefs_pid().is_none())
-            .filter(|g| *g || killed.elapsed() > Duration::from_secs(14))
-    });
-    if let (false, Some(pid)) = (gone, run.litefs_pid()) {
-        eprintln!("the orphaned LiteFS still ran: SIGKILL");
-        // SAFETY: that node's LiteFS, checked against its command line just now.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
     // What it leaves: a dead FUSE mount at mount.lower (the shim's own watchdog unmounted mnt/).
-    wait_for(Duration::from_secs(10), "the orphan to be gone", || {
-        run.litefs_pid().is_none().then_some(())
-    });
     assert!(
         common::is_mounted(&run.path("lower")),
         "no dead LiteFS mount left to test with"

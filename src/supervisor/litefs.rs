@@ -66,8 +66,8 @@ impl LiteFs {
     /// Starts `binary mount -config config`.
     pub fn spawn(binary: &Path, config: &Path, lower: &Path) -> Result<LiteFs, RunError> {
         let mounts_before = mount_ids_at(lower);
-        let mut child = Command::new(binary)
-            .arg("mount")
+        let mut cmd = Command::new(binary);
+        cmd.arg("mount")
             .arg("-config")
             .arg(config)
             .stdin(Stdio::null())
@@ -75,12 +75,30 @@ impl LiteFs {
             .stderr(Stdio::piped())
             // Its own process group: a terminal's Ctrl-C reaches the app (our group) but not
             // LiteFS, which must outlive the app and be stopped after the shim.
-            .process_group(0)
-            .spawn()
-            .map_err(|source| RunError::Io {
-                what: format!("starting {}", binary.display()),
-                source,
-            })?;
+            .process_group(0);
+        // If `run` itself is killed (-9, OOM), LiteFS goes with it: an orphan could renew
+        // nothing and would only hold the data dir and its mount until its next log line.
+        // PDEATHSIG fires when the spawning *thread* ends; the supervisor spawns from the thread
+        // that runs it to the end, after LiteFS is stopped. What it leaves, a dead FUSE mount at
+        // `mount.lower`, the next start detaches.
+        let parent = std::process::id();
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before the prctl: nobody would send the signal.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("litefs-py run exited"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| RunError::Io {
+            what: format!("starting {}", binary.display()),
+            source,
+        })?;
         let pid = child.id() as i32;
         let lines = Arc::new(Mutex::new(VecDeque::new()));
         // The Child handle is dropped without waiting: the supervisor reaps every child itself.
