@@ -80,6 +80,15 @@ fn seed(c: &mut RunCluster, n: i64) -> (u64, Vec<i64>) {
     (primary, rows)
 }
 
+/// Every node in `nodes` ends up with exactly `rows`, in a database that passes
+/// `integrity_check`.
+fn assert_rows_everywhere(c: &RunCluster, nodes: &[u64], rows: &[i64]) {
+    for id in nodes {
+        wait_rows(c, *id, rows, REPLICATION);
+        assert_eq!(integrity(c, *id), "ok", "node {id}");
+    }
+}
+
 /// Waits until node `id` has exactly `want`; returns how long it took.
 fn wait_rows(c: &RunCluster, id: u64, want: &[i64], timeout: Duration) -> Duration {
     let started = Instant::now();
@@ -219,10 +228,7 @@ fn after_kill_9_of_the_primary_a_new_one_takes_writes_and_nothing_acknowledged_i
     // LiteFS and the shim agree on every surviving node: the new primary, and a replica of it.
     assert_eq!(c.wait_one_primary(&survivors, Duration::from_secs(10)), new);
     let all_rows: Vec<i64> = (1..=21).collect();
-    for id in &survivors {
-        wait_rows(&c, *id, &all_rows, REPLICATION);
-        assert_eq!(integrity(&c, *id), "ok", "node {id}");
-    }
+    assert_rows_everywhere(&c, &survivors, &all_rows);
     for id in &survivors {
         let named = c.shim_agrees_with_litefs(*id).unwrap();
         assert_eq!(named, (*id != new).then(|| hostname(new)), "node {id}");
@@ -517,10 +523,7 @@ fn after_a_double_failure_the_node_with_the_newest_data_becomes_primary() {
     assert_eq!(c.wait_one_primary(&all, START), alone);
     // Every row, row 6 included, on every node, in an intact database.
     let rows: Vec<i64> = (1..=7).collect();
-    for id in &all {
-        wait_rows(&c, *id, &rows, REPLICATION);
-        assert_eq!(integrity(&c, *id), "ok", "node {id}");
-    }
+    assert_rows_everywhere(&c, &all, &rows);
     let rounds = assert_never_two_primaries(sampler);
     eprintln!("sampler: {rounds} rounds of /info on every node, never two primaries");
 }
@@ -561,8 +564,5 @@ fn the_whole_cluster_stops_cleanly_and_restarts_with_every_row() {
     }
     insert(&c, new, [11]).unwrap();
     let rows: Vec<i64> = (1..=11).collect();
-    for id in &all {
-        wait_rows(&c, *id, &rows, REPLICATION);
-        assert_eq!(integrity(&c, *id), "ok", "node {id}");
-    }
+    assert_rows_everywhere(&c, &all, &rows);
 }
