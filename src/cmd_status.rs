@@ -94,5 +94,46 @@ pub fn table(s: &StatusReport) -> String {
         out += line.join("  ").trim_end();
         out.push('\n');
     }
+    for m in &s.members {
+        if let Some(diff) = &m.timing_mismatch {
+            out += &format!(
+                "WARNING: node {} runs with other timing settings ({diff}); every node needs the same raft: section and lease.ttl\n",
+                m.id
+            );
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_warns_about_a_member_with_other_timing_settings() {
+        let member = |id: u64, mismatch: Option<&str>| {
+            serde_json::json!({
+                "id": id, "raft_addr": format!("10.0.0.{id}:20301"), "hostname": format!("node-{id}"),
+                "role": "voter", "witness": false, "this_node": id == 1,
+                "ms_since_contact": 12, "matched_index": 40, "timing_mismatch": mismatch,
+            })
+        };
+        let report: StatusReport = serde_json::from_value(serde_json::json!({
+            "node_id": 1, "hostname": "node-1", "witness": false, "role": "primary",
+            "primary": "node-1", "raft_state": "Leader", "initialized": true, "term": 3,
+            "leader_id": 1, "commit_index": 40, "last_applied": 40, "last_log_index": 40,
+            "quorum_ok": true, "ms_since_quorum_ack": 20, "ms_since_leader_contact": null,
+            "lease_bound_ms": 200,
+            "members": [member(1, None), member(2, None), member(3, Some("lease.ttl 2s here, 10s there"))],
+        }))
+        .unwrap();
+        let out = table(&report);
+        let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("WARNING")).collect();
+        assert_eq!(
+            warnings,
+            [
+                "WARNING: node 3 runs with other timing settings (lease.ttl 2s here, 10s there); every node needs the same raft: section and lease.ttl"
+            ]
+        );
+    }
 }

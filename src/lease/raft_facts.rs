@@ -167,6 +167,7 @@ mod tests {
             data_dir: dir.path().join("raft"),
             timing: Default::default(),
             witness: false,
+            lease_ttl: None,
         };
         let me = Identity {
             id: 1,

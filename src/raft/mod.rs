@@ -32,6 +32,7 @@ pub mod state_machine;
 pub mod status;
 pub mod store;
 pub mod tasks;
+pub mod timing_check;
 pub mod view;
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 
 use super::faults::{FAULT_HEADER, Faults};
 use super::peers::{Peers, RpcErrorKind};
+use super::timing_check::{HEADER_TIMING, TimingStamp};
 use super::{Node, NodeId, Snapshot, SnapshotMeta, StateMachineData, TypeConfig, Vote};
 
 /// Request paths on `node.raft-addr`.
@@ -187,6 +188,9 @@ pub struct Transport {
     pub secret: Option<Secret>,
     pub faults: Faults,
     pub peers: Arc<Peers>,
+    /// This node's timing settings, sent on every RPC and compared with every peer's.
+    pub timing: TimingStamp,
+    timing_header: String,
     client: reqwest::Client,
     warnings: LogLimiter,
 }
@@ -199,6 +203,7 @@ impl Transport {
         secret: Option<Secret>,
         faults: Faults,
         peers: Arc<Peers>,
+        timing: TimingStamp,
     ) -> Result<Arc<Transport>, reqwest::Error> {
         let client = reqwest::Client::builder()
             // Peers are on the LAN; an HTTP(S)_PROXY meant for the app must not catch them.
@@ -213,9 +218,34 @@ impl Transport {
             secret,
             faults,
             peers,
+            timing,
+            timing_header: timing.header(),
             client,
             warnings: LogLimiter::default(),
         }))
+    }
+
+    pub fn timing_header(&self) -> &str {
+        &self.timing_header
+    }
+
+    /// Compares `peer`'s timing settings (its [`HEADER_TIMING`], if it sent one) with ours:
+    /// records the difference for `status` and logs it (at most every few seconds per peer).
+    pub fn check_timing(&self, peer: NodeId, header: Option<&str>) {
+        let Some(theirs) = header.and_then(TimingStamp::parse) else {
+            return;
+        };
+        let differences = self.timing.differences(&theirs);
+        let mismatch = (!differences.is_empty()).then(|| differences.join("; "));
+        if let Some(m) = &mismatch
+            && self.warnings.should_log(&format!("timing of node {peer}"))
+        {
+            tracing::error!(
+                peer,
+                "node {peer} runs with other timing settings ({m}): give every node the same raft: section and lease.ttl, else a new leader may grant the LiteFS lease before the old primary has demoted"
+            );
+        }
+        self.peers.set_timing_mismatch(peer, mismatch);
     }
 
     /// One RPC to node `target` at `addr`: `POST path` with a JSON body (or `GET` without one),
@@ -268,6 +298,7 @@ impl Transport {
             .header(HEADER_TO, target.to_string())
             .header(HEADER_HOSTNAME, &self.hostname)
             .header(HEADER_WITNESS, if self.witness { "1" } else { "0" })
+            .header(HEADER_TIMING, &self.timing_header)
             .timeout(timeout)
             .send();
         let addr_s = || addr.to_string();
@@ -289,6 +320,7 @@ impl Transport {
         let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
         let hostname = header(HEADER_HOSTNAME).map(str::to_string);
         let witness = witness_header(header(HEADER_WITNESS));
+        self.check_timing(target, header(HEADER_TIMING));
         if !status.is_success() {
             let blocked = response.headers().contains_key(FAULT_HEADER);
             let text = response.text().await.unwrap_or_default();

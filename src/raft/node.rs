@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use super::faults::Faults;
 use super::network::{CallError, Hello, NetworkFactory, Secret, Transport, paths};
 use super::peers::Peers;
+use super::timing_check::TimingStamp;
 use super::{Node, NodeId, Raft, StateMachineStore, StoreError, TypeConfig, open_storage};
 use crate::config::{Config, ConfigError, RaftTiming};
 use crate::litefs_state::LiteFsState;
@@ -50,6 +51,9 @@ pub struct NodeSettings {
     pub timing: RaftTiming,
     /// A witness votes but never runs for leader and has no LiteFS.
     pub witness: bool,
+    /// `lease.ttl` on a data node (compared across nodes, see `timing_check`); `None` on a
+    /// witness.
+    pub lease_ttl: Option<std::time::Duration>,
 }
 
 impl NodeSettings {
@@ -79,6 +83,7 @@ impl NodeSettings {
             data_dir: config.cluster.data_dir.clone(),
             timing: config.raft,
             witness,
+            lease_ttl: (!witness).then_some(config.lease.ttl),
         })
     }
 }
@@ -253,6 +258,7 @@ impl RaftNode {
             settings.secret.clone(),
             faults,
             peers.clone(),
+            TimingStamp::new(&settings.timing, settings.lease_ttl),
         )?;
         let raft = Raft::new(
             id,

@@ -27,6 +27,7 @@ fn settings(base: u16, id: u64, voters: &[u64], dir: &std::path::Path) -> NodeSe
         data_dir: dir.join(format!("n{id}")),
         timing: RaftTiming::default(),
         witness: false,
+        lease_ttl: Some(Duration::from_secs(2)),
     }
 }
 
@@ -193,6 +194,7 @@ async fn a_witness_with_the_only_complete_log_hands_leadership_to_a_data_node() 
     for id in voters {
         let s = NodeSettings {
             witness: id == 3,
+            lease_ttl: (id != 3).then_some(Duration::from_secs(2)),
             ..settings(base, id, &voters, dir.path())
         };
         nodes.push(start(s, faults[id as usize - 1].clone()).await);
@@ -221,6 +223,49 @@ async fn a_witness_with_the_only_complete_log_hands_leadership_to_a_data_node() 
     }
     assert_eq!(nodes[1].state_machine.get("k").as_deref(), Some("v"));
     for n in &nodes[1..] {
+        n.shutdown().await;
+    }
+}
+
+/// Node 3 runs with another `lease.ttl`: the others see it on its RPCs (and it on theirs) and
+/// say so in their peer records (`status`), while the cluster keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_other_timing_settings_is_reported_by_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = 27160;
+    let voters = [1, 2, 3];
+    let mut nodes = Vec::new();
+    for id in voters {
+        let s = NodeSettings {
+            lease_ttl: Some(Duration::from_secs(if id == 3 { 10 } else { 2 })),
+            ..settings(base, id, &voters, dir.path())
+        };
+        nodes.push(start(s, Faults::default()).await);
+    }
+    let all: Vec<&Arc<RaftNode>> = nodes.iter().collect();
+    settled(&all, Duration::from_secs(10)).await;
+    let mismatch = |n: usize, peer: u64| nodes[n].peers.get(peer).and_then(|p| p.timing_mismatch);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mismatch(0, 3).is_none() || mismatch(2, 1).is_none() {
+        assert!(Instant::now() < deadline, "no mismatch seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        mismatch(0, 3).as_deref(),
+        Some("lease.ttl 2s here, 10s there")
+    );
+    assert_eq!(
+        mismatch(2, 1).as_deref(),
+        Some("lease.ttl 10s here, 2s there")
+    );
+    assert_eq!(mismatch(0, 2), None, "nodes 1 and 2 agree");
+    let status = nodes[0].status();
+    let m3 = status.members.iter().find(|m| m.id == 3).unwrap();
+    assert_eq!(
+        m3.timing_mismatch.as_deref(),
+        Some("lease.ttl 2s here, 10s there")
+    );
+    for n in &nodes {
         n.shutdown().await;
     }
 }

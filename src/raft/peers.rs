@@ -57,6 +57,8 @@ pub struct PeerSeen {
     /// Last AppendEntries it sent us as an established leader that we did not reject.
     pub last_leader_append: Option<Instant>,
     pub errors: BTreeMap<RpcErrorKind, u64>,
+    /// How its timing settings differ from this node's, as of its last RPC.
+    pub timing_mismatch: Option<String>,
 }
 
 /// Shared by the RPC client, the RPC server, the publisher and /status.
@@ -85,6 +87,11 @@ impl Peers {
     }
 
     /// `id` sent us an AppendEntries as leader and we accepted its authority.
+    pub fn set_timing_mismatch(&self, id: NodeId, mismatch: Option<String>) {
+        let mut seen = self.seen.lock();
+        seen.entry(id).or_default().timing_mismatch = mismatch;
+    }
+
     pub fn leader_append(&self, id: NodeId, at: Instant) {
         let mut seen = self.seen.lock();
         let peer = seen.entry(id).or_default();

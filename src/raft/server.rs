@@ -28,6 +28,7 @@ use super::network::{
     paths, witness_header,
 };
 use super::node::{AddRequest, RaftNode, RemoveRequest};
+use super::timing_check::HEADER_TIMING;
 use super::{NodeId, Snapshot, TypeConfig};
 
 #[derive(Clone)]
@@ -123,6 +124,8 @@ async fn guard(
         let hostname = header_str(headers, HEADER_HOSTNAME);
         let witness = witness_header(header_str(headers, HEADER_WITNESS));
         node.peers.contact(from, hostname, witness, Instant::now());
+        node.transport
+            .check_timing(from, header_str(headers, HEADER_TIMING));
     }
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
@@ -132,6 +135,9 @@ async fn guard(
     }
     let witness = if node.settings.witness { "1" } else { "0" };
     h.insert(HEADER_WITNESS, HeaderValue::from_static(witness));
+    if let Ok(v) = HeaderValue::from_str(node.transport.timing_header()) {
+        h.insert(HEADER_TIMING, v);
+    }
     resp
 }
 

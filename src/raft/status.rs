@@ -26,6 +26,10 @@ pub struct MemberStatus {
     pub ms_since_contact: Option<u64>,
     /// On the leader: the last log index known to be on that node.
     pub matched_index: Option<u64>,
+    /// How its timing settings (`raft:`, `lease.ttl`) differ from this node's, as of its last
+    /// RPC; they must be the same on every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing_mismatch: Option<String>,
 }
 
 /// The body of `GET /status`. Field names are an interface: `litefs-py status --json` prints it.
@@ -102,6 +106,10 @@ impl RaftNode {
                         .as_ref()
                         .and_then(|r| r.get(id))
                         .and_then(|l| l.index()),
+                    timing_mismatch: seen
+                        .get(id)
+                        .filter(|_| !this_node)
+                        .and_then(|p| p.timing_mismatch.clone()),
                 }
             })
             .collect();
