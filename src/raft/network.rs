@@ -230,7 +230,7 @@ impl Transport {
     }
 
     /// Compares `peer`'s timing settings (its [`HEADER_TIMING`], if it sent one) with ours:
-    /// records the difference for `status` and logs it (at most every few seconds per peer).
+    /// records the difference for `status` and logs it (at most every 10 s per peer).
     pub fn check_timing(&self, peer: NodeId, header: Option<&str>) {
         let Some(theirs) = header.and_then(TimingStamp::parse) else {
             return;
