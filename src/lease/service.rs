@@ -24,7 +24,7 @@ use super::state::{
 use super::{LEASE_KEY, LeaseError, RaftFacts, WRITE_TIMEOUT, WriteError};
 use crate::handoff::freshest::{PeerLiteFs, Verdict, decide};
 use crate::litefs_state::LiteFsState;
-use crate::raft::{Request, Response};
+use crate::raft::{NodeId, Request, Response};
 
 /// How often sessions are swept and the holder record checked even when nothing happened:
 /// an expired holder is forgotten (and the other nodes told) within this much of its expiry.
@@ -298,7 +298,7 @@ impl<F: RaftFacts> LeaseService<F> {
     /// Node `to`'s LiteFS is fresher: ends this term with no primary as a handoff does (fence,
     /// record, `transfer_leader`), so `to` leads the next term and may grant at once. Returns
     /// whether to grant here after all (`to` failed to take over [`MAX_FRESHER_MOVES`] times).
-    async fn move_to_fresher(&self, term: u64, to: u64, why: &str) -> bool {
+    async fn move_to_fresher(&self, term: u64, to: NodeId, why: &str) -> bool {
         let me = self.facts.node_id();
         let moves = self
             .facts
