@@ -17,6 +17,7 @@ mod handles;
 mod inode;
 mod locks;
 pub mod mount;
+pub mod mountinfo;
 mod rangeset;
 pub mod sys;
 pub mod virtual_files;

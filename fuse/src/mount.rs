@@ -17,6 +17,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::adapter::FuseAdapter;
 use crate::fs::{DataPath, PassthroughState, ShimFs};
+use crate::mountinfo;
 use crate::virtual_files::StateHandle;
 
 pub const FSNAME: &str = "litefs-py";
@@ -99,41 +100,6 @@ fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> MountError {
     }
 }
 
-/// The mount point entries of /proc/self/mountinfo: (mount point, fstype).
-fn mounts() -> io::Result<Vec<(PathBuf, String)>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let point = fields.nth(4)?;
-            let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
-            Some((PathBuf::from(unescape_mountinfo(point)), fstype.to_string()))
-        })
-        .collect())
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Checks everything that can be checked before mounting, with one clear error each.
 pub fn preflight(opts: &MountOptions) -> Result<(PathBuf, PathBuf), MountError> {
     let lower = match std::fs::metadata(&opts.lower) {
@@ -165,15 +131,13 @@ pub fn preflight(opts: &MountOptions) -> Result<(PathBuf, PathBuf), MountError> 
             ));
         }
     };
-    if let Some((_, fstype)) = mounts()
+    if let Some(m) = mountinfo::at(&mountpoint)
         .map_err(io_ctx("reading /proc/self/mountinfo"))?
-        .into_iter()
-        .rev()
-        .find(|(p, _)| *p == mountpoint)
+        .pop()
     {
         return Err(MountError::AlreadyMounted {
             path: mountpoint,
-            fstype,
+            fstype: m.fstype,
         });
     }
     // Equal paths too: mounted over the lower dir, the shim would hide it (and LiteFS could
@@ -445,25 +409,13 @@ struct WatchdogTarget {
     path_field: Vec<u8>,
 }
 
-fn escape_mountinfo(path: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.len());
-    for &b in path {
-        if matches!(b, b' ' | b'\t' | b'\n' | b'\\') {
-            out.extend_from_slice(format!("\\{b:03o}").as_bytes());
-        } else {
-            out.push(b);
-        }
-    }
-    out
-}
-
 impl Watchdog {
     fn start(mountpoint: &Path, dev: u64) -> Result<Watchdog, MountError> {
         let bytes = mountpoint.as_os_str().as_bytes();
         let target = WatchdogTarget {
             path: CString::new(bytes).map_err(|e| io_ctx("mountpoint")(io::Error::other(e)))?,
             dev_field: format!("{}:{}", libc::major(dev), libc::minor(dev)).into_bytes(),
-            path_field: escape_mountinfo(bytes),
+            path_field: mountinfo::escape(bytes),
         };
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for two descriptors.
@@ -594,17 +546,11 @@ mod tests {
     #[test]
     fn mountinfo_lines() {
         let line = b"52 27 0:48 / /tmp/a\\040b rw,nosuid - fuse.litefs-py litefs-py rw";
-        let esc = escape_mountinfo(b"/tmp/a b");
+        let esc = mountinfo::escape(b"/tmp/a b");
         assert_eq!(esc, b"/tmp/a\\040b");
         assert!(mountinfo_line_matches(line, b"0:48", &esc));
         assert!(!mountinfo_line_matches(line, b"0:49", &esc));
         assert!(!mountinfo_line_matches(line, b"0:48", b"/tmp/a"));
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/mnt/with\\040space"), "/mnt/with space");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 
     #[test]

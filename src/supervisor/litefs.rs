@@ -13,6 +13,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use litefs_py_fuse::mountinfo;
 use parking_lot::Mutex;
 
 use super::RunError;
@@ -210,51 +211,16 @@ fn pass_through(stream: Box<dyn Read + Send>, lines: &Mutex<VecDeque<String>>) {
     }
 }
 
-/// Mount ids of the mounts at exactly `path`, from /proc/self/mountinfo.
+/// Mount ids of the mounts at exactly `path`.
 pub fn mount_ids_at(path: &Path) -> BTreeSet<u64> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mount_ids_in(&info, path)
-}
-
-fn mount_ids_in(mountinfo: &str, path: &Path) -> BTreeSet<u64> {
-    let want = path.to_string_lossy();
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let id = f.next()?.parse().ok()?;
-            let point = f.nth(3)?;
-            (unescape(point) == want).then_some(id)
-        })
+    mountinfo::at(path)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.id)
         .collect()
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
-                .ok()
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether something is mounted at exactly `path`.
-pub fn is_mount_point(path: &Path) -> bool {
-    !mount_ids_at(path).is_empty()
-}
+pub use mountinfo::is_mount_point;
 
 /// How long a `statfs` of a FUSE mount left at `mount.lower` may take at start-up.
 const LEFTOVER_STAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -269,8 +235,7 @@ const LEFTOVER_STAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// start-up would time out. A FUSE mount there that still answers is a LiteFS still running
 /// (two on one data dir must not be): refused, with what to do.
 pub fn clear_leftover_mounts(lower: &Path) -> Result<(), RunError> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if fuse_mount_ids_in(&info, lower).is_empty() {
+    if fuse_mount_ids_at(lower).is_empty() {
         return Ok(());
     }
     let shown = lower.display();
@@ -296,8 +261,7 @@ pub fn clear_leftover_mounts(lower: &Path) -> Result<(), RunError> {
         .map_err(|_| RunError::Invalid(format!("mount.lower {shown}: a NUL in the path")))?;
     // Stacked dead mounts (several killed runs in a row) go one by one; bounded all the same.
     for _ in 0..16 {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if fuse_mount_ids_in(&info, lower).is_empty() {
+        if fuse_mount_ids_at(lower).is_empty() {
             return Ok(());
         }
         // SAFETY: a valid path. MNT_DETACH: works on a dead FUSE mount, busy or not.
@@ -355,54 +319,19 @@ fn statfs_c(c: &CString) -> std::io::Result<()> {
 }
 
 /// Mount ids of the FUSE mounts (type `fuse` or `fuse.*`) at exactly `path`.
-fn fuse_mount_ids_in(mountinfo: &str, path: &Path) -> BTreeSet<u64> {
-    let want = path.to_string_lossy();
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (fields, after) = l.split_once(" - ")?;
-            let mut f = fields.split(' ');
-            let id = f.next()?.parse().ok()?;
-            let point = f.nth(3)?;
-            let fstype = after.split(' ').next()?;
-            let fuse = fstype == "fuse" || fstype.starts_with("fuse.");
-            (fuse && unescape(point) == want).then_some(id)
-        })
+/// Mount ids of the FUSE mounts at exactly `path`.
+fn fuse_mount_ids_at(path: &Path) -> BTreeSet<u64> {
+    mountinfo::at(path)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.is_fuse())
+        .map(|m| m.id)
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mount_ids_by_path() {
-        let info = "22 1 0:21 / /proc rw - proc proc rw\n\
-                    90 60 0:50 / /tmp/a\\040b/lower rw - fuse.litefs litefs rw\n\
-                    91 90 0:51 / /tmp/a\\040b/lower rw - fuse.litefs-py litefs-py rw\n";
-        let ids = mount_ids_in(info, Path::new("/tmp/a b/lower"));
-        assert_eq!(ids.into_iter().collect::<Vec<_>>(), [90, 91]);
-        assert!(mount_ids_in(info, Path::new("/tmp/a b")).is_empty());
-        assert_eq!(unescape("/x\\134y"), "/x\\y");
-    }
-
-    #[test]
-    fn fuse_mounts_by_path() {
-        let info = "22 1 0:21 / /proc rw - proc proc rw\n\
-                    42 27 0:39 / /tmp/n1/lower rw,nosuid,nodev,relatime - fuse litefs rw,user_id=0\n\
-                    43 27 0:40 / /tmp/n1/mnt rw - fuse.litefs-py litefs-py rw\n\
-                    44 27 8:1 / /tmp/n1/lower rw - ext4 /dev/vda rw\n\
-                    45 27 0:41 / /tmp/n1/lowerx rw - fuse litefs rw\n";
-        let lower = fuse_mount_ids_in(info, Path::new("/tmp/n1/lower"));
-        assert_eq!(
-            lower.into_iter().collect::<Vec<_>>(),
-            [42],
-            "FUSE only, that path only"
-        );
-        let mnt = fuse_mount_ids_in(info, Path::new("/tmp/n1/mnt"));
-        assert_eq!(mnt.into_iter().collect::<Vec<_>>(), [43]);
-        assert!(fuse_mount_ids_in("garbage\n", Path::new("/tmp/n1/lower")).is_empty());
-    }
 
     #[test]
     fn a_plain_lower_dir_needs_no_clearing() {
