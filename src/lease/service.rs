@@ -3,7 +3,7 @@
 //! right.
 //!
 //! Before a term's first grant the leader also makes sure no reachable LiteFS is fresher than
-//! its own ([`crate::handoff::freshest`]); if one is, it hands raft leadership there instead.
+//! its own ([`super::freshest`]); if one is, it hands raft leadership there instead.
 //!
 //! Answers must come quickly: LiteFS's Consul client has no request timeout, so a renewal we
 //! never answered would keep a LiteFS primary forever. Renewals, releases and reads therefore
@@ -16,14 +16,14 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 use super::consul::{self, KvPair, SessionEntry};
-use super::handoff::{HANDOFF_KEY, HandoffRecord, waives};
+use super::freshest::{PeerLiteFs, Verdict, decide};
+use super::records::{HANDOFF_KEY, HandoffRecord, waives};
 use super::state::{
     AcquireCheck, HolderRecord, LeaseParams, LeaseState, LeaseStatus, Lost, RaftNow, Refusal,
     record_is_current,
 };
 use super::{LEASE_KEY, LeaseError, RaftFacts, WRITE_TIMEOUT, WriteError};
-use crate::handoff::freshest::{PeerLiteFs, Verdict, decide};
-use crate::litefs_state::LiteFsState;
+use crate::litefs::state::LiteFsState;
 use crate::raft::{NodeId, Request, Response};
 
 /// How often sessions are swept and the holder record checked even when nothing happened:
@@ -101,10 +101,6 @@ impl<F: RaftFacts> LeaseService<F> {
 
     pub fn params(&self) -> LeaseParams {
         *self.state.lock().params()
-    }
-
-    pub fn facts(&self) -> &F {
-        &self.facts
     }
 
     async fn write(&self, request: Request) -> Result<Response, WriteError> {
@@ -472,7 +468,7 @@ impl<F: RaftFacts> LeaseService<F> {
     }
 
     /// A leader whose previous term ended in a handoff may grant at once (see
-    /// [`super::handoff`]).
+    /// [`super::records`]).
     fn apply_waiver(&self, r: &RaftNow) {
         if !r.is_leader {
             return;

@@ -4,7 +4,7 @@
 //! after a double failure raft may elect a node that is behind: replica A down, the primary
 //! commits a transaction that only replica B receives, the primary dies, A comes back and wins.
 //! LiteFS on B would then follow A's history and drop that transaction, although a live node
-//! had it. To prevent that, a leader's lease API ([`crate::lease::LeaseService`]) surveys the
+//! had it. To prevent that, a leader's lease API ([`super::LeaseService`]) surveys the
 //! reachable data voters' LiteFS positions (`GET /raft/litefs`, their `<db>-pos` files) right
 //! before its first grant in a term, when every LiteFS position is final (the previous primary
 //! has surely demoted), and if another node's LiteFS is fresher it hands raft leadership to
@@ -16,11 +16,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::plan::Positions;
 use openraft::async_runtime::Instant as _;
 
-use super::LocalReport;
-use crate::raft::network::paths;
+use crate::litefs::api::LiteFsApi;
+use crate::litefs::positions::Positions;
+use crate::litefs::report::{LocalReport, REPORT_PATH};
 use crate::raft::{NodeId, RaftNode};
 
 /// Peers the leader heard from within this long are asked; others are down or cut off, and
@@ -138,10 +138,10 @@ fn peer_answer(report: LocalReport) -> Option<PeerLiteFs> {
 }
 
 /// This node's LiteFS positions and those of every data voter the leader heard from lately,
-/// asked at once. `Ok(None)`: this node runs no LiteFS of its own (not `litefs-py run`), so
-/// there is nothing to compare. `Err`: the local positions cannot be read.
-pub async fn survey(node: &RaftNode) -> Result<Option<Survey>, String> {
-    let Some(local) = node.handoff.get() else {
+/// asked at once. `Ok(None)`: this node runs no LiteFS of its own (`local` is `None`: not
+/// `litefs-py run`), so there is nothing to compare. `Err`: the local positions cannot be read.
+pub async fn survey(node: &RaftNode, local: Option<&LiteFsApi>) -> Result<Option<Survey>, String> {
+    let Some(local) = local else {
         return Ok(None);
     };
     let me = node.settings.id;
@@ -161,16 +161,13 @@ pub async fn survey(node: &RaftNode) -> Result<Option<Survey>, String> {
             Some(async move {
                 let answer = node
                     .transport
-                    .call::<(), LocalReport>(id, &addr, paths::LITEFS_REPORT, None, SURVEY_TIMEOUT)
+                    .call::<(), LocalReport>(id, &addr, REPORT_PATH, None, SURVEY_TIMEOUT)
                     .await
                     .map_or_else(|e| Some(PeerLiteFs::Unknown(e.to_string())), peer_answer);
                 (id, answer)
             })
         });
-    let (mine, answers) = tokio::join!(
-        local.litefs.positions(),
-        futures_util::future::join_all(asks)
-    );
+    let (mine, answers) = tokio::join!(local.positions(), futures_util::future::join_all(asks));
     let mine = mine.map_err(|e| e.to_string())?;
     let peers = answers
         .into_iter()
@@ -181,8 +178,8 @@ pub async fn survey(node: &RaftNode) -> Result<Option<Survey>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::plan::Pos;
     use super::*;
+    use crate::litefs::positions::Pos;
 
     fn at(dbs: &[(&str, u64)]) -> Positions {
         dbs.iter()

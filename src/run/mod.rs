@@ -13,11 +13,12 @@
 //! its mount as the fallback, and raft last. Exit codes: see [`exit`].
 //!
 //! Everything runs on the calling thread except the signal thread, LiteFS's log readers, the
-//! health probe ([`probe`]) and the raft runtime.
+//! health probe ([`crate::litefs::probe`]) and the node's runtime.
+//!
+//! This sits above [`crate::node`]: it starts a node, then LiteFS ([`crate::litefs::process`]),
+//! the shim and the app.
 
 pub mod children;
-mod litefs;
-mod probe;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -28,20 +29,21 @@ use std::time::{Duration, Instant};
 use litefs_py_fuse::{DataPath, MountError, MountOptions, MountedShim};
 
 use self::children::{Event, Events, describe, shell_code, signal_name};
-use self::litefs::{LiteFs, clear_leftover_mounts, is_mount_point, resolve_binary};
-use self::probe::Probe;
-/// Where to reach LiteFS's API from this host, given `litefs.http-addr` (also for the handoff).
-pub use self::probe::local_http_addr as litefs_http_addr;
 use crate::config::{Config, ConfigError, DataPathMode};
-use crate::daemon::Daemon;
-use crate::litefs_config::{self, LiteFsConfigError};
-use crate::litefs_state::LiteFsState;
+use crate::litefs::probe::Probe;
+use crate::litefs::process::{
+    LiteFs, ProcessError, clear_leftover_mounts, is_mount_point, resolve_binary,
+};
+use crate::litefs::state::LiteFsState;
+use crate::litefs::yaml::{self as litefs_config, LiteFsConfigError};
+use crate::node::Node;
 
 /// Exit statuses of `litefs-py run` besides the app's own (which it passes on: its exit code,
 /// or 128 + the signal that killed it).
 pub mod exit {
     /// litefs-py could not start: a bad config, no LiteFS binary, a port in use, LiteFS's mount
     /// or API not up in time, the shim's mount refused.
+    #[allow(dead_code)] // What `cli_main` returns for every error, `run`'s included.
     pub const STARTUP: i32 = 1;
     /// LiteFS exited (or was killed) while litefs-py ran.
     pub const LITEFS_EXITED: i32 = 70;
@@ -78,8 +80,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     LiteFsConfig(#[from] LiteFsConfigError),
-    #[error("litefs.binary {}: {why}", binary.display())]
-    LiteFsBinary { binary: PathBuf, why: String },
+    #[error(transparent)]
+    LiteFs(#[from] ProcessError),
     #[error("{0:#}")]
     Daemon(anyhow::Error),
     #[error("{what}: {source}")]
@@ -147,7 +149,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     preflight(&opts.config)?;
     write_litefs_config(&opts.litefs_config, &yaml)?;
     let state = LiteFsState::new();
-    let daemon = Daemon::start_for_run(&opts.config, state.clone()).map_err(RunError::Daemon)?;
+    let daemon = Node::builder(&opts.config)
+        .litefs(state.clone())
+        .start()
+        .map_err(RunError::Daemon)?;
     let mut sup = Supervisor {
         umask: current_umask(),
         opts,
@@ -230,7 +235,7 @@ struct Supervisor {
     opts: RunOptions,
     events: Events,
     state: LiteFsState,
-    daemon: Option<Daemon>,
+    daemon: Option<Node>,
     litefs: Option<LiteFs>,
     probe: Option<Probe>,
     shim: Option<MountedShim>,
@@ -339,7 +344,7 @@ impl Supervisor {
             );
             return Some(exit::SHIM_GONE);
         }
-        if let Some(why) = self.daemon.as_ref().and_then(Daemon::failure) {
+        if let Some(why) = self.daemon.as_ref().and_then(Node::failure) {
             tracing::error!("{why}: stopping (LiteFS cannot follow the cluster without it)");
             return Some(exit::RAFT_STOPPED);
         }
@@ -350,7 +355,7 @@ impl Supervisor {
         let config = self.opts.config.clone();
         let lower = config.mount.lower.clone();
         self.litefs = Some(LiteFs::spawn(binary, &self.opts.litefs_config, &lower)?);
-        let http = probe::local_http_addr(&config.litefs.http_addr);
+        let http = crate::litefs::local_http_addr(&config.litefs.http_addr);
         self.probe = Some(Probe::start(self.state.clone(), lower.clone(), http));
 
         // LiteFS's FUSE mount and HTTP API come up in a moment, long before it has the lease.
@@ -393,7 +398,7 @@ impl Supervisor {
         };
         opts.allow_other = self.opts.allow_other;
         let state = match &self.daemon {
-            Some(d) => d.node().state.clone(),
+            Some(d) => d.state().clone(),
             None => return Err(RunError::Invalid("raft is not running".into())),
         };
         self.shim = Some(litefs_py_fuse::mount(&opts, state)?);
@@ -445,7 +450,7 @@ impl Supervisor {
     fn shim_role(&self) -> String {
         self.daemon
             .as_ref()
-            .map(|d| d.node().state.load().view().role().as_str().to_string())
+            .map(|d| d.state().load().view().role().as_str().to_string())
             .unwrap_or_default()
     }
 
