@@ -1,6 +1,6 @@
 //! `litefs-py.yml`: parsing (strict: an unknown key is an error naming it) and validation.
 //!
-//! Key names are fixed by DESIGN.md ("Interfaces that are fixed"). Every error names the key it
+//! Key names are fixed (docs/architecture.md, "Fixed interfaces"). Every error names the key it
 //! is about, e.g. `cluster.peers: node.id 4 is not one of the peers (1, 2, 3)`.
 
 use std::collections::BTreeMap;
