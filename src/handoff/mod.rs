@@ -2,7 +2,8 @@
 //! acknowledged write lost. Runs on the leader (any node forwards the request there):
 //!
 //! 1. Choose and check the target ([`plan::choose_target`]): a data voter, caught up in raft,
-//!    running LiteFS under `litefs-py run` (it answers [`REPORT_PATH`]).
+//!    running LiteFS under `litefs-py run` (it answers
+//!    [`REPORT_PATH`](crate::litefs::report::REPORT_PATH)).
 //! 2. HALT every database on the local LiteFS (its write lock: commits stop, local writers wait,
 //!    every commit acknowledged so far is in the position it answers with).
 //! 3. Wait until the target's LiteFS has exactly those positions (`<db>-pos`): it has every
@@ -13,7 +14,8 @@
 //!    30 s after it was taken, so steps 2-4 must fit in that (with a margin), or the handoff is
 //!    refused before the fence; after demotion the local positions are read again, and anything
 //!    that committed after step 3 must be on the target too, or no record is written.
-//! 5. Record through raft that this term ended with no primary ([`HandoffRecord`]), release the
+//! 5. Record through raft that this term ended with no primary
+//!    ([`HandoffRecord`](crate::lease::records::HandoffRecord)), release the
 //!    HALT locks (LiteFS is a replica now and must apply what the new primary sends).
 //! 6. Transfer raft leadership to the target; its lease API may grant in the next term at once
 //!    (the waiver, [`crate::lease::records`]), and its LiteFS becomes primary.

@@ -289,7 +289,7 @@ pub async fn start<F: RaftFacts>(
     start_service(LeaseService::new(facts, params), addr).await
 }
 
-/// [`start`] with a service built by the caller.
+/// Binds `addr` (loopback only) and serves `service`, built by the caller.
 pub async fn start_service<F: RaftFacts>(
     service: LeaseService<F>,
     addr: SocketAddr,

@@ -85,7 +85,9 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// [`get`] for callers without a runtime (threads, tests): a current-thread runtime over it.
+/// [`get`] for callers without a runtime (threads, tests): a current-thread runtime over it,
+/// the request bounded by `timeout`. Not from inside a tokio runtime (tokio refuses to block
+/// there); use [`get`] with [`client`] instead.
 pub fn get_blocking(http_addr: &str, timeout: Duration) -> Result<Info, InfoError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,11 +1,11 @@
 //! Everything that knows LiteFS (v0.5.14), and nothing else does:
 //! - [`info`]: the one client of its `GET /info`;
-//! - [`api`]: the local LiteFS's HTTP API (`/halt`) and positions, as the handoff and the
-//!   freshest-node check use them; [`positions`]: the `<db>-pos` files; [`report`]: what a node
+//! - `api`: the local LiteFS's HTTP API (`/halt`) and positions, as the handoff and the
+//!   freshest-node check use them; `positions`: the `<db>-pos` files; `report`: what a node
 //!   tells its peers about its LiteFS;
 //! - [`yaml`]: the generated litefs.yml;
-//! - [`process`]: the `litefs mount` child of `litefs-py run`; [`probe`]: its readiness and
-//!   health; [`state`]: what the lease API and the probe learn about it, for the view.
+//! - `process`: the `litefs mount` child of `litefs-py run`; `probe`: its readiness and
+//!   health; `state`: what the lease API and the probe learn about it, for the view.
 //!
 //! See docs/architecture.md, "Stacking on LiteFS".
 
