@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use litefs_py::client::DaemonClient;
-use litefs_py::config::Config;
-use litefs_py::raft::node::MembershipOutcome;
+use super::client::DaemonClient;
+use crate::config::Config;
+use crate::raft::membership::MembershipOutcome;
 
-use crate::cli::ClusterCommand;
+use super::args::ClusterCommand;
 
 pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     let outcome = match cmd {

@@ -1,7 +1,7 @@
 //! The litefs.yml that makes LiteFS follow litefs-py: generated from litefs-py.yml.
 //!
 //! LiteFS runs with `lease.type: consul` pointed at this node's lease API (`lease.addr`,
-//! loopback), which answers from raft (see `crate::lease`). Everything LiteFS needs to know is
+//! loopback), which answers from raft (see `crate::lease`, and docs/architecture.md, "LiteFS's Consul client"). Everything LiteFS needs to know is
 //! derived here, so the two configs cannot disagree: the FUSE dir is `mount.lower` (the shim is
 //! mounted over it), the TTL is `lease.ttl` (the lease API's arithmetic assumes it), the key and
 //! lock delay are litefs-py constants. `exec` stays unset: litefs-py runs the app itself, after
@@ -12,7 +12,18 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::lease::{LEASE_KEY, LOCK_DELAY};
+
+/// The Consul key LiteFS locks (`lease.consul.key` in the generated litefs.yml). The lease API
+/// (`crate::lease`) answers for it, and keeps the raft key/value entry of the same name that
+/// tells every node who holds it.
+pub const LEASE_KEY: &str = "litefs/primary";
+
+/// The lock delay written into litefs.yml and applied by the lease API: how long after a
+/// holder's session is invalidated the lock stays unavailable, and part of a new leader's wait.
+/// One second is LiteFS's fixed renew timeout: a primary whose renewals fail keeps believing it
+/// is primary for up to that long past its TTL (it sleeps 1 s before demoting itself), so less
+/// would be unsafe and more would only slow failover down.
+pub const LOCK_DELAY: Duration = Duration::from_secs(1);
 
 /// LiteFS's `lease.reconnect-delay`: its pause between attempts to acquire the lease or reach
 /// the primary (LiteFS's default is 1 s). Half a second keeps an attempt inside the window in

@@ -1,9 +1,9 @@
-//! `litefs-py run`: the arguments to [`litefs_py::supervisor`], which does the work.
+//! `litefs-py run`: the arguments to [`crate::run`], which does the work.
 
-use litefs_py::config::Config;
-use litefs_py::supervisor::{self, RunOptions};
+use crate::config::Config;
+use crate::run::{self as supervisor, RunOptions};
 
-use crate::cli::RunArgs;
+use super::args::RunArgs;
 
 /// Runs until the app, LiteFS or the shim ends or a signal stops it; the exit status to leave
 /// with. An error is a start-up failure (one line, exit status 1), with nothing left running.

@@ -1,4 +1,6 @@
-//! The raft record a planned handoff leaves behind, and the one rule that reads it.
+//! The lease's two raft records: who holds the lease ([`HolderRecord`], key
+//! [`super::LEASE_KEY`]), and the record a planned handoff leaves behind ([`HandoffRecord`],
+//! key [`HANDOFF_KEY`]) with the one rule that reads it.
 //!
 //! `litefs-py handoff` fences the leader of term `t` (no grant, no renewal for the rest of `t`),
 //! waits until its LiteFS has demoted, then writes this record through raft: "term `t` ends with
@@ -19,7 +21,7 @@
 //!   client writes from that leader for the rest of `t`: once the transfer was attempted it
 //!   cannot delete the record, so it stays fenced until the next election.
 //!
-//! A leader that finds another node's LiteFS fresher than its own ([`crate::handoff::freshest`])
+//! A leader that finds another node's LiteFS fresher than its own ([`super::freshest`])
 //! ends its term the same way, once its wait is over and before it ever granted: fence, record,
 //! `transfer_leader`. `fresher_moves` counts such terms in a row, so that a node that keeps
 //! failing to take over cannot keep the cluster without a primary forever.
@@ -27,6 +29,34 @@
 use serde::{Deserialize, Serialize};
 
 use crate::raft::NodeId;
+use crate::role::Holder;
+
+/// The holder as replicated through raft (key [`super::LEASE_KEY`]), so that every node's
+/// lease API can tell its LiteFS where the primary is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HolderRecord {
+    pub node_id: NodeId,
+    pub term: u64,
+    pub session: String,
+    /// LiteFS's JSON, as its primary sent it.
+    pub value: String,
+}
+
+impl HolderRecord {
+    /// The record as stored (JSON), if it parses.
+    pub fn parse(stored: &str) -> Option<HolderRecord> {
+        serde_json::from_str(stored).ok()
+    }
+
+    /// What the view needs of it.
+    pub fn holder(&self) -> Holder {
+        Holder {
+            node_id: self.node_id,
+            term: self.term,
+        }
+    }
+}
 
 /// The raft key the record lives under.
 pub const HANDOFF_KEY: &str = "litefs-py/handoff";

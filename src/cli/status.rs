@@ -1,10 +1,10 @@
 //! `litefs-py status`: the cluster as the local node sees it.
 
-use litefs_py::client::DaemonClient;
-use litefs_py::config::Config;
-use litefs_py::raft::status::StatusReport;
+use super::client::DaemonClient;
+use crate::config::Config;
+use crate::node::StatusReport;
 
-use crate::cli::StatusArgs;
+use super::args::StatusArgs;
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let config = Config::find_and_load(args.config.as_deref())?;

@@ -1,6 +1,6 @@
 //! The LiteFS health probe of `litefs-py run`: every [`EVERY`], on threads of its own, whether
 //! LiteFS's FUSE mount answers (a `stat` of `mount.lower`), whether its HTTP API answers
-//! (`GET /info`, and whether it says `isPrimary`), and its lag (its `.lag` file). The result
+//! (`GET /info` through [`super::info`], and whether it says `isPrimary`), and its lag (its `.lag` file). The result
 //! goes into the shared [`LiteFsState`], from which the view publisher renders `.health`.
 //!
 //! Nothing here can make a virtual-file read wait: readers only ever see the last published
@@ -9,8 +9,7 @@
 //! [`FS_TIMEOUT`], and no new check is sent while one is still stuck (the mount counts as not
 //! answering meanwhile). HTTP calls have connect and read timeouts.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +18,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::litefs_state::{LiteFsProbe, LiteFsState};
+use super::info::{self, Info};
+use super::state::{LiteFsProbe, LiteFsState};
 
 /// How often LiteFS is looked at.
 pub const EVERY: Duration = Duration::from_millis(500);
@@ -27,8 +27,6 @@ pub const EVERY: Duration = Duration::from_millis(500);
 const FS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connect and read timeouts of `GET /info`.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(1);
-/// `/info` is a few hundred bytes; anything longer is not LiteFS.
-const MAX_RESPONSE: u64 = 64 * 1024;
 
 /// The running probe. Stopped (and its thread joined, bounded by one round) on drop.
 pub struct Probe {
@@ -59,21 +57,6 @@ impl Drop for Probe {
     }
 }
 
-/// Where to reach LiteFS's API from here: its `http.addr` with an empty or wildcard host
-/// replaced by loopback (`:20202` listens on every interface).
-pub fn local_http_addr(http_addr: &str) -> Option<SocketAddr> {
-    let (host, port) = http_addr.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addr = match host {
-        "" | "0.0.0.0" => format!("127.0.0.1:{port}"),
-        "::" => format!("[::1]:{port}"),
-        h if h.contains(':') => format!("[{h}]:{port}"),
-        h => format!("{h}:{port}"),
-    };
-    addr.to_socket_addrs().ok()?.next()
-}
-
 /// What the file-system worker found.
 #[derive(Debug, Clone, Copy)]
 struct FsLook {
@@ -100,6 +83,27 @@ fn run(state: &LiteFsState, lower: &Path, http: Option<SocketAddr>, stop: &Atomi
         tracing::error!("cannot start the LiteFS probe: {e}");
         return;
     }
+    // One runtime and client for the probe's life: `/info` every round, on this thread.
+    let http_client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            Ok((
+                rt,
+                info::client(HTTP_TIMEOUT).map_err(std::io::Error::other)?,
+            ))
+        });
+    let http_client = match http_client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot start the LiteFS probe: {e}");
+            return;
+        }
+    };
+    let get_info = |addr: SocketAddr| -> Option<Info> {
+        let (rt, client) = &http_client;
+        rt.block_on(info::get(client, &addr.to_string())).ok()
+    };
     let mut outstanding = false;
     let mut last_fs = FsLook {
         mounted: false,
@@ -128,8 +132,8 @@ fn run(state: &LiteFsState, lower: &Path, http: Option<SocketAddr>, stop: &Atomi
         let probe = LiteFsProbe {
             mounted: last_fs.mounted,
             serving: info.is_some(),
-            is_primary: info.is_some_and(|i| i.is_primary),
-            primary_known: info.is_some_and(|i| i.primary_known),
+            is_primary: info.as_ref().is_some_and(|i| i.is_primary),
+            primary_known: info.as_ref().is_some_and(Info::primary_known),
             lag_ms: last_fs.lag_ms,
         };
         if state.probe() != Some(probe) {
@@ -159,7 +163,7 @@ fn look_at_fs(lower: &Path) -> FsLook {
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|m| m.dev());
     let mounted = std::fs::metadata(lower).is_ok_and(|m| Some(m.dev()) != parent_dev)
-        && super::litefs::statfs(lower).is_ok();
+        && super::process::statfs(lower).is_ok();
     let lag_ms = mounted
         .then(|| std::fs::read_to_string(lower.join(".lag")).ok())
         .flatten()
@@ -172,97 +176,16 @@ pub fn parse_lag(s: &str) -> Option<i64> {
     s.trim().parse().ok()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Info {
-    is_primary: bool,
-    primary_known: bool,
-}
-
-/// `GET /info` on LiteFS's API, with timeouts; `None` if it does not answer 200 with JSON.
-fn get_info(addr: SocketAddr) -> Option<Info> {
-    let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).ok()?;
-    s.set_read_timeout(Some(HTTP_TIMEOUT)).ok()?;
-    s.set_write_timeout(Some(HTTP_TIMEOUT)).ok()?;
-    let req = format!("GET /info HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = Vec::new();
-    s.take(MAX_RESPONSE).read_to_end(&mut out).ok()?;
-    parse_info_response(&String::from_utf8_lossy(&out))
-}
-
-fn parse_info_response(response: &str) -> Option<Info> {
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    if head.split(' ').nth(1)? != "200" {
-        return None;
-    }
-    // Go's server sends a short body with a Content-Length; take the JSON object whatever the
-    // framing.
-    // (Whatever answers there sends it: "} {" must not panic.)
-    let (start, end) = (body.find('{')?, body.rfind('}')?);
-    let body = body.get(start..=end).filter(|_| start < end)?;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    let is_primary = v.get("isPrimary")?.as_bool()?;
-    let primary_known = is_primary
-        || v.get("primary")
-            .and_then(|p| p.get("hostname"))
-            .and_then(|h| h.as_str())
-            .is_some_and(|h| !h.is_empty());
-    Some(Info {
-        is_primary,
-        primary_known,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn addresses() {
-        assert_eq!(
-            local_http_addr(":20202"),
-            Some("127.0.0.1:20202".parse().unwrap())
-        );
-        assert_eq!(
-            local_http_addr("0.0.0.0:1"),
-            Some("127.0.0.1:1".parse().unwrap())
-        );
-        assert_eq!(local_http_addr("[::]:2"), Some("[::1]:2".parse().unwrap()));
-        assert_eq!(
-            local_http_addr("127.0.0.2:3"),
-            Some("127.0.0.2:3".parse().unwrap())
-        );
-        assert_eq!(local_http_addr("nonsense"), None);
-    }
-
-    #[test]
-    fn lag_and_info() {
+    fn lag() {
         assert_eq!(parse_lag("+0000000000\n"), Some(0));
         assert_eq!(parse_lag("+2147483647\n"), Some(i64::from(i32::MAX)));
         assert_eq!(parse_lag("-0000000012\n"), Some(-12));
         assert_eq!(parse_lag("x"), None);
-        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 80\r\n\r\n{\n  \"clusterID\": \"LFSC1\",\n  \"isPrimary\": false,\n  \"primary\": {\n    \"hostname\": \"node-a\"\n  }\n}";
-        assert_eq!(
-            parse_info_response(ok),
-            Some(Info {
-                is_primary: false,
-                primary_known: true
-            })
-        );
-        let alone = ok.replace("node-a", "");
-        assert_eq!(
-            parse_info_response(&alone).map(|i| i.primary_known),
-            Some(false)
-        );
-        let primary = ok.replace("false", "true").replace("node-a", "");
-        assert_eq!(
-            parse_info_response(&primary),
-            Some(Info {
-                is_primary: true,
-                primary_known: true
-            })
-        );
-        assert_eq!(parse_info_response("HTTP/1.1 500 Oops\r\n\r\n{}"), None);
     }
 
     #[test]
@@ -272,13 +195,5 @@ mod tests {
         assert!(!look.mounted);
         assert_eq!(look.lag_ms, None);
         assert!(look_at_fs(Path::new("/proc")).mounted);
-    }
-
-    #[test]
-    fn a_closing_brace_before_the_opening_one_is_no_answer() {
-        for body in ["} {", "}{", "}", "{", "x } y { z"] {
-            let response = format!("HTTP/1.1 200 OK\r\n\r\n{body}");
-            assert!(parse_info_response(&response).is_none(), "{body:?}");
-        }
     }
 }

@@ -16,7 +16,19 @@ use std::time::Duration;
 use litefs_py_fuse::mountinfo;
 use parking_lot::Mutex;
 
-use super::RunError;
+/// Why LiteFS could not be found, started, or its mount point cleared.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("litefs.binary {}: {why}", binary.display())]
+    Binary { binary: PathBuf, why: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// Lines of LiteFS's output kept for error messages.
 const KEEP_LINES: usize = 40;
@@ -34,8 +46,8 @@ pub struct LiteFs {
 
 /// Finds `binary` as `execvp` would: a path with a `/` as is, else the first executable file of
 /// that name on `$PATH`.
-pub fn resolve_binary(binary: &Path) -> Result<PathBuf, RunError> {
-    let not_found = |why: String| RunError::LiteFsBinary {
+pub fn resolve_binary(binary: &Path) -> Result<PathBuf, ProcessError> {
+    let not_found = |why: String| ProcessError::Binary {
         binary: binary.to_path_buf(),
         why,
     };
@@ -65,7 +77,7 @@ pub fn resolve_binary(binary: &Path) -> Result<PathBuf, RunError> {
 
 impl LiteFs {
     /// Starts `binary mount -config config`.
-    pub fn spawn(binary: &Path, config: &Path, lower: &Path) -> Result<LiteFs, RunError> {
+    pub fn spawn(binary: &Path, config: &Path, lower: &Path) -> Result<LiteFs, ProcessError> {
         let mounts_before = mount_ids_at(lower);
         let mut cmd = Command::new(binary);
         cmd.arg("mount")
@@ -96,7 +108,7 @@ impl LiteFs {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|source| RunError::Io {
+        let mut child = cmd.spawn().map_err(|source| ProcessError::Io {
             what: format!("starting {}", binary.display()),
             source,
         })?;
@@ -124,7 +136,7 @@ impl LiteFs {
                 // LiteFS runs already and nothing else would stop it: kill and reap it here.
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(RunError::Io {
+                return Err(ProcessError::Io {
                     what: "starting a thread to read LiteFS's output (LiteFS was stopped)".into(),
                     source,
                 });
@@ -234,7 +246,7 @@ const LEFTOVER_STAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// [`LiteFs::mount_appeared`] tells LiteFS's mount apart by id, so it would never see it and
 /// start-up would time out. A FUSE mount there that still answers is a LiteFS still running
 /// (two on one data dir must not be): refused, with what to do.
-pub fn clear_leftover_mounts(lower: &Path) -> Result<(), RunError> {
+pub fn clear_leftover_mounts(lower: &Path) -> Result<(), ProcessError> {
     if fuse_mount_ids_at(lower).is_empty() {
         return Ok(());
     }
@@ -242,23 +254,23 @@ pub fn clear_leftover_mounts(lower: &Path) -> Result<(), RunError> {
     match statfs_with_timeout(lower, LEFTOVER_STAT_TIMEOUT) {
         Some(Err(e)) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
         Some(Ok(())) => {
-            return Err(RunError::Invalid(format!(
+            return Err(ProcessError::Invalid(format!(
                 "mount.lower {shown} is already a FUSE mount that answers: a LiteFS from an earlier run still runs? Stop it first"
             )));
         }
         Some(Err(e)) => {
-            return Err(RunError::Invalid(format!(
+            return Err(ProcessError::Invalid(format!(
                 "mount.lower {shown} is a FUSE mount left by an earlier run and cannot be checked ({e}): `umount -l {shown}`"
             )));
         }
         None => {
-            return Err(RunError::Invalid(format!(
+            return Err(ProcessError::Invalid(format!(
                 "mount.lower {shown} is a FUSE mount that does not answer within {LEFTOVER_STAT_TIMEOUT:?}: `umount -l {shown}`"
             )));
         }
     }
     let c = CString::new(lower.as_os_str().as_bytes())
-        .map_err(|_| RunError::Invalid(format!("mount.lower {shown}: a NUL in the path")))?;
+        .map_err(|_| ProcessError::Invalid(format!("mount.lower {shown}: a NUL in the path")))?;
     // Stacked dead mounts (several killed runs in a row) go one by one; bounded all the same.
     for _ in 0..16 {
         if fuse_mount_ids_at(lower).is_empty() {
@@ -266,7 +278,7 @@ pub fn clear_leftover_mounts(lower: &Path) -> Result<(), RunError> {
         }
         // SAFETY: a valid path. MNT_DETACH: works on a dead FUSE mount, busy or not.
         if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            return Err(RunError::Io {
+            return Err(ProcessError::Io {
                 what: format!("detaching the dead FUSE mount left at mount.lower {shown}"),
                 source: std::io::Error::last_os_error(),
             });
@@ -276,7 +288,7 @@ pub fn clear_leftover_mounts(lower: &Path) -> Result<(), RunError> {
             "detached a dead FUSE mount left at mount.lower by an earlier run (its LiteFS was killed)"
         );
     }
-    Err(RunError::Invalid(format!(
+    Err(ProcessError::Invalid(format!(
         "mount.lower {shown}: FUSE mounts keep appearing there"
     )))
 }

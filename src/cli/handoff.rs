@@ -1,10 +1,10 @@
 //! `litefs-py handoff [--to ID]`: the planned move of the raft leadership and the LiteFS
 //! primary, via the local node (which forwards it to the leader).
 
-use litefs_py::client::DaemonClient;
-use litefs_py::config::Config;
+use super::client::DaemonClient;
+use crate::config::Config;
 
-use crate::cli::HandoffArgs;
+use super::args::HandoffArgs;
 
 pub fn run(args: HandoffArgs) -> anyhow::Result<()> {
     let config = Config::find_and_load(args.config.as_deref())?;

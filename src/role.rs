@@ -1,6 +1,9 @@
-//! From raft's state to what the virtual files say (`.primary`, `.role`, `.health`).
+//! The rule for who says `primary`, `replica`, `electing` or `witness`: from raft's state (and,
+//! under `litefs-py run`, the lease API's and LiteFS's) to what the virtual files say
+//! (`.primary`, `.role`, `.health`). Its inputs are passed in: raft's metrics and peer book,
+//! the replicated lease holder ([`Holder`]), the local LiteFS's hold and probe.
 //!
-//! The lease invariant (DESIGN.md) lives here: this node says `primary` only while it is the
+//! The lease invariant (docs/architecture.md, "The lease invariant") lives here: this node says `primary` only while it is the
 //! raft leader AND its last quorum acknowledgement is younger than the lease bound
 //! ([`RaftTiming::lease_bound`]). openraft keeps a cut-off leader in the Leader state, so the
 //! state alone would let a partitioned leader and its successor both say `primary`. Freshness is
@@ -15,18 +18,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use litefs_py_fuse::{ClusterView, LiteFsStatus, Primary};
+use litefs_py_fuse::{ClusterView, LiteFsStatus, Primary, StateHandle};
 use openraft::async_runtime::{Instant as _, WatchReceiver};
 use openraft::{RaftMetrics, ServerState};
 use tokio::sync::watch;
 
-use super::node::RaftNode;
-use super::peers::Peers;
-use super::{NodeId, TypeConfig};
 use crate::config::RaftTiming;
-use crate::lease::LEASE_KEY;
-use crate::lease::state::HolderRecord;
-use crate::litefs_state::{LiteFsProbe, LiteFsState, LocalHold};
+use crate::litefs::state::{LiteFsProbe, LiteFsState, LocalHold};
+use crate::raft::peers::Peers;
+use crate::raft::{NodeId, RaftNode, TypeConfig};
 
 /// Who this node is.
 #[derive(Debug, Clone)]
@@ -70,6 +70,22 @@ pub struct LiteFsLease {
     pub leader_holds: bool,
 }
 
+/// Who the replicated lease holder record names: the node whose LiteFS was granted the lease,
+/// and in which term. The lease layer keeps that record and reads it for the publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    pub node_id: NodeId,
+    pub term: u64,
+}
+
+/// Under `litefs-py run`: what the publisher follows besides raft.
+pub struct RunInputs {
+    /// The local LiteFS's hold (from the lease API) and its probe.
+    pub litefs: LiteFsState,
+    /// The replicated holder record, as applied on this node.
+    pub holder: Box<dyn Fn() -> Option<Holder> + Send + Sync>,
+}
+
 /// Reads the metrics and the peer book.
 pub fn observe(m: &RaftMetrics<TypeConfig>, me: NodeId, witness: bool, peers: &Peers) -> Observed {
     let membership = m.membership_config.membership();
@@ -106,11 +122,10 @@ pub fn observe(m: &RaftMetrics<TypeConfig>, me: NodeId, witness: bool, peers: &P
 }
 
 /// Adds what the lease API says about LiteFS to `o` (under `run`).
-pub fn observe_litefs(o: &mut Observed, litefs: &LiteFsState, record: Option<String>) {
-    let record: Option<HolderRecord> = record.and_then(|r| serde_json::from_str(&r).ok());
+pub fn observe_litefs(o: &mut Observed, litefs: &LiteFsState, holder: Option<Holder>) {
     o.litefs = Some(LiteFsLease {
         local: litefs.hold(),
-        leader_holds: record.is_some_and(|r| r.term == o.term && o.leader == Some(r.node_id)),
+        leader_holds: holder.is_some_and(|h| h.term == o.term && o.leader == Some(h.node_id)),
     });
 }
 
@@ -220,9 +235,14 @@ pub fn initial(me: &Identity) -> ClusterView {
     )
 }
 
-/// Publishes the view into the node's [`StateHandle`](litefs_py_fuse::StateHandle) until
-/// `stop`. Also counts leader changes for /metrics.
-pub async fn publish(node: Arc<RaftNode>, mut stop: watch::Receiver<bool>) {
+/// Publishes the view into `state` (what the FUSE shim serves) until `stop`. Also counts
+/// leader changes for /metrics.
+pub async fn publish(
+    node: Arc<RaftNode>,
+    state: StateHandle,
+    run: Option<RunInputs>,
+    mut stop: watch::Receiver<bool>,
+) {
     let s = &node.settings;
     let me = Identity {
         id: s.id,
@@ -237,7 +257,7 @@ pub async fn publish(node: Arc<RaftNode>, mut stop: watch::Receiver<bool>) {
     let mut last_leader: Option<NodeId> = None;
     let mut last_role = None;
     let mut expiry: Option<Instant> = None;
-    let mut litefs_changes = node.litefs.as_ref().map(LiteFsState::subscribe);
+    let mut litefs_changes = run.as_ref().map(|r| r.litefs.subscribe());
     loop {
         let mut raft_gone = false;
         let wake = expiry.map(tokio::time::Instant::from_std);
@@ -255,8 +275,8 @@ pub async fn publish(node: Arc<RaftNode>, mut stop: watch::Receiver<bool>) {
             }
             observe(&m, me.id, me.witness, &node.peers)
         };
-        if let Some(litefs) = &node.litefs {
-            observe_litefs(&mut observed, litefs, node.state_machine.get(LEASE_KEY));
+        if let Some(run) = &run {
+            observe_litefs(&mut observed, &run.litefs, (run.holder)());
         }
         let now = Instant::now();
         let mut view = if raft_gone {
@@ -265,8 +285,8 @@ pub async fn publish(node: Arc<RaftNode>, mut stop: watch::Receiver<bool>) {
         } else {
             compute(&me, &timing, &observed, now)
         };
-        if let Some(litefs) = &node.litefs {
-            merge_probe(&mut view, litefs.probe());
+        if let Some(run) = &run {
+            merge_probe(&mut view, run.litefs.probe());
         }
         expiry = expires(&timing, &observed, now);
         if let Some(l) = observed.leader
@@ -285,7 +305,7 @@ pub async fn publish(node: Arc<RaftNode>, mut stop: watch::Receiver<bool>) {
                 );
                 last_role = Some(view.role());
             }
-            node.state.publish(view.clone());
+            state.publish(view.clone());
             last = Some(view);
         }
         if raft_gone {
@@ -445,15 +465,7 @@ mod tests {
             ..Observed::default()
         };
         let state = LiteFsState::new();
-        let record = |node_id, term| {
-            serde_json::to_string(&HolderRecord {
-                node_id,
-                term,
-                session: "s".into(),
-                value: "{}".into(),
-            })
-            .ok()
-        };
+        let record = |node_id, term| Some(Holder { node_id, term });
         observe_litefs(&mut o, &state, None);
         let v = compute(&me(), &t, &o, now);
         assert_eq!(v.role(), Role::Electing);

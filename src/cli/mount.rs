@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::config::{Config, DataPathMode};
+use crate::node::Node;
 use anyhow::Context;
-use litefs_py::config::{Config, DataPathMode};
-use litefs_py::daemon::Daemon;
 use litefs_py_fuse::{ClusterView, DataPath, MountOptions, StateHandle};
 
-use crate::cli::{DataPathArg, MountArgs};
+use super::args::{DataPathArg, MountArgs};
 
 /// How long files still open on the detached mount get before the connection is aborted.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
@@ -36,7 +36,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .lower
         .clone()
         .or_else(|| config.as_ref().map(|c| c.mount.lower.clone()))
-        .unwrap_or_else(litefs_py::config::default_lower);
+        .unwrap_or_else(crate::config::default_lower);
     let mut opts = MountOptions::new(&lower, &args.mountpoint);
     opts.data_path = match (args.data_path, config.as_ref().map(|c| &c.mount.data_path)) {
         (Some(DataPathArg::Symlink), _) | (None, Some(DataPathMode::Symlink)) => DataPath::Symlink,
@@ -57,8 +57,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     // primary, no raft at all (the embedded default).
     let (state, daemon) = match &config {
         Some(config) => {
-            let daemon = Daemon::start(config, args.hostname.clone(), false)?;
-            (daemon.node().state.clone(), Some(daemon))
+            let node = Node::builder(config)
+                .hostname(args.hostname.clone())
+                .start()?;
+            (node.state().clone(), Some(node))
         }
         None => {
             let name = args.hostname.unwrap_or_else(hostname);

@@ -3,12 +3,25 @@
 //! wheel cannot ship a binary next to a PyO3 extension, PyO3/maturin#368).
 //!
 //! The binary's `main` is this function too, so both run the same code.
+//!
+//! - [`args`]: the clap definitions; one module per command ([`mount`], [`run`], [`witness`],
+//!   [`status`], [`cluster`], [`handoff`]; `config` is here); [`client`]: the HTTP client of
+//!   the local node's `node.http-addr`.
+
+mod args;
+mod client;
+mod cluster;
+mod handoff;
+mod mount;
+mod run;
+mod status;
+mod witness;
 
 use std::ffi::OsString;
 
 use clap::Parser;
 
-use crate::cli;
+use self::args as cli;
 use crate::config::{Config, ConfigError};
 
 /// Runs the command line `args` (`args[0]` is the program name) and returns the process exit
@@ -28,16 +41,16 @@ where
     };
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
-        cli::Command::Mount(args) => crate::cmd_mount::run(args),
+        cli::Command::Mount(args) => mount::run(args),
         // Everything `run` started has stopped by the time it returns.
-        cli::Command::Run(args) => match crate::cmd_run::run(args) {
+        cli::Command::Run(args) => match run::run(args) {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
-        cli::Command::Witness(args) => crate::cmd_witness::run(args),
-        cli::Command::Status(args) => crate::cmd_status::run(args),
-        cli::Command::Cluster(cmd) => crate::cmd_cluster::run(cmd),
-        cli::Command::Handoff(args) => crate::cmd_handoff::run(args),
+        cli::Command::Witness(args) => witness::run(args),
+        cli::Command::Status(args) => status::run(args),
+        cli::Command::Cluster(cmd) => cluster::run(cmd),
+        cli::Command::Handoff(args) => handoff::run(args),
         cli::Command::Config(cli::ConfigCommand::Check(args)) => config_check(args),
         cli::Command::Config(cli::ConfigCommand::Litefs(args)) => config_litefs(args),
         cli::Command::Version => {
@@ -71,7 +84,7 @@ fn config_check(args: cli::ConfigArgs) -> anyhow::Result<()> {
 fn config_litefs(args: cli::ConfigArgs) -> anyhow::Result<()> {
     let path = Config::find(args.config.as_deref())?.ok_or(ConfigError::NotFound)?;
     let config = Config::load(&path)?;
-    print!("{}", crate::litefs_config::generate(&config)?);
+    print!("{}", crate::litefs::yaml::generate(&config)?);
     Ok(())
 }
 

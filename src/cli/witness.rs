@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::config::Config;
+use crate::node::Node;
 use anyhow::Context;
-use litefs_py::config::Config;
-use litefs_py::daemon::Daemon;
 
-use crate::cli::WitnessArgs;
+use super::args::WitnessArgs;
 
 pub fn run(args: WitnessArgs) -> anyhow::Result<()> {
     let config = Config::find_and_load(args.config.as_deref())?;
@@ -16,7 +16,7 @@ pub fn run(args: WitnessArgs) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let daemon = Daemon::start(&config, None, true)?;
+    let daemon = Node::builder(&config).witness().start()?;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -1,6 +1,6 @@
 //! `litefs-py.yml`: parsing (strict: an unknown key is an error naming it) and validation.
 //!
-//! Key names are fixed by DESIGN.md ("Interfaces that are fixed"). Every error names the key it
+//! Key names are fixed (docs/architecture.md, "Fixed interfaces"). Every error names the key it
 //! is about, e.g. `cluster.peers: node.id 4 is not one of the peers (1, 2, 3)`.
 
 use std::collections::BTreeMap;
@@ -186,7 +186,7 @@ pub struct LiteFsConfig {
     pub data_dir: PathBuf,
     #[serde(default = "default_litefs_http")]
     pub http_addr: String,
-    /// How the other nodes' LiteFS reach this one; defaults to http://<node.hostname>:<port>.
+    /// How the other nodes' LiteFS reach this one; defaults to `http://<node.hostname>:<port>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_url: Option<String>,
     /// LiteFS's HTTP proxy (its `proxy:` section), if wanted.
@@ -445,7 +445,7 @@ impl Config {
         Ok(secret)
     }
 
-    /// The LiteFS advertise URL: explicit, or http://<hostname>:<litefs http port>.
+    /// The LiteFS advertise URL: explicit, or `http://<hostname>:<litefs http port>`.
     pub fn litefs_advertise_url(&self) -> String {
         if let Some(u) = &self.litefs.advertise_url {
             return u.clone();

@@ -5,9 +5,10 @@
 //! - `POST /cluster/add` `{"id":4,"raft_addr":"host:port"}`, `POST /cluster/remove` `{"id":4}`:
 //!   membership changes; they require `Authorization: Bearer <cluster secret>`.
 //! - `POST /cluster/handoff` `{"to":2}` (or `{}`): the planned leadership + primary move (see
-//!   `crate::handoff`); the secret too.
+//!   [`crate::handoff`]); the secret too.
 //! - `GET`/`PUT /test/faults` `{"blocked":[2,3],"elect":true}`: TEST-ONLY, routed only when the
-//!   daemon started with `LITEFS_PY_TEST_FAULTS=1` (see `faults.rs`); secret required too.
+//!   daemon started with `LITEFS_PY_TEST_FAULTS=1` (see `crate::raft::faults`); secret required
+//!   too.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -19,12 +20,14 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use litefs_py_fuse::StateHandle;
 use serde::{Deserialize, Serialize};
 
-use super::NodeId;
-use super::network::LogLimiter;
-use super::node::{AddRequest, RaftNode, RemoveRequest};
-use super::server::{authorized, log_rejection, parse};
+use crate::handoff::{Handoff, HandoffRequest};
+use crate::raft::membership::{AddRequest, RemoveRequest};
+use crate::raft::network::LogLimiter;
+use crate::raft::server::{authorized, log_rejection, parse};
+use crate::raft::{NodeId, RaftNode};
 
 /// Paths on `node.http-addr` (the CLI uses them too).
 pub mod paths {
@@ -53,13 +56,17 @@ fn elect_default() -> bool {
 #[derive(Clone)]
 struct ApiState {
     node: Arc<RaftNode>,
+    state: StateHandle,
+    handoff: Arc<Handoff>,
     rejections: Arc<LogLimiter>,
 }
 
-pub fn router(node: Arc<RaftNode>) -> Router {
+pub(super) fn router(node: Arc<RaftNode>, state: StateHandle, handoff: Arc<Handoff>) -> Router {
     let faults = node.transport.faults.enabled();
     let state = ApiState {
         node,
+        state,
+        handoff,
         rejections: Arc::default(),
     };
     let mut router = Router::new()
@@ -102,7 +109,7 @@ fn check(
 }
 
 async fn status(State(st): State<ApiState>) -> Response {
-    axum::Json(st.node.status()).into_response()
+    axum::Json(super::status::status(&st.node, &st.state)).into_response()
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
@@ -111,7 +118,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        st.node.prometheus(),
+        super::status::prometheus(&st.node, &st.state),
     )
         .into_response()
 }
@@ -155,11 +162,8 @@ async fn cluster_handoff(
     if let Err(resp) = check(&st, peer, &headers, "a handoff request") {
         return resp.into_response();
     }
-    match parse::<crate::handoff::HandoffRequest>(&body) {
-        Ok(req) => match crate::handoff::handoff(&st.node, req).await {
-            Ok(outcome) => outcome.into_response(),
-            Err(e) => e.into_response(),
-        },
+    match parse::<HandoffRequest>(&body) {
+        Ok(req) => st.handoff.handoff(req).await.into_response(),
         Err(e) => e.into_response(),
     }
 }

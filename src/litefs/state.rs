@@ -1,9 +1,10 @@
 //! What litefs-py knows about its own LiteFS under `litefs-py run`, shared between the pieces
 //! that learn it and the view publisher that shows it in `.role` and `.health`:
 //! - the lease API records whether it granted the local LiteFS a lease that is still valid
-//!   ([`LocalHold`]): under `run`, this node says `primary` only while that is so (DESIGN.md:
-//!   "raft leader with a fresh quorum ack and, under `run`, its LiteFS holds the lease");
-//! - the supervisor's probe records whether LiteFS's mount and HTTP API answer, and its lag
+//!   ([`LocalHold`]): under `run`, this node says `primary` only while that is so
+//!   (docs/architecture.md, "The lease invariant": raft leader with a fresh quorum ack and,
+//!   under `run`, its LiteFS holds the lease);
+//! - the supervisor's probe ([`super::probe`]) records whether LiteFS's mount and HTTP API answer, and its lag
 //!   ([`LiteFsProbe`]).
 //!
 //! Both are `watch` channels: the writers never wait, and the view publisher wakes on every

@@ -4,7 +4,7 @@
 //! after a double failure raft may elect a node that is behind: replica A down, the primary
 //! commits a transaction that only replica B receives, the primary dies, A comes back and wins.
 //! LiteFS on B would then follow A's history and drop that transaction, although a live node
-//! had it. To prevent that, a leader's lease API ([`crate::lease::LeaseService`]) surveys the
+//! had it. To prevent that, a leader's lease API ([`super::LeaseService`]) surveys the
 //! reachable data voters' LiteFS positions (`GET /raft/litefs`, their `<db>-pos` files) right
 //! before its first grant in a term, when every LiteFS position is final (the previous primary
 //! has surely demoted), and if another node's LiteFS is fresher it hands raft leadership to
@@ -12,16 +12,21 @@
 //!
 //! What it cannot save: data on a node that is down or cut off at that moment (waiting for it
 //! would leave the cluster without a primary for as long as it stays away).
+//!
+//! Here: the survey ([`survey`]), the decision ([`decide`], pure), and the lease service's part
+//! ([`LeaseService::freshest_here`]): when to ask, and ending the term for a fresher node.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::plan::Positions;
 use openraft::async_runtime::Instant as _;
 
-use super::LocalReport;
-use crate::raft::network::paths;
-use crate::raft::{NodeId, RaftNode};
+use super::records::{HANDOFF_KEY, HandoffRecord};
+use super::{LeaseService, RaftFacts};
+use crate::litefs::api::LiteFsApi;
+use crate::litefs::positions::Positions;
+use crate::litefs::report::{LocalReport, REPORT_PATH};
+use crate::raft::{NodeId, RaftNode, Request};
 
 /// Peers the leader heard from within this long are asked; others are down or cut off, and
 /// asking them would only delay the grant by a timeout.
@@ -138,10 +143,10 @@ fn peer_answer(report: LocalReport) -> Option<PeerLiteFs> {
 }
 
 /// This node's LiteFS positions and those of every data voter the leader heard from lately,
-/// asked at once. `Ok(None)`: this node runs no LiteFS of its own (not `litefs-py run`), so
-/// there is nothing to compare. `Err`: the local positions cannot be read.
-pub async fn survey(node: &RaftNode) -> Result<Option<Survey>, String> {
-    let Some(local) = node.handoff.get() else {
+/// asked at once. `Ok(None)`: this node runs no LiteFS of its own (`local` is `None`: not
+/// `litefs-py run`), so there is nothing to compare. `Err`: the local positions cannot be read.
+pub async fn survey(node: &RaftNode, local: Option<&LiteFsApi>) -> Result<Option<Survey>, String> {
+    let Some(local) = local else {
         return Ok(None);
     };
     let me = node.settings.id;
@@ -161,16 +166,13 @@ pub async fn survey(node: &RaftNode) -> Result<Option<Survey>, String> {
             Some(async move {
                 let answer = node
                     .transport
-                    .call::<(), LocalReport>(id, &addr, paths::LITEFS_REPORT, None, SURVEY_TIMEOUT)
+                    .call::<(), LocalReport>(id, &addr, REPORT_PATH, None, SURVEY_TIMEOUT)
                     .await
                     .map_or_else(|e| Some(PeerLiteFs::Unknown(e.to_string())), peer_answer);
                 (id, answer)
             })
         });
-    let (mine, answers) = tokio::join!(
-        local.litefs.positions(),
-        futures_util::future::join_all(asks)
-    );
+    let (mine, answers) = tokio::join!(local.positions(), futures_util::future::join_all(asks));
     let mine = mine.map_err(|e| e.to_string())?;
     let peers = answers
         .into_iter()
@@ -179,10 +181,149 @@ pub async fn survey(node: &RaftNode) -> Result<Option<Survey>, String> {
     Ok(Some(Survey { mine, peers }))
 }
 
+/// The freshness check of one term: whether it passed, and since when it has been tried.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Freshness {
+    term: u64,
+    passed: bool,
+    since: Instant,
+}
+
+/// How long a new leader waits for reachable data voters whose LiteFS has not reported its
+/// positions (starting, hung) before it grants without them.
+pub(super) const WAIT_FOR_SILENT_PEERS: Duration = Duration::from_secs(10);
+
+/// After this many terms in a row that ended by moving leadership to a fresher LiteFS that never
+/// took over, a leader grants anyway: a cluster without a primary is worse.
+const MAX_FRESHER_MOVES: u32 = 3;
+
+impl<F: RaftFacts> LeaseService<F> {
+    pub(super) fn freshness_passed(&self, term: u64) -> bool {
+        self.freshness
+            .lock()
+            .is_some_and(|f| f.term == term && f.passed)
+    }
+
+    /// Whether the local LiteFS may become primary as far as data goes: no reachable data
+    /// voter's LiteFS is fresher. Asked once the wait is over (every position is final then) and
+    /// until it passes once in the term. A fresher node gets raft leadership instead; a peer
+    /// that has not reported yet is waited for, up to [`WAIT_FOR_SILENT_PEERS`].
+    pub(super) async fn freshest_here(&self) -> bool {
+        let r = self.facts.now();
+        let since = {
+            let mut f = self.freshness.lock();
+            match *f {
+                Some(f) if f.term == r.term && f.passed => return true,
+                Some(f) if f.term == r.term => f.since,
+                _ => {
+                    *f = Some(Freshness {
+                        term: r.term,
+                        passed: false,
+                        since: r.now,
+                    });
+                    r.now
+                }
+            }
+        };
+        let survey = match self.facts.survey_litefs().await {
+            Ok(Some(survey)) => survey,
+            Ok(None) => return self.pass_freshness(r.term),
+            Err(e) => {
+                tracing::warn!("acquire refused: reading this node's LiteFS positions: {e}");
+                return false;
+            }
+        };
+        let stop_waiting = r.now.saturating_duration_since(since) >= self.silent_peer_wait;
+        match decide(&survey, stop_waiting) {
+            Verdict::Here => {
+                let silent: Vec<String> = survey
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| matches!(p, PeerLiteFs::Unknown(_)))
+                    .map(|(id, _)| format!("node {id}"))
+                    .collect();
+                if !silent.is_empty() {
+                    tracing::warn!(
+                        "granting without the LiteFS positions of {} (no report within {:?}): a transaction only they have would be lost",
+                        silent.join(", "),
+                        self.silent_peer_wait
+                    );
+                }
+                self.pass_freshness(r.term)
+            }
+            Verdict::Wait(why) => {
+                tracing::info!("acquire refused: waiting for peers' LiteFS positions: {why}");
+                false
+            }
+            Verdict::MoveTo { to, why } => self.move_to_fresher(r.term, to, &why).await,
+        }
+    }
+
+    fn pass_freshness(&self, term: u64) -> bool {
+        let mut f = self.freshness.lock();
+        if let Some(f) = f.as_mut().filter(|f| f.term == term) {
+            f.passed = true;
+        }
+        true
+    }
+
+    /// Node `to`'s LiteFS is fresher: ends this term with no primary as a handoff does (fence,
+    /// record, `transfer_leader`), so `to` leads the next term and may grant at once. Returns
+    /// whether to grant here after all (`to` failed to take over [`MAX_FRESHER_MOVES`] times).
+    async fn move_to_fresher(&self, term: u64, to: NodeId, why: &str) -> bool {
+        let me = self.facts.node_id();
+        let moves = self
+            .facts
+            .get(HANDOFF_KEY)
+            .and_then(|v| serde_json::from_str::<HandoffRecord>(&v).ok())
+            .filter(|rec| rec.released_term.checked_add(1) == Some(term))
+            .map_or(0, |rec| rec.fresher_moves);
+        if moves >= MAX_FRESHER_MOVES {
+            tracing::error!(
+                "node {to}'s LiteFS is fresher ({why}), but leadership moved there {moves} terms in a row without it taking over: granting here; what only node {to} has will be lost"
+            );
+            return self.pass_freshness(term);
+        }
+        let r = self.facts.now();
+        if r.term != term {
+            return false;
+        }
+        if let Err(refusal) = self.state.lock().fence(&r) {
+            tracing::info!(
+                "acquire refused: cannot end the term for node {to}: {}",
+                refusal.as_str()
+            );
+            return false;
+        }
+        self.report_hold();
+        tracing::warn!(
+            term,
+            "node {to}'s LiteFS has transactions this node's lacks ({why}): moving raft leadership to node {to} instead of becoming primary"
+        );
+        let record = HandoffRecord {
+            released_term: term,
+            from: me,
+            to,
+            fresher_moves: moves + 1,
+        };
+        let request = Request::Set {
+            key: HANDOFF_KEY.into(),
+            value: serde_json::to_string(&record).expect("plain struct"),
+        };
+        if let Err(e) = self.write(request).await {
+            // Fenced for the rest of the term either way; without the record node `to` just
+            // waits out the lease as after a failure.
+            tracing::warn!("recording the end of term {term}: {e}; it may still commit");
+        }
+        self.facts.transfer_leadership(to, term);
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::plan::Pos;
     use super::*;
+    use crate::litefs::positions::Pos;
 
     fn at(dbs: &[(&str, u64)]) -> Positions {
         dbs.iter()

@@ -5,13 +5,36 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use litefs_py_fuse::{Primary, StateHandle};
+use litefs_py_fuse::Primary;
 
-use super::faults::Faults;
-use super::network::Secret;
-use super::node::{AddRequest, NodeSettings, RaftNode, RemoveRequest};
-use super::view::{Identity, initial};
+use super::status::StatusReport;
+use super::{Parts, Services};
 use crate::config::RaftTiming;
+use crate::raft::faults::Faults;
+use crate::raft::membership::{AddRequest, RemoveRequest};
+use crate::raft::network::Secret;
+use crate::raft::{NodeSettings, RaftNode};
+
+/// A node as these tests drive it: its raft node, its view, its /status.
+struct TestNode(Services);
+
+impl std::ops::Deref for TestNode {
+    type Target = RaftNode;
+
+    fn deref(&self) -> &RaftNode {
+        &self.0.raft
+    }
+}
+
+impl TestNode {
+    fn status(&self) -> StatusReport {
+        super::status::status(&self.0.raft, &self.0.state)
+    }
+
+    async fn shutdown(&self) {
+        self.0.shutdown().await
+    }
+}
 
 /// Ports of this file's tests: 27100.. (each test its own block of 20).
 fn settings(base: u16, id: u64, voters: &[u64], dir: &std::path::Path) -> NodeSettings {
@@ -31,23 +54,23 @@ fn settings(base: u16, id: u64, voters: &[u64], dir: &std::path::Path) -> NodeSe
     }
 }
 
-async fn start(s: NodeSettings, faults: Faults) -> Arc<RaftNode> {
-    let me = Identity {
-        id: s.id,
-        hostname: s.hostname.clone(),
-        witness: s.witness,
+/// A node without a lease API (no LiteFS here), as `mount` runs it when `lease.addr` is taken.
+async fn start(settings: NodeSettings, faults: Faults) -> Arc<TestNode> {
+    let parts = Parts {
+        settings,
+        faults,
+        lease: None,
+        run: None,
     };
-    RaftNode::start(s, faults, StateHandle::new(initial(&me)))
-        .await
-        .expect("start")
+    Arc::new(TestNode(Services::start(parts).await.expect("start")))
 }
 
-fn primary(n: &RaftNode) -> Primary {
-    n.state.load().view().primary.clone()
+fn primary(n: &TestNode) -> Primary {
+    n.0.state.load().view().primary.clone()
 }
 
 /// Waits until exactly one node says ThisNode and every other names it; returns its index.
-async fn settled(nodes: &[&Arc<RaftNode>], timeout: Duration) -> usize {
+async fn settled(nodes: &[&Arc<TestNode>], timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
         let views: Vec<Primary> = nodes.iter().map(|n| primary(n)).collect();
@@ -91,7 +114,7 @@ async fn three_nodes_elect_publish_partition_and_change_membership() {
             .await,
         );
     }
-    let all: Vec<&Arc<RaftNode>> = nodes.iter().collect();
+    let all: Vec<&Arc<TestNode>> = nodes.iter().collect();
     let l = settled(&all, Duration::from_secs(10)).await;
 
     // Hostnames get recorded in the membership by the leader.
@@ -120,7 +143,7 @@ async fn three_nodes_elect_publish_partition_and_change_membership() {
         demoted_after <= bound + Duration::from_millis(100),
         "cut-off leader kept saying primary for {demoted_after:?} (bound {bound:?})"
     );
-    let rest: Vec<&Arc<RaftNode>> = nodes.iter().filter(|n| n.settings.id != old).collect();
+    let rest: Vec<&Arc<TestNode>> = nodes.iter().filter(|n| n.settings.id != old).collect();
     settled(&rest, Duration::from_secs(10)).await;
     faults[old as usize - 1].set_blocked(BTreeSet::new());
     let l = settled(&all, Duration::from_secs(10)).await;
@@ -150,7 +173,7 @@ async fn three_nodes_elect_publish_partition_and_change_membership() {
         .await
         .expect("add node 4");
     assert_eq!(out.voters, vec![1, 2, 3, 4], "{out:?}");
-    let mut four: Vec<&Arc<RaftNode>> = all.clone();
+    let mut four: Vec<&Arc<TestNode>> = all.clone();
     four.push(&n4);
     settled(&four, Duration::from_secs(10)).await;
     let out = nodes[l]
@@ -199,12 +222,12 @@ async fn a_witness_with_the_only_complete_log_hands_leadership_to_a_data_node() 
         };
         nodes.push(start(s, faults[id as usize - 1].clone()).await);
     }
-    let data: Vec<&Arc<RaftNode>> = nodes[..2].iter().collect();
+    let data: Vec<&Arc<TestNode>> = nodes[..2].iter().collect();
     let l = settled(&data, Duration::from_secs(10)).await;
     assert_eq!(l, 0, "node 1 bootstraps and leads");
     // Node 2 cut off from node 1; an entry commits on node 1 + the witness only.
     faults[1].set_blocked(BTreeSet::from([1]));
-    let write = super::Request::Set {
+    let write = crate::raft::Request::Set {
         key: "k".into(),
         value: "v".into(),
     };
@@ -242,7 +265,7 @@ async fn a_node_with_other_timing_settings_is_reported_by_its_peers() {
         };
         nodes.push(start(s, Faults::default()).await);
     }
-    let all: Vec<&Arc<RaftNode>> = nodes.iter().collect();
+    let all: Vec<&Arc<TestNode>> = nodes.iter().collect();
     settled(&all, Duration::from_secs(10)).await;
     let mismatch = |n: usize, peer: u64| nodes[n].peers.get(peer).and_then(|p| p.timing_mismatch);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::handoff::{FORWARD_TIMEOUT, HandoffOutcome, HandoffRequest};
-use crate::raft::api::paths;
-use crate::raft::node::{AddRequest, MembershipOutcome, RemoveRequest};
-use crate::raft::status::StatusReport;
+use crate::node::StatusReport;
+use crate::node::paths;
+use crate::raft::membership::{AddRequest, MembershipOutcome, RemoveRequest};
 
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 /// A membership change waits for a learner to catch up (30 s at most) and two commits.
