@@ -1,25 +1,30 @@
-//! The litefs-py daemon as a library: configuration today; raft, the lease API and the
-//! process supervisor as they land. The `litefs-py` binary (`main.rs`) is a thin CLI over it.
+//! The litefs-py daemon as a library. The `litefs-py` binary (`main.rs`) and the Python
+//! package's `litefs-py` script are [`cli_main`]; pybridge also reads litefs-py.yml
+//! ([`config`]) and generates litefs.yml ([`litefs::yaml`]); the test kit reads LiteFS's
+//! `/info` ([`litefs::info`]).
+//!
+//! The layers, each importing only those before it (docs/architecture.md, "Layers and the
+//! dependency rule"; checked by `tests/layers.rs`):
+//! [`config`] and `poll` < `raft` < [`litefs`] < `role` < `lease` < `handoff` < `node` < `run` <
+//! `cli`.
 
-pub mod client;
 pub mod config;
-pub mod daemon;
-pub mod handoff;
-pub mod lease;
-pub mod litefs_config;
-pub mod litefs_state;
-pub mod raft;
-pub mod supervisor;
+mod poll;
 
-// The command line, also reachable from the library (`cli_main`, for the Python package's
-// `litefs-py` script). The command modules name this crate `litefs_py`, as the binary does.
-extern crate self as litefs_py;
+mod raft;
+
+pub mod litefs;
+
+mod role;
+
+mod lease;
+
+mod handoff;
+
+mod node;
+
+mod run;
+
 mod cli;
-mod cli_entry;
-mod cmd_cluster;
-mod cmd_handoff;
-mod cmd_mount;
-mod cmd_run;
-mod cmd_status;
-mod cmd_witness;
-pub use cli_entry::cli_main;
+
+pub use cli::cli_main;

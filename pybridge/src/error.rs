@@ -6,7 +6,7 @@ use std::io;
 use std::path::PathBuf;
 
 use litefs_py::config::ConfigError as RustConfigError;
-use litefs_py::litefs_config::LiteFsConfigError;
+use litefs_py::litefs::yaml::LiteFsConfigError;
 use pyo3::PyErr;
 
 mod py {

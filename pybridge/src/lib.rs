@@ -157,7 +157,7 @@ fn warnings(text: &str) -> PyResult<Vec<String>> {
 #[pyfunction]
 fn render_litefs_yml(text: &str) -> PyResult<String> {
     let config = Config::parse(text).map_err(BridgeError::from)?;
-    Ok(litefs_py::litefs_config::generate(&config).map_err(BridgeError::from)?)
+    Ok(litefs_py::litefs::yaml::generate(&config).map_err(BridgeError::from)?)
 }
 
 /// Runs the `litefs-py` command line (`argv[0]` is the program name) with the GIL released, and

@@ -1,49 +1,14 @@
 //! The handoff's plain decisions, without I/O: which node to hand to, whether it is fit, and
 //! whether its LiteFS has everything the old primary acknowledged.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+use crate::litefs::positions::Positions;
 use crate::raft::NodeId;
 
 /// A target may be at most this many raft log entries behind the leader (a few heartbeats of
 /// lease-record writes): further behind, it is not keeping up and would lose the election.
 pub const MAX_LOG_LAG: u64 = 16;
-
-/// A LiteFS database position, as its `<db>-pos` file says: `%016x/%016x\n`, the TXID and the
-/// post-apply checksum of the last transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pos {
-    pub txid: u64,
-    pub checksum: u64,
-}
-
-impl Pos {
-    pub fn parse(text: &str) -> Option<Pos> {
-        let (txid, checksum) = text.trim_end_matches('\n').split_once('/')?;
-        let hex = |s: &str| {
-            (s.len() == 16)
-                .then(|| u64::from_str_radix(s, 16).ok())
-                .flatten()
-        };
-        Some(Pos {
-            txid: hex(txid)?,
-            checksum: hex(checksum)?,
-        })
-    }
-}
-
-impl fmt::Display for Pos {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}/{:016x}", self.txid, self.checksum)
-    }
-}
-
-/// Database name -> position.
-pub type Positions = BTreeMap<String, Pos>;
 
 /// The databases on which `target` does not (yet) have exactly the primary's position, with
 /// what it has: missing, behind, or diverged (same TXID, another checksum).
@@ -175,6 +140,7 @@ pub fn choose_target(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::litefs::positions::Pos;
 
     fn m(id: NodeId, voter: bool, witness: bool, matched: Option<u64>) -> Member {
         Member {

@@ -86,8 +86,8 @@ pub fn parse_session_create(body: &[u8], max_ttl: Duration) -> Result<SessionReq
     if ttl.is_zero() || ttl > max_ttl {
         return Err(bad(format!(
             "TTL {} must be > 0 and at most lease.ttl ({}): regenerate litefs.yml with `litefs-py config litefs`",
-            crate::litefs_config::go_duration(ttl),
-            crate::litefs_config::go_duration(max_ttl)
+            crate::litefs::yaml::go_duration(ttl),
+            crate::litefs::yaml::go_duration(max_ttl)
         )));
     }
     let lock_delay = match &b.lock_delay {

@@ -1,13 +1,13 @@
 //! The check before a term's first grant: no reachable LiteFS may be fresher than the local one
-//! ([`crate::handoff::freshest`]). Over the lease service with the fake raft.
+//! ([`super::freshest`]). Over the lease service with the fake raft.
 
 use std::time::{Duration, Instant};
 
-use super::handoff::{HANDOFF_KEY, HandoffRecord};
+use super::freshest::{PeerLiteFs, Survey};
+use super::records::{HANDOFF_KEY, HandoffRecord};
 use super::test_support::{BODY, Fake, SESSION, params};
 use super::{LEASE_KEY, LeaseService};
-use crate::handoff::freshest::{PeerLiteFs, Survey};
-use crate::handoff::plan::{Pos, Positions};
+use crate::litefs::positions::{Pos, Positions};
 
 fn at(txid: u64) -> Positions {
     let pos = Pos {

@@ -1,7 +1,7 @@
 //! The Consul-compatible lease API LiteFS talks to (`lease.addr`, loopback only).
 //!
 //! LiteFS v0.5.14 elects its primary through a Consul lock (`lease.type: consul`). This node
-//! serves the few Consul calls LiteFS makes (DESIGN.md, "Why a Consul-compatible lease") and
+//! serves the few Consul calls LiteFS makes (docs/architecture.md, "LiteFS's Consul client") and
 //! answers them from raft, so the local LiteFS is primary exactly when raft says this node may
 //! be. The pieces:
 //! - [`consul`]: the wire formats (session bodies, KV pairs, Go durations, session ids).
@@ -10,6 +10,9 @@
 //!   the check that no reachable LiteFS is fresher before a term's first grant, the replicated
 //!   holder record.
 //! - [`server`]: the HTTP routes (axum).
+//! - [`records`]: the holder record and the handoff record, replicated through raft.
+//! - [`freshest`]: which reachable node's LiteFS has the newest data, asked before a term's
+//!   first grant (docs/architecture.md, "Freshest node first").
 //! - [`raft_facts`]: [`RaftFacts`] over the running [`RaftNode`](crate::raft::RaftNode).
 //!
 //! Sessions live in this process's memory only: LiteFS only talks to its own node's lease API,
@@ -20,12 +23,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::handoff::freshest::Survey;
+use self::freshest::Survey;
 use crate::raft::{NodeId, Request, Response};
 
 pub mod consul;
-pub mod handoff;
+pub mod freshest;
 pub mod raft_facts;
+pub mod records;
 pub mod server;
 pub mod service;
 pub mod state;
@@ -43,16 +47,9 @@ pub use server::LeaseServer;
 pub use service::LeaseService;
 pub use state::{LeaseParams, RaftNow};
 
-/// The Consul key LiteFS locks (`lease.consul.key` in the generated litefs.yml). Also the raft
-/// key/value entry that tells every node who holds it.
-pub const LEASE_KEY: &str = "litefs/primary";
-
-/// The lock delay written into litefs.yml and applied by the lease API: how long after a
-/// holder's session is invalidated the lock stays unavailable, and part of a new leader's wait.
-/// One second is LiteFS's fixed renew timeout: a primary whose renewals fail keeps believing it
-/// is primary for up to that long past its TTL (it sleeps 1 s before demoting itself), so less
-/// would be unsafe and more would only slow failover down.
-pub const LOCK_DELAY: Duration = Duration::from_secs(1);
+/// The key and lock delay are LiteFS's settings as much as ours: they are defined with the
+/// litefs.yml they are written into.
+pub use crate::litefs::yaml::{LEASE_KEY, LOCK_DELAY};
 
 /// Added to a new leader's wait: covers the time between our answer to a renewal and LiteFS
 /// taking it (LiteFS restarts its TTL when it *receives* the answer) and scheduling delays.
@@ -106,7 +103,7 @@ pub trait RaftFacts: Send + Sync + 'static {
     /// The replicated LiteFS cluster id.
     fn cluster_id(&self) -> Option<String>;
     /// The term of the last log entry applied to this node's state machine (see
-    /// [`handoff::waives`]). `None`: unknown, and no handoff record is ever trusted.
+    /// [`records::waives`]). `None`: unknown, and no handoff record is ever trusted.
     fn applied_term(&self) -> Option<u64> {
         None
     }

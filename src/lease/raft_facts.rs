@@ -1,5 +1,5 @@
 //! [`RaftFacts`] over the running [`RaftNode`]: openraft's metrics read through the same rule
-//! the virtual files use (`raft::view`), the state machine, and `client_write`.
+//! the virtual files use ([`crate::role`]), the state machine, and `client_write`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,15 +8,16 @@ use litefs_py_fuse::Primary;
 use openraft::async_runtime::WatchReceiver;
 use parking_lot::Mutex;
 
-use super::server::{self, LeaseServer};
-use super::{LeaseError, LeaseParams, LeaseService, RaftFacts, RaftNow, WriteError};
-use crate::config::Config;
-use crate::handoff::freshest::Survey;
-use crate::raft::view::{Identity, compute, observe};
+use super::freshest::Survey;
+use super::{RaftFacts, RaftNow, WriteError};
+use crate::litefs::api::LiteFsApi;
 use crate::raft::{NodeId, RaftNode, Request, Response};
+use crate::role::{Identity, compute, observe};
 
 pub struct NodeFacts {
     node: Arc<RaftNode>,
+    /// Under `litefs-py run`: this node's LiteFS, for the freshest-node check.
+    litefs: Option<LiteFsApi>,
     me: Identity,
     /// (term, first observed) of this node's current leadership. Reset when it is not leader,
     /// so a later leadership always starts a new wait.
@@ -24,7 +25,7 @@ pub struct NodeFacts {
 }
 
 impl NodeFacts {
-    pub fn new(node: Arc<RaftNode>) -> NodeFacts {
+    pub fn new(node: Arc<RaftNode>, litefs: Option<LiteFsApi>) -> NodeFacts {
         let s = &node.settings;
         let me = Identity {
             id: s.id,
@@ -33,6 +34,7 @@ impl NodeFacts {
         };
         NodeFacts {
             node,
+            litefs,
             me,
             leadership: Mutex::new(None),
         }
@@ -97,13 +99,13 @@ impl RaftFacts for NodeFacts {
     }
 
     async fn survey_litefs(&self) -> Result<Option<Survey>, String> {
-        crate::handoff::freshest::survey(&self.node).await
+        super::freshest::survey(&self.node, self.litefs.as_ref()).await
     }
 
     fn transfer_leadership(&self, to: NodeId, term: u64) {
         let node = self.node.clone();
         tokio::spawn(async move {
-            match crate::handoff::transfer(&node, to, term).await {
+            match node.transfer_leader(to, term).await {
                 Ok(()) => tracing::info!("raft leadership moved to node {to}"),
                 Err(e) => tracing::warn!(
                     "moving raft leadership to node {to}: {e}; the next election picks a leader again"
@@ -124,28 +126,13 @@ impl RaftFacts for NodeFacts {
     }
 }
 
-/// Serves the lease API for `node` on `lease.addr`, with `lease.ttl`. The service is returned
-/// too: a planned handoff fences it.
-pub async fn start_for_node(
-    node: Arc<RaftNode>,
-    config: &Config,
-) -> Result<(LeaseServer, Arc<LeaseService<NodeFacts>>), LeaseError> {
-    let params = LeaseParams::new(config.lease.ttl);
-    let litefs = node.litefs.clone();
-    let service = LeaseService::new(NodeFacts::new(node), params).with_litefs_state(litefs);
-    server::start_service(service, config.lease.addr).await
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
 
-    use litefs_py_fuse::StateHandle;
-
     use super::*;
     use crate::raft::NodeSettings;
     use crate::raft::faults::Faults;
-    use crate::raft::view::initial;
 
     fn free_addr() -> String {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -169,15 +156,8 @@ mod tests {
             witness: false,
             lease_ttl: None,
         };
-        let me = Identity {
-            id: 1,
-            hostname: "node-a".into(),
-            witness: false,
-        };
-        let node = RaftNode::start(settings, Faults::default(), StateHandle::new(initial(&me)))
-            .await
-            .unwrap();
-        let facts = NodeFacts::new(node.clone());
+        let node = RaftNode::start(settings, Faults::default()).await.unwrap();
+        let facts = NodeFacts::new(node.clone(), None);
         let deadline = Instant::now() + Duration::from_secs(10);
         let r = loop {
             let r = facts.now();

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::consul::KvPair;
-use super::{LEASE_KEY, LeaseError, LeaseParams, LeaseService, RaftFacts};
+use super::{LEASE_KEY, LeaseError, LeaseService, RaftFacts};
 use crate::raft::network::LogLimiter;
 
 /// Bodies are a few hundred bytes; anything near this is not LiteFS.
@@ -272,21 +272,24 @@ async fn not_allowed<F: RaftFacts>(State(api): St<F>, method: Method, uri: Uri) 
 
 /// The running lease API: its HTTP server and the service's background task.
 pub struct LeaseServer {
+    /// Where it listens (the tests bind port 0 and connect here).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// Binds `addr` (loopback only) and serves the lease API from `facts`.
+#[cfg(test)]
 pub async fn start<F: RaftFacts>(
     facts: F,
-    params: LeaseParams,
+    params: super::LeaseParams,
     addr: SocketAddr,
 ) -> Result<(LeaseServer, Arc<LeaseService<F>>), LeaseError> {
     start_service(LeaseService::new(facts, params), addr).await
 }
 
-/// [`start`] with a service built by the caller.
+/// Binds `addr` (loopback only) and serves `service`, built by the caller.
 pub async fn start_service<F: RaftFacts>(
     service: LeaseService<F>,
     addr: SocketAddr,

@@ -3,7 +3,8 @@
 //! right.
 //!
 //! Before a term's first grant the leader also makes sure no reachable LiteFS is fresher than
-//! its own ([`crate::handoff::freshest`]); if one is, it hands raft leadership there instead.
+//! its own ([`super::freshest`], where that part of the service is); if one is, it hands raft
+//! leadership there instead.
 //!
 //! Answers must come quickly: LiteFS's Consul client has no request timeout, so a renewal we
 //! never answered would keep a LiteFS primary forever. Renewals, releases and reads therefore
@@ -16,42 +17,26 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 use super::consul::{self, KvPair, SessionEntry};
-use super::handoff::{HANDOFF_KEY, HandoffRecord, waives};
+use super::freshest::{Freshness, WAIT_FOR_SILENT_PEERS};
+use super::records::{HANDOFF_KEY, HandoffRecord, waives};
 use super::state::{
     AcquireCheck, HolderRecord, LeaseParams, LeaseState, LeaseStatus, Lost, RaftNow, Refusal,
     record_is_current,
 };
 use super::{LEASE_KEY, LeaseError, RaftFacts, WRITE_TIMEOUT, WriteError};
-use crate::handoff::freshest::{PeerLiteFs, Verdict, decide};
-use crate::litefs_state::LiteFsState;
-use crate::raft::{NodeId, Request, Response};
+use crate::litefs::state::LiteFsState;
+use crate::raft::{Request, Response};
 
 /// How often sessions are swept and the holder record checked even when nothing happened:
 /// an expired holder is forgotten (and the other nodes told) within this much of its expiry.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-/// How long a new leader waits for reachable data voters whose LiteFS has not reported its
-/// positions (starting, hung) before it grants without them.
-const WAIT_FOR_SILENT_PEERS: Duration = Duration::from_secs(10);
-
-/// After this many terms in a row that ended by moving leadership to a fresher LiteFS that never
-/// took over, a leader grants anyway: a cluster without a primary is worse.
-const MAX_FRESHER_MOVES: u32 = 3;
-
-/// The freshness check of one term: whether it passed, and since when it has been tried.
-#[derive(Debug, Clone, Copy)]
-struct Freshness {
-    term: u64,
-    passed: bool,
-    since: Instant,
-}
-
 /// The longest cluster id accepted (LiteFS's are 20 characters: `LFSC` + 16 hex digits).
 const MAX_CLUSTER_ID: usize = 128;
 
 pub struct LeaseService<F> {
-    facts: F,
-    state: Mutex<LeaseState>,
+    pub(super) facts: F,
+    pub(super) state: Mutex<LeaseState>,
     /// Serialises writes of the holder record, so that the record ends as the last decision.
     record: tokio::sync::Mutex<()>,
     /// Wakes the background task after the holder changed.
@@ -60,8 +45,8 @@ pub struct LeaseService<F> {
     /// Under `run`: told after every decision whether the local LiteFS holds the lease.
     litefs: Option<LiteFsState>,
     /// The current term's freshness check (see [`LeaseService::freshest_here`]).
-    freshness: Mutex<Option<Freshness>>,
-    silent_peer_wait: Duration,
+    pub(super) freshness: Mutex<Option<Freshness>>,
+    pub(super) silent_peer_wait: Duration,
 }
 
 impl<F: RaftFacts> LeaseService<F> {
@@ -93,7 +78,7 @@ impl<F: RaftFacts> LeaseService<F> {
 
     /// Tells the view whether the local LiteFS holds the lease now. Called after every
     /// operation that may change it; the background task's sweep catches expiries.
-    fn report_hold(&self) {
+    pub(super) fn report_hold(&self) {
         if let Some(litefs) = &self.litefs {
             litefs.set_hold(self.state.lock().local_hold());
         }
@@ -103,11 +88,7 @@ impl<F: RaftFacts> LeaseService<F> {
         *self.state.lock().params()
     }
 
-    pub fn facts(&self) -> &F {
-        &self.facts
-    }
-
-    async fn write(&self, request: Request) -> Result<Response, WriteError> {
+    pub(super) async fn write(&self, request: Request) -> Result<Response, WriteError> {
         match tokio::time::timeout(self.write_timeout, self.facts.write(request)).await {
             Ok(result) => result,
             Err(_) => Err(WriteError(format!(
@@ -224,127 +205,6 @@ impl<F: RaftFacts> LeaseService<F> {
                 Ok(false)
             }
         }
-    }
-
-    fn freshness_passed(&self, term: u64) -> bool {
-        self.freshness
-            .lock()
-            .is_some_and(|f| f.term == term && f.passed)
-    }
-
-    /// Whether the local LiteFS may become primary as far as data goes: no reachable data
-    /// voter's LiteFS is fresher. Asked once the wait is over (every position is final then) and
-    /// until it passes once in the term. A fresher node gets raft leadership instead; a peer
-    /// that has not reported yet is waited for, up to [`WAIT_FOR_SILENT_PEERS`].
-    async fn freshest_here(&self) -> bool {
-        let r = self.facts.now();
-        let since = {
-            let mut f = self.freshness.lock();
-            match *f {
-                Some(f) if f.term == r.term && f.passed => return true,
-                Some(f) if f.term == r.term => f.since,
-                _ => {
-                    *f = Some(Freshness {
-                        term: r.term,
-                        passed: false,
-                        since: r.now,
-                    });
-                    r.now
-                }
-            }
-        };
-        let survey = match self.facts.survey_litefs().await {
-            Ok(Some(survey)) => survey,
-            Ok(None) => return self.pass_freshness(r.term),
-            Err(e) => {
-                tracing::warn!("acquire refused: reading this node's LiteFS positions: {e}");
-                return false;
-            }
-        };
-        let stop_waiting = r.now.saturating_duration_since(since) >= self.silent_peer_wait;
-        match decide(&survey, stop_waiting) {
-            Verdict::Here => {
-                let silent: Vec<String> = survey
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| matches!(p, PeerLiteFs::Unknown(_)))
-                    .map(|(id, _)| format!("node {id}"))
-                    .collect();
-                if !silent.is_empty() {
-                    tracing::warn!(
-                        "granting without the LiteFS positions of {} (no report within {:?}): a transaction only they have would be lost",
-                        silent.join(", "),
-                        self.silent_peer_wait
-                    );
-                }
-                self.pass_freshness(r.term)
-            }
-            Verdict::Wait(why) => {
-                tracing::info!("acquire refused: waiting for peers' LiteFS positions: {why}");
-                false
-            }
-            Verdict::MoveTo { to, why } => self.move_to_fresher(r.term, to, &why).await,
-        }
-    }
-
-    fn pass_freshness(&self, term: u64) -> bool {
-        let mut f = self.freshness.lock();
-        if let Some(f) = f.as_mut().filter(|f| f.term == term) {
-            f.passed = true;
-        }
-        true
-    }
-
-    /// Node `to`'s LiteFS is fresher: ends this term with no primary as a handoff does (fence,
-    /// record, `transfer_leader`), so `to` leads the next term and may grant at once. Returns
-    /// whether to grant here after all (`to` failed to take over [`MAX_FRESHER_MOVES`] times).
-    async fn move_to_fresher(&self, term: u64, to: NodeId, why: &str) -> bool {
-        let me = self.facts.node_id();
-        let moves = self
-            .facts
-            .get(HANDOFF_KEY)
-            .and_then(|v| serde_json::from_str::<HandoffRecord>(&v).ok())
-            .filter(|rec| rec.released_term.checked_add(1) == Some(term))
-            .map_or(0, |rec| rec.fresher_moves);
-        if moves >= MAX_FRESHER_MOVES {
-            tracing::error!(
-                "node {to}'s LiteFS is fresher ({why}), but leadership moved there {moves} terms in a row without it taking over: granting here; what only node {to} has will be lost"
-            );
-            return self.pass_freshness(term);
-        }
-        let r = self.facts.now();
-        if r.term != term {
-            return false;
-        }
-        if let Err(refusal) = self.state.lock().fence(&r) {
-            tracing::info!(
-                "acquire refused: cannot end the term for node {to}: {}",
-                refusal.as_str()
-            );
-            return false;
-        }
-        self.report_hold();
-        tracing::warn!(
-            term,
-            "node {to}'s LiteFS has transactions this node's lacks ({why}): moving raft leadership to node {to} instead of becoming primary"
-        );
-        let record = HandoffRecord {
-            released_term: term,
-            from: me,
-            to,
-            fresher_moves: moves + 1,
-        };
-        let request = Request::Set {
-            key: HANDOFF_KEY.into(),
-            value: serde_json::to_string(&record).expect("plain struct"),
-        };
-        if let Err(e) = self.write(request).await {
-            // Fenced for the rest of the term either way; without the record node `to` just
-            // waits out the lease as after a failure.
-            tracing::warn!("recording the end of term {term}: {e}; it may still commit");
-        }
-        self.facts.transfer_leadership(to, term);
-        false
     }
 
     /// `PUT /v1/session/renew/<id>`: the session, or why the lease is lost (404).
@@ -472,7 +332,7 @@ impl<F: RaftFacts> LeaseService<F> {
     }
 
     /// A leader whose previous term ended in a handoff may grant at once (see
-    /// [`super::handoff`]).
+    /// [`super::records`]).
     fn apply_waiver(&self, r: &RaftNow) {
         if !r.is_leader {
             return;

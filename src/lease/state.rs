@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::consul::{SessionEntry, SessionRequest};
+pub use super::records::HolderRecord;
 use super::{GRANT_MARGIN, LOCK_DELAY, LeaseError, MAX_SESSIONS};
-use crate::litefs_config::go_duration;
-use crate::litefs_state::LocalHold;
+use crate::litefs::state::LocalHold;
+use crate::litefs::yaml::go_duration;
 use crate::raft::NodeId;
 
 /// The numbers the rules run on.
@@ -119,18 +120,6 @@ pub struct Holder {
     pub term: u64,
     pub value: String,
     pub index: u64,
-}
-
-/// The holder as replicated through raft (key [`super::LEASE_KEY`]), so that every node's
-/// lease API can tell its LiteFS where the primary is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct HolderRecord {
-    pub node_id: NodeId,
-    pub term: u64,
-    pub session: String,
-    /// LiteFS's JSON, as its primary sent it.
-    pub value: String,
 }
 
 /// Why an acquire was answered `false`.
@@ -511,7 +500,7 @@ impl LeaseState {
     }
 
     /// Waives the new-leader wait of `term`: a committed handoff record says the previous term
-    /// ended with no LiteFS primary (see `super::handoff::waives`).
+    /// ended with no LiteFS primary (see `super::records::waives`).
     pub fn waive_wait(&mut self, term: u64) {
         if self.waived != Some(term) {
             tracing::info!(term, "handoff record: the new-leader wait is waived");

@@ -10,10 +10,10 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::consul::KvPair;
+use super::freshest::Survey;
 use super::server::{self, LeaseServer};
 use super::state::HolderRecord;
 use super::{LEASE_KEY, LeaseParams, LeaseService, RaftFacts, RaftNow, WriteError};
-use crate::handoff::freshest::Survey;
 use crate::raft::{NodeId, Request, Response};
 
 #[derive(Debug)]

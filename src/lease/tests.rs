@@ -259,7 +259,7 @@ async fn the_api_listens_on_loopback_only() {
 
 #[tokio::test]
 async fn the_waiver_reads_the_applied_term_before_the_handoff_record() {
-    use super::handoff::{HANDOFF_KEY, HandoffRecord};
+    use super::records::{HANDOFF_KEY, HandoffRecord};
     let fake = Fake::leader();
     // A new leader of term 8, whose previous term ended in a handoff.
     fake.lead(8, Instant::now());

@@ -17,7 +17,6 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
 use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -42,11 +41,6 @@ pub struct LogStore {
 impl LogStore {
     pub(crate) fn new(db: Arc<RaftDb>) -> LogStore {
         LogStore { db }
-    }
-
-    /// The raft data file.
-    pub fn path(&self) -> &Path {
-        self.db.path()
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
@@ -246,8 +240,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+#[cfg(test)]
 impl LogStore {
-    /// The number of entries physically in the file (tests and diagnostics).
+    /// The number of entries physically in the file.
     pub fn stored_entry_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.read()?;
         let log = txn.open_table(LOG).map_err(|e| self.db.db_err(e))?;

@@ -11,39 +11,39 @@
 //!
 //! The running node:
 //! - [`network`] / [`server`]: raft RPC between peers over HTTP with the shared secret.
-//! - [`node`]: [`RaftNode`] — start-up, bootstrap, membership changes.
-//! - [`view`]: raft state -> the `ClusterView` the FUSE shim's virtual files show.
-//! - [`api`] / [`status`]: `node.http-addr` — /status, /metrics, management, test faults.
-//! - [`peers`]: what this node has seen of its peers; [`faults`]: the test-only fault layer.
+//! - [`node`]: [`RaftNode`] — start-up, bootstrap, leadership transfer; [`membership`]:
+//!   membership changes; [`tasks`]: the leader's background duties.
+//! - [`peers`]: what this node has seen of its peers; [`faults`]: the test-only fault layer;
+//!   [`timing_check`]: the check that every node runs with the same timing settings.
+//!
+//! Consensus only: this layer knows nothing of LiteFS, the lease or the handoff (see
+//! docs/architecture.md, "Layers and the dependency rule"). It replicates a small key/value
+//! map; what the keys mean is the upper layers' business.
 
 use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub mod api;
 pub mod faults;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod peers;
 pub mod server;
 pub mod state_machine;
-pub mod status;
 pub mod store;
 pub mod tasks;
 pub mod timing_check;
-pub mod view;
 
-#[cfg(test)]
-mod node_tests;
 #[cfg(test)]
 mod tests;
 
 pub use log_store::LogStore;
-pub use node::{NodeError, NodeSettings, RaftNode};
+pub use node::{NodeError, NodeSettings, RaftNode, TransferError};
 pub use state_machine::{StateMachineData, StateMachineStore};
-pub use store::{DATA_FILE, StoreError};
+pub use store::StoreError;
 
 /// Raft node ids are `node.id` from litefs-py.yml (unique, > 0, never reused: a removed node's
 /// id given to a fresh node would look like a node whose log went backwards).

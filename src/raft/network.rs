@@ -42,10 +42,6 @@ pub mod paths {
     /// Membership changes forwarded by a non-leader to the leader.
     pub const ADMIN_ADD: &str = "/raft/admin/add";
     pub const ADMIN_REMOVE: &str = "/raft/admin/remove";
-    /// `litefs-py handoff` forwarded by a non-leader to the leader.
-    pub const ADMIN_HANDOFF: &str = "/raft/admin/handoff";
-    /// This node's LiteFS: primary or not, database positions (asked by a handing-off leader).
-    pub const LITEFS_REPORT: &str = "/raft/litefs";
 }
 
 /// The sender's node id (requests) or the answering node's id (answers).

@@ -1,40 +1,32 @@
-//! One raft node: storage, openraft, the two HTTP listeners, the publisher, bootstrap and
-//! membership changes.
-//!
-//! Start-up order matters for clear errors: both listeners are bound and the data file is opened
-//! (and checked) before raft starts, so a port in use or a damaged file is one error naming it.
+//! One raft node: storage, openraft, the peer book and the background duties of a leader,
+//! and bootstrap. Membership changes are in [`super::membership`]; raft RPC is served by
+//! [`super::server`] on a listener the caller binds (the node layer binds both of its
+//! listeners before calling [`RaftNode::start`], so that a port in use or a damaged data file
+//! is one error naming it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use litefs_py_fuse::StateHandle;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{InitializeError, RaftError};
-use openraft::{ChangeMembers, RaftMetrics, ServerState};
+use openraft::{RaftMetrics, ServerState};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::faults::Faults;
-use super::network::{CallError, Hello, NetworkFactory, Secret, Transport, paths};
+use super::network::{CallError, NetworkFactory, Secret, Transport};
 use super::peers::Peers;
 use super::timing_check::TimingStamp;
 use super::{Node, NodeId, Raft, StateMachineStore, StoreError, TypeConfig, open_storage};
 use crate::config::{Config, ConfigError, RaftTiming};
-use crate::litefs_state::LiteFsState;
+use crate::poll::poll_until;
 
-/// How long a new learner may take to catch up before `cluster add` gives up promoting it.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one membership log entry may take to commit.
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The "who are you" probe before adding a node.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a leadership transfer may take (one retry halfway).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6);
+const TRANSFER_POLL: Duration = Duration::from_millis(20);
 
 /// What a node needs from litefs-py.yml, plus the role the command gives it.
 #[derive(Debug, Clone)]
@@ -52,7 +44,8 @@ pub struct NodeSettings {
     /// A witness votes but never runs for leader and has no LiteFS.
     pub witness: bool,
     /// `lease.ttl` on a data node (compared across nodes, see `timing_check`); `None` on a
-    /// witness.
+    /// witness. Not read from the config here: the node layer sets it from the lease API's
+    /// parameters, so that the TTL reaches everyone one way.
     pub lease_ttl: Option<std::time::Duration>,
 }
 
@@ -83,7 +76,8 @@ impl NodeSettings {
             data_dir: config.cluster.data_dir.clone(),
             timing: config.raft,
             witness,
-            lease_ttl: (!witness).then_some(config.lease.ttl),
+            // Set by the node builder, from the lease API's parameters (one route for lease.ttl).
+            lease_ttl: None,
         })
     }
 }
@@ -118,50 +112,17 @@ pub enum NodeError {
     Client(#[from] reqwest::Error),
 }
 
-impl NodeError {
-    fn status(&self) -> StatusCode {
-        match self {
-            NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
-            NodeError::Refused(_) => StatusCode::CONFLICT,
-            NodeError::NoLeader => StatusCode::SERVICE_UNAVAILABLE,
-            NodeError::Peer(_) | NodeError::Remote(_) => StatusCode::BAD_GATEWAY,
-            NodeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-impl IntoResponse for NodeError {
-    fn into_response(self) -> Response {
-        (self.status(), format!("{self}\n")).into_response()
-    }
-}
-
-/// `cluster add` as it travels to the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AddRequest {
-    pub id: NodeId,
-    pub raft_addr: String,
-}
-
-/// `cluster remove` as it travels to the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RemoveRequest {
-    pub id: NodeId,
-}
-
-/// The answer to a membership change.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MembershipOutcome {
-    pub message: String,
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-}
-
-impl IntoResponse for MembershipOutcome {
-    fn into_response(self) -> Response {
-        axum::Json(self).into_response()
-    }
+/// A leadership transfer that did not happen ([`RaftNode::transfer_leader`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("raft: {0}")]
+    Refused(String),
+    #[error("{what} did not happen within {timeout:?}{detail}")]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        detail: String,
+    },
 }
 
 /// A running node. Shared (`Arc`) by its servers and tasks.
@@ -171,26 +132,8 @@ pub struct RaftNode {
     pub transport: Arc<Transport>,
     pub peers: Arc<Peers>,
     pub state_machine: StateMachineStore,
-    /// What the virtual files show (also the `role` of /status).
-    pub state: StateHandle,
-    /// Under `litefs-py run`: the local LiteFS's lease and health, which the view takes into
-    /// account (see `view`). `None` under `mount` and `witness`.
-    pub litefs: Option<LiteFsState>,
-    /// Under `litefs-py run`: what a planned handoff needs of this node's LiteFS and lease API
-    /// (installed by the daemon once the lease API runs).
-    pub handoff: std::sync::OnceLock<Arc<crate::handoff::Local>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| NodeError::Bind {
-            key,
-            addr: addr.to_string(),
-            source,
-        })
 }
 
 /// openraft's settings from ours.
@@ -225,25 +168,9 @@ pub fn raft_config(timing: &RaftTiming) -> Result<openraft::Config, NodeError> {
 }
 
 impl RaftNode {
-    /// Binds, opens storage, starts raft and every task of the node. `state` receives the
-    /// cluster view as it changes.
-    pub async fn start(
-        settings: NodeSettings,
-        faults: Faults,
-        state: StateHandle,
-    ) -> Result<Arc<RaftNode>, NodeError> {
-        RaftNode::start_with(settings, faults, state, None).await
-    }
-
-    /// [`RaftNode::start`] for `litefs-py run`: the view also follows `litefs`.
-    pub async fn start_with(
-        settings: NodeSettings,
-        faults: Faults,
-        state: StateHandle,
-        litefs: Option<LiteFsState>,
-    ) -> Result<Arc<RaftNode>, NodeError> {
-        let raft_listener = bind("node.raft-addr", &settings.raft_addr).await?;
-        let http_listener = bind("node.http-addr", &settings.http_addr).await?;
+    /// Opens storage, starts raft and the leader's background duties. Raft RPC reaches it once
+    /// the caller serves [`super::server::router`] on `node.raft-addr`.
+    pub async fn start(settings: NodeSettings, faults: Faults) -> Result<Arc<RaftNode>, NodeError> {
         let dir = settings.data_dir.clone();
         let id = settings.id;
         let (log, sm) = tokio::task::spawn_blocking(move || open_storage(&dir, id))
@@ -276,17 +203,9 @@ impl RaftNode {
             transport,
             peers,
             state_machine: sm,
-            state,
-            litefs,
-            handoff: std::sync::OnceLock::new(),
             stop,
             tasks: Mutex::new(Vec::new()),
         });
-        let rpc = super::server::router(node.clone());
-        let api = super::api::router(node.clone());
-        node.spawn(serve(raft_listener, rpc, node.stop.subscribe()));
-        node.spawn(serve(http_listener, api, node.stop.subscribe()));
-        node.spawn(super::view::publish(node.clone(), node.stop.subscribe()));
         node.spawn(super::tasks::reconcile_members(
             node.clone(),
             node.stop.subscribe(),
@@ -302,7 +221,6 @@ impl RaftNode {
         tracing::info!(
             id = node.settings.id,
             raft = %node.settings.raft_addr,
-            http = %node.settings.http_addr,
             witness = node.settings.witness,
             "raft node started"
         );
@@ -337,6 +255,42 @@ impl RaftNode {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Asks openraft to hand leadership to `to` and waits until `to` leads a term later than
+    /// `term` (asking once more halfway if this node still leads).
+    pub async fn transfer_leader(&self, to: NodeId, term: u64) -> Result<(), TransferError> {
+        let deadline = Instant::now() + TRANSFER_TIMEOUT;
+        let mut retried = false;
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| TransferError::Refused(e.to_string()))?;
+        let moved = poll_until(deadline, TRANSFER_POLL, || {
+            let m = self.metrics();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let retry = !retried && left < TRANSFER_TIMEOUT / 2 && m.state == ServerState::Leader;
+            retried |= retry;
+            async move {
+                if m.current_leader == Some(to) && m.current_term > term {
+                    return Ok(());
+                }
+                if retry {
+                    let _ = self.raft.trigger().transfer_leader(to).await;
+                }
+                Err(m.current_leader)
+            }
+        })
+        .await;
+        moved.map_err(|leader| TransferError::Timeout {
+            what: format!("raft leadership moving to node {to}"),
+            timeout: TRANSFER_TIMEOUT,
+            detail: format!(
+                " (leader now: {})",
+                leader.map_or("none".into(), |l| format!("node {l}"))
+            ),
+        })
+    }
+
     /// First start of the bootstrap node: make every configured peer a voter. Every other node
     /// waits for the leader to reach it.
     async fn bootstrap(&self) {
@@ -369,224 +323,5 @@ impl RaftNode {
             }
             Err(e) => tracing::error!("bootstrap failed: {e}"),
         }
-    }
-
-    fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, Node>) {
-        let m = self.metrics();
-        let membership = m.membership_config.membership();
-        let voters = membership.voter_ids().collect();
-        let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
-        (voters, nodes)
-    }
-
-    fn outcome(&self, message: String) -> MembershipOutcome {
-        let (voters, nodes) = self.members();
-        MembershipOutcome {
-            message,
-            learners: nodes
-                .keys()
-                .filter(|id| !voters.contains(id))
-                .copied()
-                .collect(),
-            voters: voters.into_iter().collect(),
-        }
-    }
-
-    /// Where membership changes go: here if we lead, else the leader's raft address.
-    fn leader_target(&self) -> Result<Option<(NodeId, String)>, NodeError> {
-        let m = self.metrics();
-        let leader = m.current_leader.ok_or(NodeError::NoLeader)?;
-        if leader == self.settings.id && m.state == ServerState::Leader {
-            return Ok(None);
-        }
-        let node = m
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .ok_or(NodeError::NoLeader)?;
-        Ok(Some((leader, node.raft_addr.clone())))
-    }
-
-    async fn forward<Req: Serialize>(
-        &self,
-        leader: NodeId,
-        addr: &str,
-        path: &str,
-        req: &Req,
-    ) -> Result<MembershipOutcome, NodeError> {
-        let timeout = CATCH_UP_TIMEOUT + CHANGE_TIMEOUT * 2 + HELLO_TIMEOUT;
-        self.transport
-            .call(leader, addr, path, Some(req), timeout)
-            .await
-            .map_err(|e| match e {
-                CallError::Http { body, .. } => NodeError::Remote(body.trim().to_string()),
-                other => NodeError::Peer(other),
-            })
-    }
-
-    /// `cluster add`: as a learner first, promoted to voter once caught up. Any node may be
-    /// asked; a non-leader forwards to the leader.
-    pub async fn add_node(&self, req: AddRequest) -> Result<MembershipOutcome, NodeError> {
-        match self.leader_target()? {
-            None => self.add_node_here(req).await,
-            Some((leader, addr)) => self.forward(leader, &addr, paths::ADMIN_ADD, &req).await,
-        }
-    }
-
-    /// `cluster remove`, forwarded like [`Self::add_node`].
-    pub async fn remove_node(&self, req: RemoveRequest) -> Result<MembershipOutcome, NodeError> {
-        match self.leader_target()? {
-            None => self.remove_node_here(req).await,
-            Some((leader, addr)) => self.forward(leader, &addr, paths::ADMIN_REMOVE, &req).await,
-        }
-    }
-
-    /// Whether `id` is a witness, as the membership records it or as it announces itself.
-    pub fn is_witness(&self, id: NodeId) -> bool {
-        if id == self.settings.id {
-            return self.settings.witness;
-        }
-        let m = self.metrics();
-        let recorded = m
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some_and(|n| n.witness);
-        recorded || self.peers.witness(id) == Some(true)
-    }
-
-    pub(crate) async fn change(
-        &self,
-        what: String,
-        change: ChangeMembers<NodeId, Node>,
-    ) -> Result<(), NodeError> {
-        match tokio::time::timeout(CHANGE_TIMEOUT, self.raft.change_membership(change, false)).await
-        {
-            Err(_) => Err(NodeError::Timeout {
-                what,
-                timeout: CHANGE_TIMEOUT,
-            }),
-            Ok(Err(RaftError::APIError(e))) => Err(NodeError::Refused(format!("{what}: {e}"))),
-            Ok(Err(e)) => Err(NodeError::Raft(e.to_string())),
-            Ok(Ok(_)) => Ok(()),
-        }
-    }
-
-    /// `cluster add` on the leader.
-    pub async fn add_node_here(&self, req: AddRequest) -> Result<MembershipOutcome, NodeError> {
-        let AddRequest { id, raft_addr } = req;
-        if id == 0 {
-            return Err(NodeError::Invalid("node id must be > 0".into()));
-        }
-        if !raft_addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
-        {
-            return Err(NodeError::Invalid(format!(
-                "{raft_addr:?} is not host:port"
-            )));
-        }
-        if self.leader_target()?.is_some() {
-            return Err(NodeError::Refused(
-                "this node is no longer the leader; retry".into(),
-            ));
-        }
-        let (voters, nodes) = self.members();
-        if let Some(existing) = nodes.get(&id) {
-            if existing.raft_addr != raft_addr {
-                return Err(NodeError::Refused(format!(
-                    "node {id} is already a member at {}; remove it first (a node id must never move to other data)",
-                    existing.raft_addr
-                )));
-            }
-            if voters.contains(&id) {
-                return Ok(self.outcome(format!("node {id} is already a voter")));
-            }
-        }
-        // Checks the address, the id and the shared secret before anything is written.
-        let hello: Hello = self
-            .transport
-            .call::<(), Hello>(id, &raft_addr, paths::HELLO, None, HELLO_TIMEOUT)
-            .await?;
-        if hello.id != id {
-            return Err(NodeError::Refused(format!(
-                "{raft_addr} is node {}, not node {id}",
-                hello.id
-            )));
-        }
-        let node = Node::announced(&raft_addr, &hello.hostname, hello.witness);
-        tracing::info!(id, %raft_addr, hostname = %hello.hostname, "adding a learner");
-        // blocking=true: returns once the leader sees the learner's log caught up.
-        match tokio::time::timeout(CATCH_UP_TIMEOUT, self.raft.add_learner(id, node, true)).await {
-            Err(_) => {
-                return Err(NodeError::Timeout {
-                    what: format!(
-                        "node {id} was added as a learner but catching up (it was not promoted; run `cluster add` again to promote it)"
-                    ),
-                    timeout: CATCH_UP_TIMEOUT,
-                });
-            }
-            Ok(Err(RaftError::APIError(e))) => {
-                return Err(NodeError::Refused(format!("adding learner {id}: {e}")));
-            }
-            Ok(Err(e)) => return Err(NodeError::Raft(e.to_string())),
-            Ok(Ok(_)) => {}
-        }
-        tracing::info!(id, "learner caught up; promoting it to voter");
-        self.change(
-            format!("promoting node {id} to voter"),
-            ChangeMembers::AddVoterIds(BTreeSet::from([id])),
-        )
-        .await?;
-        Ok(self.outcome(format!("node {id} ({}) added as a voter", hello.hostname)))
-    }
-
-    /// `cluster remove` on the leader.
-    pub async fn remove_node_here(
-        &self,
-        req: RemoveRequest,
-    ) -> Result<MembershipOutcome, NodeError> {
-        let id = req.id;
-        if self.leader_target()?.is_some() {
-            return Err(NodeError::Refused(
-                "this node is no longer the leader; retry".into(),
-            ));
-        }
-        let (voters, nodes) = self.members();
-        if voters.contains(&id) {
-            if voters.len() == 1 {
-                return Err(NodeError::Refused(format!(
-                    "node {id} is the only voter; a cluster cannot remove its last voter"
-                )));
-            }
-            // retain=false: the removed voter leaves the membership entirely.
-            self.change(
-                format!("removing voter {id}"),
-                ChangeMembers::RemoveVoters(BTreeSet::from([id])),
-            )
-            .await?;
-        } else if nodes.contains_key(&id) {
-            self.change(
-                format!("removing learner {id}"),
-                ChangeMembers::RemoveNodes(BTreeSet::from([id])),
-            )
-            .await?;
-        } else {
-            return Err(NodeError::Refused(format!("node {id} is not a member")));
-        }
-        tracing::info!(id, "removed from the cluster");
-        Ok(self.outcome(format!("node {id} removed")))
-    }
-}
-
-async fn serve(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!("http server stopped: {e}");
     }
 }

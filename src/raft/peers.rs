@@ -28,8 +28,6 @@ pub enum RpcErrorKind {
     Http,
     /// The answer was not what the protocol says.
     Decode,
-    /// The peer's raft refused to handle it (shutting down).
-    Remote,
 }
 
 impl RpcErrorKind {
@@ -41,7 +39,6 @@ impl RpcErrorKind {
             RpcErrorKind::Blocked => "blocked",
             RpcErrorKind::Http => "http",
             RpcErrorKind::Decode => "decode",
-            RpcErrorKind::Remote => "remote",
         }
     }
 }

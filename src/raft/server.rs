@@ -1,5 +1,8 @@
 //! The server half of the raft transport: HTTP on `node.raft-addr`.
 //!
+//! The node layer adds routes of its own (membership changes and the handoff forwarded to the
+//! leader, the LiteFS report), which pass the same guard.
+//!
 //! Every route requires the cluster secret; a wrong or missing one is answered 401 and logged
 //! with the caller's address. Request bodies are parsed here, and a body that does not parse is
 //! a 400 — nothing a peer sends can panic the daemon. The routes hand the decoded request to
@@ -27,7 +30,7 @@ use super::network::{
     HEADER_FROM, HEADER_HOSTNAME, HEADER_TO, HEADER_WITNESS, Hello, LogLimiter, SnapshotBody,
     paths, witness_header,
 };
-use super::node::{AddRequest, RaftNode, RemoveRequest};
+use super::node::RaftNode;
 use super::timing_check::HEADER_TIMING;
 use super::{NodeId, Snapshot, TypeConfig};
 
@@ -37,8 +40,9 @@ struct RpcState {
     rejections: Arc<LogLimiter>,
 }
 
-/// The router for `node.raft-addr`. Serve it with connect info (the 401 log names the caller).
-pub fn router(node: Arc<RaftNode>) -> Router {
+/// The router for `node.raft-addr`, with `more` routes of the node layer behind the same guard.
+/// Serve it with connect info (the 401 log names the caller).
+pub fn router(node: Arc<RaftNode>, more: Router) -> Router {
     let state = RpcState {
         node,
         rejections: Arc::default(),
@@ -50,12 +54,9 @@ pub fn router(node: Arc<RaftNode>) -> Router {
         .route(paths::SNAPSHOT, post(snapshot))
         .route(paths::TRANSFER_LEADER, post(transfer_leader))
         .route(paths::HELLO, get(hello))
-        .route(paths::ADMIN_ADD, post(admin_add))
-        .route(paths::ADMIN_REMOVE, post(admin_remove))
-        .route(paths::ADMIN_HANDOFF, post(admin_handoff))
-        .route(paths::LITEFS_REPORT, get(litefs_report))
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(more)
+        .layer(middleware::from_fn_with_state(state, guard))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -158,7 +159,7 @@ pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, BadRequest> {
     serde_json::from_slice(body).map_err(|e| BadRequest(e.to_string()))
 }
 
-fn json<T: Serialize>(value: &T) -> Response {
+pub fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
@@ -246,41 +247,4 @@ async fn hello(State(st): State<RpcState>) -> Response {
         hostname: s.hostname.clone(),
         witness: s.witness,
     })
-}
-
-/// A membership change forwarded by another node: handled here only if this node leads (no
-/// second forward, so two nodes with different ideas of the leader cannot loop).
-async fn admin_add(State(st): State<RpcState>, body: Bytes) -> Response {
-    match parse::<AddRequest>(&body) {
-        Ok(req) => st.node.add_node_here(req).await.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// A handoff forwarded by another node: only handled if this node leads (no second forward).
-async fn admin_handoff(State(st): State<RpcState>, body: Bytes) -> Response {
-    let req: crate::handoff::HandoffRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let m = st.node.metrics();
-    if m.state != openraft::ServerState::Leader {
-        let msg = "this node is no longer the leader; retry\n";
-        return (StatusCode::CONFLICT, msg).into_response();
-    }
-    match crate::handoff::handoff(&st.node, req).await {
-        Ok(outcome) => outcome.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn litefs_report(State(st): State<RpcState>) -> Response {
-    json(&crate::handoff::report(&st.node).await)
-}
-
-async fn admin_remove(State(st): State<RpcState>, body: Bytes) -> Response {
-    match parse::<RemoveRequest>(&body) {
-        Ok(req) => st.node.remove_node_here(req).await.into_response(),
-        Err(e) => e.into_response(),
-    }
 }

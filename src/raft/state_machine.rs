@@ -84,8 +84,14 @@ impl StateMachineStore {
     }
 
     /// A copy of the replicated data as of the last applied entry.
+    #[cfg(test)]
     pub fn data(&self) -> StateMachineData {
         self.inner.read().data.clone()
+    }
+
+    #[cfg(test)]
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.inner.read().last_applied
     }
 
     pub fn cluster_id(&self) -> Option<String> {
@@ -94,10 +100,6 @@ impl StateMachineStore {
 
     pub fn get(&self, key: &str) -> Option<String> {
         self.inner.read().data.kv.get(key).cloned()
-    }
-
-    pub fn last_applied(&self) -> Option<LogId> {
-        self.inner.read().last_applied
     }
 
     fn current_meta(&self) -> (SnapshotMeta, StateMachineData) {

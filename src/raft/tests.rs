@@ -14,6 +14,7 @@ use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageError, StorageHelper};
 use tempfile::TempDir;
 
+use super::store::DATA_FILE;
 use super::*;
 
 fn log_id(term: u64, index: u64) -> LogId {

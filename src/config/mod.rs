@@ -1,0 +1,568 @@
+//! `litefs-py.yml`: parsing (strict: an unknown key is an error naming it) and validation.
+//!
+//! Key names are fixed (docs/architecture.md, "Fixed interfaces"). Every error names the key it
+//! is about, e.g. `cluster.peers: node.id 4 is not one of the peers (1, 2, 3)`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+mod litefs_proxy;
+mod raft_timing;
+mod run;
+pub use litefs_proxy::LiteFsProxyConfig;
+pub use raft_timing::RaftTiming;
+pub use run::RunConfig;
+
+/// Where `--config` is looked for when not given, in order.
+pub const DEFAULT_PATHS: [&str; 2] = ["./litefs-py.yml", "/etc/litefs-py.yml"];
+/// The environment variable that can hold the cluster secret instead of `cluster.secret-file`.
+pub const SECRET_ENV: &str = "LITEFS_PY_SECRET";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("no config file: looked for {}", DEFAULT_PATHS.join(" and "))]
+    NotFound,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPathMode {
+    #[default]
+    Passthrough,
+    Symlink,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub mount: MountConfig,
+    #[serde(default)]
+    pub lease: LeaseConfig,
+    #[serde(default)]
+    pub litefs: LiteFsConfig,
+    /// Raft timing knobs (optional; the defaults suit a LAN).
+    #[serde(default)]
+    pub raft: RaftTiming,
+    /// How `litefs-py run` supervises LiteFS and the app (optional).
+    #[serde(default)]
+    pub run: RunConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeConfig {
+    /// Unique in the cluster, > 0.
+    pub id: u64,
+    /// What `.primary` shows on the other nodes.
+    pub hostname: String,
+    /// `host:port` where peers reach this node's raft RPC.
+    pub raft_addr: String,
+    /// `host:port` for status JSON and /metrics.
+    pub http_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterConfig {
+    /// True on exactly one node, for the cluster's first start.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Voters, this node included: id -> raft address.
+    #[serde(default, deserialize_with = "unique_peers")]
+    pub peers: BTreeMap<u64, String>,
+    /// File holding the shared secret peers authenticate with (or env LITEFS_PY_SECRET).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default = "default_raft_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            bootstrap: false,
+            peers: BTreeMap::new(),
+            secret_file: None,
+            data_dir: default_raft_dir(),
+        }
+    }
+}
+
+fn default_raft_dir() -> PathBuf {
+    PathBuf::from("/var/lib/litefs-py/raft")
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MountConfig {
+    #[serde(default = "default_mount_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_lower")]
+    pub lower: PathBuf,
+    #[serde(default)]
+    pub data_path: DataPathMode,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            dir: default_mount_dir(),
+            lower: default_lower(),
+            data_path: DataPathMode::default(),
+        }
+    }
+}
+
+fn default_mount_dir() -> PathBuf {
+    PathBuf::from("/litefs")
+}
+
+pub fn default_lower() -> PathBuf {
+    PathBuf::from("/var/lib/litefs-py/lower")
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LeaseConfig {
+    /// The Consul-compatible lease API; loopback only.
+    #[serde(default = "default_lease_addr")]
+    pub addr: SocketAddr,
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            addr: default_lease_addr(),
+            ttl: default_ttl(),
+        }
+    }
+}
+
+fn default_lease_addr() -> SocketAddr {
+    "127.0.0.1:20321".parse().expect("valid")
+}
+
+/// 2 s: a failover takes the raft failover plus ttl + 1.5 s (the new leader's wait), so this is
+/// what keeps it under 5 s; LiteFS renews every ttl/2 = 1 s, well within what a loaded host
+/// manages (decisions.md, "Lease timing").
+fn default_ttl() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LiteFsConfig {
+    #[serde(default = "default_litefs_binary")]
+    pub binary: PathBuf,
+    #[serde(default = "default_litefs_data")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_litefs_http")]
+    pub http_addr: String,
+    /// How the other nodes' LiteFS reach this one; defaults to `http://<node.hostname>:<port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
+    /// LiteFS's HTTP proxy (its `proxy:` section), if wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<LiteFsProxyConfig>,
+}
+
+impl Default for LiteFsConfig {
+    fn default() -> Self {
+        LiteFsConfig {
+            binary: default_litefs_binary(),
+            data_dir: default_litefs_data(),
+            http_addr: default_litefs_http(),
+            advertise_url: None,
+            proxy: None,
+        }
+    }
+}
+
+fn default_litefs_binary() -> PathBuf {
+    PathBuf::from("litefs")
+}
+
+fn default_litefs_data() -> PathBuf {
+    PathBuf::from("/var/lib/litefs")
+}
+
+fn default_litefs_http() -> String {
+    ":20202".to_string()
+}
+
+/// A YAML mapping silently keeps the last of two equal keys; a duplicated peer id must be an
+/// error instead.
+fn unique_peers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
+    struct PeersVisitor;
+    impl<'de> Visitor<'de> for PeersVisitor {
+        type Value = BTreeMap<u64, String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of node id to raft address")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((id, addr)) = map.next_entry::<u64, String>()? {
+                if out.insert(id, addr).is_some() {
+                    return Err(serde::de::Error::custom(format!("duplicate peer id {id}")));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(PeersVisitor)
+}
+
+/// Checks a `host:port` address: a port in range and a non-empty host.
+fn check_host_port(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, format!("{value:?} is not host:port")))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("{value:?}: port {port:?} is not a number in 1..=65535"),
+            )
+        })?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(invalid(
+            key,
+            format!("{value:?}: missing or malformed host"),
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// `--config` if given, else the first of [`DEFAULT_PATHS`] that exists.
+    pub fn find(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+        if let Some(p) = explicit {
+            return Ok(Some(p.to_path_buf()));
+        }
+        Ok(DEFAULT_PATHS.iter().map(PathBuf::from).find(|p| p.exists()))
+    }
+
+    /// [`Config::find`] then [`Config::load`], for commands that cannot run without a config.
+    pub fn find_and_load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = Config::find(explicit)?.ok_or(ConfigError::NotFound)?;
+        Config::load(&path)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.id == 0 {
+            return Err(invalid("node.id", "must be > 0"));
+        }
+        if self.node.hostname.trim().is_empty() {
+            return Err(invalid("node.hostname", "must not be empty"));
+        }
+        check_host_port("node.raft-addr", &self.node.raft_addr)?;
+        check_host_port("node.http-addr", &self.node.http_addr)?;
+        if let Some(id) = self.cluster.peers.keys().find(|id| **id == 0) {
+            return Err(invalid(
+                "cluster.peers",
+                format!("peer id {id} must be > 0"),
+            ));
+        }
+        for addr in self.cluster.peers.values() {
+            check_host_port("cluster.peers", addr)?;
+        }
+        if !self.cluster.peers.is_empty() {
+            match self.cluster.peers.get(&self.node.id) {
+                None => {
+                    let ids: Vec<String> = self.cluster.peers.keys().map(u64::to_string).collect();
+                    return Err(invalid(
+                        "cluster.peers",
+                        format!(
+                            "node.id {} is not one of the peers ({})",
+                            self.node.id,
+                            ids.join(", ")
+                        ),
+                    ));
+                }
+                Some(addr) if *addr != self.node.raft_addr => {
+                    return Err(invalid(
+                        "cluster.peers",
+                        format!(
+                            "peer {} is {addr:?} but node.raft-addr is {:?}: they must match",
+                            self.node.id, self.node.raft_addr
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if !self.lease.addr.ip().is_loopback() {
+            return Err(invalid(
+                "lease.addr",
+                format!(
+                    "{} is not a loopback address: the lease API must not be reachable from other hosts",
+                    self.lease.addr
+                ),
+            ));
+        }
+        if self.lease.ttl < Duration::from_millis(500) || self.lease.ttl > Duration::from_secs(60) {
+            return Err(invalid(
+                "lease.ttl",
+                format!("{:?} is outside 500ms..=60s", self.lease.ttl),
+            ));
+        }
+        if self.mount.dir.starts_with(&self.mount.lower) {
+            return Err(invalid("mount.dir", "must not be inside mount.lower"));
+        }
+        // LiteFS mounts its FUSE file system at mount.lower and keeps its own files in
+        // litefs.data-dir: one inside the other would hide the data behind the mount.
+        if self.litefs.data_dir.starts_with(&self.mount.lower)
+            || self.mount.lower.starts_with(&self.litefs.data_dir)
+        {
+            return Err(invalid(
+                "litefs.data-dir",
+                format!(
+                    "{} and mount.lower {} must not be the same directory or inside each other",
+                    self.litefs.data_dir.display(),
+                    self.mount.lower.display()
+                ),
+            ));
+        }
+        if let Some(proxy) = &self.litefs.proxy {
+            proxy.validate()?;
+        }
+        self.raft.validate()?;
+        self.run.validate()?;
+        Ok(())
+    }
+
+    /// Things that are allowed but that the operator should know.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.voters() == 2 {
+            out.push(
+                "cluster.peers: two voters cannot fail over (losing either loses the quorum); \
+                 add a third voter running `litefs-py witness`"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
+    /// Number of voters (this node alone when no peers are listed).
+    pub fn voters(&self) -> usize {
+        self.cluster.peers.len().max(1)
+    }
+
+    /// The shared secret: `cluster.secret-file`, else `$LITEFS_PY_SECRET`. A multi-node cluster
+    /// must have one; a one-node cluster does not need it.
+    pub fn secret(&self) -> Result<Option<String>, ConfigError> {
+        let secret = match &self.cluster.secret_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid("cluster.secret-file", format!("{}: {e}", path.display()))
+                })?;
+                let s = text.trim().to_string();
+                if s.is_empty() {
+                    return Err(invalid(
+                        "cluster.secret-file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Some(s)
+            }
+            None => match std::env::var(SECRET_ENV) {
+                Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Ok(_) => {
+                    return Err(invalid(
+                        "cluster.secret-file",
+                        format!("${SECRET_ENV} is set but empty"),
+                    ));
+                }
+                Err(_) => None,
+            },
+        };
+        if secret.is_none() && self.voters() > 1 {
+            return Err(invalid(
+                "cluster.secret-file",
+                format!(
+                    "a cluster of {} nodes needs a shared secret: set cluster.secret-file or ${SECRET_ENV}",
+                    self.voters()
+                ),
+            ));
+        }
+        Ok(secret)
+    }
+
+    /// The LiteFS advertise URL: explicit, or `http://<hostname>:<litefs http port>`.
+    pub fn litefs_advertise_url(&self) -> String {
+        if let Some(u) = &self.litefs.advertise_url {
+            return u.clone();
+        }
+        let port = self
+            .litefs
+            .http_addr
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .unwrap_or("20202");
+        format!("http://{}:{port}", self.node.hostname)
+    }
+
+    /// Resolves `node.raft-addr` (it may name a host).
+    pub fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+        addr.to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{addr}: no address")))
+    }
+
+    /// The effective config, as YAML (defaults filled in).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a config always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "
+node:
+  id: 1
+  hostname: node-a
+  raft-addr: 127.0.0.1:20301
+  http-addr: 127.0.0.1:20311
+cluster:
+  bootstrap: true
+  peers:
+    1: 127.0.0.1:20301
+    2: 127.0.0.1:20302
+    3: 127.0.0.1:20303
+  data-dir: /tmp/raft
+lease:
+  ttl: 3s
+";
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.node.id, 1);
+        assert_eq!(c.cluster.peers.len(), 3);
+        assert_eq!(c.lease.ttl, Duration::from_secs(3));
+        assert_eq!(c.mount.dir, PathBuf::from("/litefs"));
+        assert_eq!(c.mount.data_path, DataPathMode::Passthrough);
+        assert_eq!(c.litefs_advertise_url(), "http://node-a:20202");
+        // The effective config round-trips.
+        let again = Config::parse(&c.to_yaml()).unwrap();
+        assert_eq!(again.cluster.peers, c.cluster.peers);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(
+            err(&GOOD.replace("bootstrap: true", "bootstrap: true\n  bootstap: true"))
+                .contains("unknown field `bootstap`")
+        );
+        assert!(
+            err(&GOOD.replace("    3: 127.0.0.1:20303", "    2: 127.0.0.1:20303"))
+                .contains("duplicate peer id 2")
+        );
+        assert!(
+            err(&GOOD.replace("id: 1\n", "id: 4\n"))
+                .starts_with("cluster.peers: node.id 4 is not one of the peers (1, 2, 3)")
+        );
+        assert!(err(&GOOD.replace("id: 1\n", "id: 0\n")).starts_with("node.id: must be > 0"));
+        assert!(
+            err(&GOOD.replace("raft-addr: 127.0.0.1:20301", "raft-addr: 127.0.0.1"))
+                .starts_with("node.raft-addr:")
+        );
+        assert!(
+            err(&GOOD.replace("    2: 127.0.0.1:20302", "    2: 127.0.0.1:99999"))
+                .starts_with("cluster.peers:")
+        );
+        assert!(
+            err(&GOOD.replace("  ttl: 3s", "  ttl: 3s\n  addr: 0.0.0.0:20321"))
+                .starts_with("lease.addr:")
+        );
+        assert!(err(&GOOD.replace("  ttl: 3s", "  ttl: soon")).contains("ttl"));
+        assert!(err("node: {id: 1}").contains("missing field `hostname`"));
+    }
+
+    #[test]
+    fn secrets() {
+        let mut c = Config::parse(GOOD).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "  s3cret\n").unwrap();
+        c.cluster.secret_file = Some(f.clone());
+        assert_eq!(c.secret().unwrap().as_deref(), Some("s3cret"));
+        std::fs::write(&f, "\n").unwrap();
+        assert!(
+            c.secret()
+                .unwrap_err()
+                .to_string()
+                .starts_with("cluster.secret-file:")
+        );
+        c.cluster.secret_file = Some(dir.path().join("missing"));
+        assert!(
+            c.secret()
+                .unwrap_err()
+                .to_string()
+                .starts_with("cluster.secret-file:")
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! LiteFS as a child of `litefs-py run`: started with the generated litefs.yml in a process
+//! group of its own, its output passed through to ours (prefixed) and its last lines kept for
+//! error messages, and its FUSE mount at `mount.lower` told apart from anything mounted there
+//! before it started.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use litefs_py_fuse::mountinfo;
+use parking_lot::Mutex;
+
+/// Why LiteFS could not be found, started, or its mount point cleared.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("litefs.binary {}: {why}", binary.display())]
+    Binary { binary: PathBuf, why: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Lines of LiteFS's output kept for error messages.
+const KEEP_LINES: usize = 40;
+
+/// The LiteFS child.
+pub struct LiteFs {
+    pub pid: i32,
+    /// Set by the supervisor's reaper.
+    pub exited: Option<ExitStatus>,
+    lower: PathBuf,
+    /// Mount ids at `lower` before LiteFS started: not LiteFS's.
+    mounts_before: BTreeSet<u64>,
+    lines: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Finds `binary` as `execvp` would: a path with a `/` as is, else the first executable file of
+/// that name on `$PATH`.
+pub fn resolve_binary(binary: &Path) -> Result<PathBuf, ProcessError> {
+    let not_found = |why: String| ProcessError::Binary {
+        binary: binary.to_path_buf(),
+        why,
+    };
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        })
+    };
+    if binary.as_os_str().as_bytes().contains(&b'/') {
+        return if executable(binary) {
+            Ok(binary.to_path_buf())
+        } else if binary.exists() {
+            Err(not_found("not an executable file".into()))
+        } else {
+            Err(not_found("no such file".into()))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| executable(p))
+        .ok_or_else(|| {
+            not_found("not found on $PATH (install LiteFS v0.5.14, or set litefs.binary)".into())
+        })
+}
+
+impl LiteFs {
+    /// Starts `binary mount -config config`.
+    pub fn spawn(binary: &Path, config: &Path, lower: &Path) -> Result<LiteFs, ProcessError> {
+        let mounts_before = mount_ids_at(lower);
+        let mut cmd = Command::new(binary);
+        cmd.arg("mount")
+            .arg("-config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a terminal's Ctrl-C reaches the app (our group) but not
+            // LiteFS, which must outlive the app and be stopped after the shim.
+            .process_group(0);
+        // If `run` itself is killed (-9, OOM), LiteFS goes with it: an orphan could renew
+        // nothing and would only hold the data dir and its mount until its next log line.
+        // PDEATHSIG fires when the spawning *thread* ends; the supervisor spawns from the thread
+        // that runs it to the end, after LiteFS is stopped. What it leaves, a dead FUSE mount at
+        // `mount.lower`, the next start detaches.
+        let parent = std::process::id();
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before the prctl: nobody would send the signal.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("litefs-py run exited"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| ProcessError::Io {
+            what: format!("starting {}", binary.display()),
+            source,
+        })?;
+        let pid = child.id() as i32;
+        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        // The Child handle is dropped without waiting: the supervisor reaps every child itself.
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            if let Err(source) = std::thread::Builder::new()
+                .name("litefs-log".into())
+                .spawn(move || pass_through(stream, &lines))
+            {
+                // LiteFS runs already and nothing else would stop it: kill and reap it here.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ProcessError::Io {
+                    what: "starting a thread to read LiteFS's output (LiteFS was stopped)".into(),
+                    source,
+                });
+            }
+        }
+        tracing::info!(pid, config = %config.display(), "LiteFS started");
+        Ok(LiteFs {
+            pid,
+            exited: None,
+            lower: lower.to_path_buf(),
+            mounts_before,
+            lines,
+        })
+    }
+
+    /// Whether a mount appeared at `mount.lower` since LiteFS started: its FUSE mount.
+    pub fn mount_appeared(&self) -> bool {
+        mount_ids_at(&self.lower)
+            .iter()
+            .any(|id| !self.mounts_before.contains(id))
+    }
+
+    /// Detaches LiteFS's mount if one is left (LiteFS killed: the kernel keeps the mount, and
+    /// every access fails with ENOTCONN). Only mounts that appeared after LiteFS started.
+    pub fn detach_leftover_mount(&self) {
+        while self.mount_appeared() {
+            let Ok(c) = CString::new(self.lower.as_os_str().as_bytes()) else {
+                return;
+            };
+            // SAFETY: a valid path. MNT_DETACH: works on a dead FUSE mount, busy or not.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                tracing::warn!(
+                    lower = %self.lower.display(),
+                    "could not detach LiteFS's mount: {}",
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+            tracing::info!(lower = %self.lower.display(), "detached LiteFS's leftover mount");
+        }
+    }
+
+    /// The last `n` lines LiteFS printed.
+    pub fn last_lines(&self, n: usize) -> Vec<String> {
+        let lines = self.lines.lock();
+        lines
+            .iter()
+            .skip(lines.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+
+    /// The last few lines, joined on one line for an error message.
+    pub fn tail_for_error(&self) -> String {
+        let lines = self.last_lines(3);
+        if lines.is_empty() {
+            "it printed nothing".into()
+        } else {
+            format!("its last lines: {}", lines.join(" | "))
+        }
+    }
+}
+
+/// Copies LiteFS's output to our stderr, line by line and prefixed, keeping the last lines.
+fn pass_through(stream: Box<dyn Read + Send>, lines: &Mutex<VecDeque<String>>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+        if line.is_empty() {
+            continue;
+        }
+        eprintln!("litefs: {line}");
+        let mut kept = lines.lock();
+        if kept.len() == KEEP_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line);
+    }
+}
+
+/// Mount ids of the mounts at exactly `path`.
+pub fn mount_ids_at(path: &Path) -> BTreeSet<u64> {
+    mountinfo::at(path)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+pub use mountinfo::is_mount_point;
+
+/// How long a `statfs` of a FUSE mount left at `mount.lower` may take at start-up.
+const LEFTOVER_STAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Clears what an earlier LiteFS left at `mount.lower` before a new one starts: a FUSE mount
+/// whose daemon is gone (a `litefs-py run` killed -9 leaves its LiteFS orphaned; LiteFS then
+/// dies on its next log line, its mount stays, every access fails with ENOTCONN).
+///
+/// Why here and not left to LiteFS, which unmounts such a mount itself when it starts: the
+/// kernel may give LiteFS's new mount the very mount id the dead one had (ids are reused), and
+/// [`LiteFs::mount_appeared`] tells LiteFS's mount apart by id, so it would never see it and
+/// start-up would time out. A FUSE mount there that still answers is a LiteFS still running
+/// (two on one data dir must not be): refused, with what to do.
+pub fn clear_leftover_mounts(lower: &Path) -> Result<(), ProcessError> {
+    if fuse_mount_ids_at(lower).is_empty() {
+        return Ok(());
+    }
+    let shown = lower.display();
+    match statfs_with_timeout(lower, LEFTOVER_STAT_TIMEOUT) {
+        Some(Err(e)) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        Some(Ok(())) => {
+            return Err(ProcessError::Invalid(format!(
+                "mount.lower {shown} is already a FUSE mount that answers: a LiteFS from an earlier run still runs? Stop it first"
+            )));
+        }
+        Some(Err(e)) => {
+            return Err(ProcessError::Invalid(format!(
+                "mount.lower {shown} is a FUSE mount left by an earlier run and cannot be checked ({e}): `umount -l {shown}`"
+            )));
+        }
+        None => {
+            return Err(ProcessError::Invalid(format!(
+                "mount.lower {shown} is a FUSE mount that does not answer within {LEFTOVER_STAT_TIMEOUT:?}: `umount -l {shown}`"
+            )));
+        }
+    }
+    let c = CString::new(lower.as_os_str().as_bytes())
+        .map_err(|_| ProcessError::Invalid(format!("mount.lower {shown}: a NUL in the path")))?;
+    // Stacked dead mounts (several killed runs in a row) go one by one; bounded all the same.
+    for _ in 0..16 {
+        if fuse_mount_ids_at(lower).is_empty() {
+            return Ok(());
+        }
+        // SAFETY: a valid path. MNT_DETACH: works on a dead FUSE mount, busy or not.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(ProcessError::Io {
+                what: format!("detaching the dead FUSE mount left at mount.lower {shown}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        tracing::warn!(
+            lower = %shown,
+            "detached a dead FUSE mount left at mount.lower by an earlier run (its LiteFS was killed)"
+        );
+    }
+    Err(ProcessError::Invalid(format!(
+        "mount.lower {shown}: FUSE mounts keep appearing there"
+    )))
+}
+
+/// `statfs` on a thread of its own: a hung FUSE daemon can block it forever. `None`: no answer
+/// in time (the thread is left behind; it ends when the call returns, or with the process).
+/// `statfs`, not `stat`: the kernel answers `stat` of a FUSE root from cached attributes (for
+/// up to a minute after the daemon died), while every `statfs` goes to the daemon.
+fn statfs_with_timeout(path: &Path, timeout: Duration) -> Option<std::io::Result<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    std::thread::Builder::new()
+        .name("litefs-leftover".into())
+        .spawn(move || {
+            let _ = tx.send(statfs_c(&c));
+        })
+        .ok()?;
+    rx.recv_timeout(timeout).ok()
+}
+
+/// `statfs(path)`: on a FUSE mount, always a request to its daemon (see above). Blocks while
+/// the daemon does not answer.
+pub fn statfs(path: &Path) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    statfs_c(&c)
+}
+
+fn statfs_c(c: &CString) -> std::io::Result<()> {
+    // SAFETY: a valid path and a zeroed out-buffer of the right type.
+    let rc = unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Mount ids of the FUSE mounts (type `fuse` or `fuse.*`) at exactly `path`.
+/// Mount ids of the FUSE mounts at exactly `path`.
+fn fuse_mount_ids_at(path: &Path) -> BTreeSet<u64> {
+    mountinfo::at(path)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.is_fuse())
+        .map(|m| m.id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_lower_dir_needs_no_clearing() {
+        let dir = tempfile::tempdir().unwrap();
+        clear_leftover_mounts(dir.path()).unwrap();
+        statfs(dir.path()).unwrap();
+        assert!(statfs(&dir.path().join("missing")).is_err());
+        assert_eq!(
+            statfs_with_timeout(dir.path(), Duration::from_secs(5)).map(|r| r.is_ok()),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn binaries_are_resolved_like_execvp() {
+        let e = resolve_binary(Path::new("/nonexistent/litefs")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "litefs.binary /nonexistent/litefs: no such file"
+        );
+        let e = resolve_binary(Path::new("litefs-py-no-such-binary")).unwrap_err();
+        assert!(e.to_string().contains("not found on $PATH"), "{e}");
+        assert_eq!(
+            resolve_binary(Path::new("/bin/sh")).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+    }
+}

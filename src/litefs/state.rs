@@ -1,0 +1,209 @@
+//! What litefs-py knows about its own LiteFS under `litefs-py run`, shared between the pieces
+//! that learn it and the view publisher that shows it in `.role` and `.health`:
+//! - the lease API records whether it granted the local LiteFS a lease that is still valid
+//!   ([`LocalHold`]): under `run`, this node says `primary` only while that is so
+//!   (docs/architecture.md, "The lease invariant": raft leader with a fresh quorum ack and,
+//!   under `run`, its LiteFS holds the lease);
+//! - the supervisor's probe ([`super::probe`]) records whether LiteFS's mount and HTTP API answer, and its lag
+//!   ([`LiteFsProbe`]).
+//!
+//! Both are `watch` channels: the writers never wait, and the view publisher wakes on every
+//! change. Under `litefs-py mount` there is no such state (LiteFS, if any, is not ours) and the
+//! view is what raft alone says.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+/// The local LiteFS holds the primary lease: granted (or last renewed) in raft term `term`,
+/// valid until `until` (that grant or renewal + the session's TTL; LiteFS renews every TTL/2,
+/// so a live holder keeps pushing it forward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalHold {
+    pub term: u64,
+    pub until: Instant,
+}
+
+impl LocalHold {
+    /// Whether it still counts at `now` in raft term `term`.
+    pub fn valid(&self, term: u64, now: Instant) -> bool {
+        self.term == term && now < self.until
+    }
+}
+
+/// One look at LiteFS, by the supervisor's probe (every ~500 ms, each check with a timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiteFsProbe {
+    /// Its FUSE mount at `mount.lower` answered a `stat` in time (and is a mount).
+    pub mounted: bool,
+    /// Its HTTP API (`GET /info`) answered in time.
+    pub serving: bool,
+    /// `/info` said `isPrimary: true`.
+    pub is_primary: bool,
+    /// `/info` named a primary (itself or another node).
+    pub primary_known: bool,
+    /// LiteFS's `.lag` in milliseconds (0 on the primary; `i32::MAX` until a replica finished
+    /// its initial replication), if it could be read in time.
+    pub lag_ms: Option<i64>,
+}
+
+impl LiteFsProbe {
+    /// LiteFS is primary, or a replica that has caught up with a primary: what LiteFS itself
+    /// waits for before it starts an `exec` command.
+    pub fn ready(&self) -> bool {
+        self.is_primary
+            || (self.primary_known && self.lag_ms.is_some_and(|l| l < i64::from(i32::MAX)))
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    hold: watch::Sender<Option<LocalHold>>,
+    probe: watch::Sender<Option<LiteFsProbe>>,
+}
+
+/// The shared state; cloning shares it.
+#[derive(Debug, Clone)]
+pub struct LiteFsState {
+    inner: Arc<Inner>,
+}
+
+impl Default for LiteFsState {
+    fn default() -> Self {
+        LiteFsState::new()
+    }
+}
+
+impl LiteFsState {
+    pub fn new() -> LiteFsState {
+        LiteFsState {
+            inner: Arc::new(Inner {
+                hold: watch::Sender::new(None),
+                probe: watch::Sender::new(None),
+            }),
+        }
+    }
+
+    /// Set by the lease API after every decision (`None`: the local LiteFS holds nothing).
+    pub fn set_hold(&self, hold: Option<LocalHold>) {
+        self.inner.hold.send_if_modified(|h| {
+            let changed = *h != hold;
+            *h = hold;
+            changed
+        });
+    }
+
+    pub fn hold(&self) -> Option<LocalHold> {
+        *self.inner.hold.borrow()
+    }
+
+    /// Set by the supervisor's probe.
+    pub fn set_probe(&self, probe: LiteFsProbe) {
+        self.inner.probe.send_if_modified(|p| {
+            let changed = *p != Some(probe);
+            *p = Some(probe);
+            changed
+        });
+    }
+
+    /// The last probe; `None` before the first one.
+    pub fn probe(&self) -> Option<LiteFsProbe> {
+        *self.inner.probe.borrow()
+    }
+
+    /// Resolves when either value changed since the receiver last looked.
+    pub fn subscribe(&self) -> Changes {
+        Changes {
+            hold: self.inner.hold.subscribe(),
+            probe: self.inner.probe.subscribe(),
+        }
+    }
+}
+
+/// A receiver of [`LiteFsState`] changes.
+pub struct Changes {
+    hold: watch::Receiver<Option<LocalHold>>,
+    probe: watch::Receiver<Option<LiteFsProbe>>,
+}
+
+impl Changes {
+    /// Waits for the next change of either value. The senders live as long as the state, which
+    /// the node keeps, so this never ends in an error loop.
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            r = self.hold.changed() => {
+                if r.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+            r = self.probe.changed() => {
+                if r.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+        self.hold.borrow_and_update();
+        self.probe.borrow_and_update();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn hold_validity_and_readiness() {
+        let now = Instant::now();
+        let h = LocalHold {
+            term: 3,
+            until: now + Duration::from_secs(1),
+        };
+        assert!(h.valid(3, now));
+        assert!(!h.valid(4, now), "a hold belongs to its term");
+        assert!(!h.valid(3, now + Duration::from_secs(1)));
+        let mut p = LiteFsProbe {
+            mounted: true,
+            serving: true,
+            ..Default::default()
+        };
+        assert!(!p.ready());
+        p.primary_known = true;
+        p.lag_ms = Some(i64::from(i32::MAX));
+        assert!(!p.ready(), "a replica still in its initial replication");
+        p.lag_ms = Some(40);
+        assert!(p.ready());
+        p = LiteFsProbe {
+            is_primary: true,
+            ..Default::default()
+        };
+        assert!(p.ready());
+    }
+
+    #[tokio::test]
+    async fn changes_wake_the_subscriber() {
+        let s = LiteFsState::new();
+        let mut c = s.subscribe();
+        s.set_probe(LiteFsProbe::default());
+        tokio::time::timeout(Duration::from_secs(1), c.changed())
+            .await
+            .unwrap();
+        // The same value again is not a change.
+        s.set_probe(LiteFsProbe::default());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), c.changed())
+                .await
+                .is_err()
+        );
+        s.set_hold(Some(LocalHold {
+            term: 1,
+            until: Instant::now(),
+        }));
+        tokio::time::timeout(Duration::from_secs(1), c.changed())
+            .await
+            .unwrap();
+        assert!(s.hold().is_some());
+    }
+}

@@ -1,0 +1,329 @@
+//! The node: the one module that knows every layer (the "App" of openraft's examples). It
+//! builds a node from litefs-py.yml with [`Node::builder`] — raft, the lease API its LiteFS
+//! follows, the planned handoff, the view the FUSE shim serves — owns the HTTP routers of
+//! `node.raft-addr` and `node.http-addr`, and maps domain errors to HTTP statuses ([`http`]).
+//! See docs/architecture.md, "Layers and the dependency rule".
+//!
+//! A [`Node`] runs on a tokio runtime of its own, next to whatever the command runs on its own
+//! threads (the FUSE session).
+
+mod api;
+mod http;
+mod rpc;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use litefs_py_fuse::{ClusterView, StateHandle};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub(crate) use self::api::paths;
+pub(crate) use self::status::StatusReport;
+use crate::config::Config;
+use crate::handoff::{self, Handoff};
+use crate::lease::raft_facts::NodeFacts;
+use crate::lease::records::HolderRecord;
+use crate::lease::{LEASE_KEY, LeaseError, LeaseParams, LeaseServer, LeaseService, server};
+use crate::litefs::api::LiteFsApi;
+use crate::litefs::state::LiteFsState;
+use crate::raft::faults::Faults;
+use crate::raft::{NodeError, NodeSettings, RaftNode};
+use crate::role::{self, Identity, RunInputs};
+
+/// Whether the node serves the lease API (`lease.addr`) for its LiteFS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseApi {
+    /// A witness: no LiteFS, no lease API.
+    Off,
+    /// Served if `lease.addr` can be bound; if the port is taken, an error is logged and the
+    /// node runs without it (several `mount` nodes on one test host share the default port).
+    BestEffort,
+    /// Served, or the node does not start (`run`, which starts LiteFS against it).
+    Required,
+}
+
+/// How to start a node: [`Node::builder`], then what differs from a data node under
+/// `litefs-py mount`, then [`NodeBuilder::start`].
+pub struct NodeBuilder<'a> {
+    config: &'a Config,
+    hostname: Option<String>,
+    witness: bool,
+    litefs: Option<LiteFsState>,
+}
+
+impl NodeBuilder<'_> {
+    /// Overrides `node.hostname` (`mount --hostname`).
+    pub fn hostname(mut self, hostname: Option<String>) -> Self {
+        self.hostname = hostname;
+        self
+    }
+
+    /// A witness: a raft voter only, no lease API, never primary.
+    pub fn witness(mut self) -> Self {
+        self.witness = true;
+        self
+    }
+
+    /// The data node of `litefs-py run`: the lease API is required, a planned handoff can run
+    /// here, and `.role` says `primary` only while the local LiteFS holds the lease (the lease
+    /// API reports it into `litefs`; the supervisor's probe reports LiteFS's health there too).
+    pub fn litefs(mut self, litefs: LiteFsState) -> Self {
+        self.litefs = Some(litefs);
+        self
+    }
+
+    /// What the started parts need, read from the config once: `lease.ttl` reaches the lease
+    /// API, the timing check and the handoff through [`LeaseParams`] only.
+    fn parts(self) -> anyhow::Result<Parts> {
+        let config = self.config;
+        let mut settings = NodeSettings::from_config(config, self.hostname, self.witness)?;
+        let params = LeaseParams::new(config.lease.ttl);
+        settings.lease_ttl = (!self.witness).then_some(params.ttl);
+        let lease = match (self.witness, self.litefs.is_some()) {
+            (true, _) => LeaseApi::Off,
+            (false, false) => LeaseApi::BestEffort,
+            (false, true) => LeaseApi::Required,
+        };
+        let run = match self.litefs {
+            Some(state) => {
+                let http =
+                    crate::litefs::local_http_addr(&config.litefs.http_addr).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "litefs.http-addr {:?} is not host:port",
+                            config.litefs.http_addr
+                        )
+                    })?;
+                let api = LiteFsApi::new(config.mount.lower.clone(), http)?;
+                Some(RunParts { state, api })
+            }
+            None => None,
+        };
+        Ok(Parts {
+            settings,
+            // The test fault layer, as `LITEFS_PY_TEST_FAULTS` says.
+            faults: Faults::from_env(),
+            lease: (lease != LeaseApi::Off).then_some(LeaseParts {
+                params,
+                addr: config.lease.addr,
+                required: lease == LeaseApi::Required,
+            }),
+            run,
+        })
+    }
+
+    /// Starts the node on a runtime of its own. The view is published into
+    /// [`Node::state`], which the FUSE shim serves.
+    pub fn start(self) -> anyhow::Result<Node> {
+        for warning in self.config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let parts = self.parts()?;
+        // Two workers: raft's core, replication and the servers are small and mostly waiting on
+        // the network; the FUSE session has its own threads.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("litefs-py-raft")
+            .enable_all()
+            .build()?;
+        let services = rt.block_on(Services::start(parts))?;
+        Ok(Node { rt, services })
+    }
+}
+
+struct LeaseParts {
+    params: LeaseParams,
+    addr: SocketAddr,
+    required: bool,
+}
+
+/// Under `litefs-py run`: the local LiteFS.
+struct RunParts {
+    state: LiteFsState,
+    api: LiteFsApi,
+}
+
+struct Parts {
+    settings: NodeSettings,
+    faults: Faults,
+    lease: Option<LeaseParts>,
+    run: Option<RunParts>,
+}
+
+/// A running node and the runtime it runs on. Dropping it without [`Node::shutdown`] stops
+/// the runtime abruptly (fine on the error paths that do it).
+pub struct Node {
+    rt: tokio::runtime::Runtime,
+    services: Services,
+}
+
+impl Node {
+    /// A data node as `litefs-py mount` runs it: the lease API served best effort.
+    pub fn builder(config: &Config) -> NodeBuilder<'_> {
+        NodeBuilder {
+            config,
+            hostname: None,
+            witness: false,
+            litefs: None,
+        }
+    }
+
+    /// What the virtual files say, as the view publisher keeps it.
+    pub fn state(&self) -> &StateHandle {
+        &self.services.state
+    }
+
+    /// Why this node can no longer do its part, if so: raft stopped (openraft's fatal error) or
+    /// the lease API's server or loop ended.
+    pub fn failure(&self) -> Option<String> {
+        self.services.failure()
+    }
+
+    /// Stops the lease API, then raft and the servers, bounded in time.
+    pub fn shutdown(self) {
+        self.rt.block_on(self.services.shutdown());
+        self.rt.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+/// The running parts, on whatever runtime started them (the node's own, or a test's).
+struct Services {
+    raft: Arc<RaftNode>,
+    state: StateHandle,
+    lease: Mutex<Option<LeaseServer>>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            key,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+impl Services {
+    /// Binds both listeners and opens storage before raft starts (one clear error for a port in
+    /// use or a damaged data file), then the lease API, then serves.
+    async fn start(parts: Parts) -> anyhow::Result<Services> {
+        let Parts {
+            settings,
+            faults,
+            lease,
+            run,
+        } = parts;
+        let state = StateHandle::new(initial_view(&settings));
+        let raft_listener = bind("node.raft-addr", &settings.raft_addr).await?;
+        let http_listener = bind("node.http-addr", &settings.http_addr).await?;
+        let raft = RaftNode::start(settings, faults).await?;
+        let service = match lease {
+            None => None,
+            Some(l) => {
+                let facts = NodeFacts::new(raft.clone(), run.as_ref().map(|r| r.api.clone()));
+                let service = LeaseService::new(facts, l.params)
+                    .with_litefs_state(run.as_ref().map(|r| r.state.clone()));
+                match server::start_service(service, l.addr).await {
+                    Ok(started) => Some(started),
+                    Err(e @ LeaseError::Bind { .. }) if !l.required => {
+                        tracing::error!(
+                            "{e}: the lease API is not served, so a LiteFS on this node cannot follow the cluster"
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        raft.shutdown().await;
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        let (lease_server, service) = service.unzip();
+        let local = match (&run, service) {
+            (Some(r), Some(service)) => Some(handoff::Local::new(r.api.clone(), service)),
+            _ => None,
+        };
+        let handoff = Arc::new(Handoff::new(raft.clone(), local));
+        let (stop, _) = watch::channel(false);
+        let services = Services {
+            raft: raft.clone(),
+            state: state.clone(),
+            lease: Mutex::new(lease_server),
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        };
+        let rpc =
+            crate::raft::server::router(raft.clone(), rpc::router(raft.clone(), handoff.clone()));
+        let api = api::router(raft.clone(), state.clone(), handoff);
+        services.spawn(http::serve(raft_listener, rpc, services.stop.subscribe()));
+        services.spawn(http::serve(http_listener, api, services.stop.subscribe()));
+        let inputs = run.map(|r| {
+            let sm = raft.state_machine.clone();
+            RunInputs {
+                litefs: r.state,
+                holder: Box::new(move || {
+                    let record = HolderRecord::parse(&sm.get(LEASE_KEY)?)?;
+                    Some(record.holder())
+                }),
+            }
+        });
+        services.spawn(role::publish(
+            raft,
+            state,
+            inputs,
+            services.stop.subscribe(),
+        ));
+        Ok(services)
+    }
+
+    fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.lock().push(tokio::spawn(fut));
+    }
+
+    fn failure(&self) -> Option<String> {
+        if let Err(e) = &self.raft.metrics().running_state {
+            return Some(format!("raft stopped: {e}"));
+        }
+        if self.lease.lock().as_ref().is_some_and(LeaseServer::ended) {
+            return Some("the lease API stopped".into());
+        }
+        None
+    }
+
+    /// The lease API first, then the servers and the publisher, raft, and their tasks
+    /// (bounded: a stuck task is abandoned).
+    async fn shutdown(&self) {
+        let lease = self.lease.lock().take();
+        if let Some(lease) = lease {
+            lease.shutdown().await;
+        }
+        let _ = self.stop.send(true);
+        self.raft.shutdown().await;
+        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
+        for t in tasks {
+            if tokio::time::timeout(Duration::from_secs(1), t)
+                .await
+                .is_err()
+            {
+                tracing::debug!("a node task did not stop within 1s");
+            }
+        }
+    }
+}
+
+/// What the virtual files say before raft has spoken: no primary known.
+fn initial_view(settings: &NodeSettings) -> ClusterView {
+    role::initial(&Identity {
+        id: settings.id,
+        hostname: settings.hostname.clone(),
+        witness: settings.witness,
+    })
+}

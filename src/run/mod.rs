@@ -1,0 +1,192 @@
+//! `litefs-py run`: the container entrypoint. It starts, in this order, and stops in reverse:
+//!
+//! 1. the raft node with the lease API (required: LiteFS cannot follow the cluster without it);
+//! 2. LiteFS (`litefs mount -config <generated litefs.yml>`), waiting (bounded) until its FUSE
+//!    mount is up at `mount.lower` and its HTTP API answers;
+//! 3. the FUSE shim at `mount.dir` over `mount.lower`;
+//! 4. once LiteFS is primary or has caught up with one (what LiteFS waits for before its own
+//!    `exec`), the app, with `LITEFS_DIR=<mount.dir>`.
+//!
+//! Shutdown (SIGTERM/SIGINT, or any of the three ending): the app first (the signal passed on,
+//! `run.grace` to exit, then SIGKILL), then the shim is unmounted, then LiteFS gets SIGTERM
+//! while the lease API still answers (so it releases the lease), SIGKILL and a lazy unmount of
+//! its mount as the fallback, and raft last. Exit codes: see [`exit`].
+//!
+//! Everything runs on the calling thread except the signal thread, LiteFS's log readers, the
+//! health probe ([`crate::litefs::probe`]) and the node's runtime.
+//!
+//! This sits above [`crate::node`]: it starts a node, then LiteFS ([`crate::litefs::process`]),
+//! the shim and the app.
+
+pub mod children;
+mod supervisor;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use litefs_py_fuse::MountError;
+
+use self::children::Events;
+use self::supervisor::Supervisor;
+use crate::config::{Config, ConfigError};
+use crate::litefs::process::{ProcessError, clear_leftover_mounts, is_mount_point, resolve_binary};
+use crate::litefs::state::LiteFsState;
+use crate::litefs::yaml::{self, LiteFsConfigError};
+use crate::node::Node;
+
+/// Exit statuses of `litefs-py run` besides the app's own (which it passes on: its exit code,
+/// or 128 + the signal that killed it).
+pub mod exit {
+    /// litefs-py could not start: a bad config, no LiteFS binary, a port in use, LiteFS's mount
+    /// or API not up in time, the shim's mount refused.
+    #[allow(dead_code)] // What `cli_main` returns for every error, `run`'s included.
+    pub const STARTUP: i32 = 1;
+    /// LiteFS exited (or was killed) while litefs-py ran.
+    pub const LITEFS_EXITED: i32 = 70;
+    /// The shim's mount went away (unmounted from outside).
+    pub const SHIM_GONE: i32 = 71;
+    /// This node's raft stopped (a fatal error) or its lease API stopped serving.
+    pub const RAFT_STOPPED: i32 = 72;
+    /// The app's command is not executable.
+    pub const APP_NOT_EXECUTABLE: i32 = 126;
+    /// The app's command was not found.
+    pub const APP_NOT_FOUND: i32 = 127;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    LiteFsConfig(#[from] LiteFsConfigError),
+    #[error(transparent)]
+    LiteFs(#[from] ProcessError),
+    #[error("{0:#}")]
+    Daemon(anyhow::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("LiteFS did not come up within {timeout:?}: {missing}; {tail}")]
+    NotUp {
+        timeout: Duration,
+        missing: String,
+        tail: String,
+    },
+    #[error("mounting the shim: {0}")]
+    Mount(#[from] MountError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// What `run` is told to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: Config,
+    /// The app: program and arguments.
+    pub command: Vec<OsString>,
+    /// `run.grace`, or `--grace`.
+    pub grace: Duration,
+    /// Where the generated litefs.yml goes.
+    pub litefs_config: PathBuf,
+    /// FUSE `allow_other` on the shim (an app running as another user).
+    pub allow_other: bool,
+}
+
+impl RunOptions {
+    /// The options `config` gives (its `run:` section).
+    pub fn new(config: Config, command: Vec<OsString>) -> RunOptions {
+        RunOptions {
+            grace: config.run.grace,
+            litefs_config: config.run.litefs_config_path(&config.cluster.data_dir),
+            config,
+            command,
+            allow_other: false,
+        }
+    }
+}
+
+/// Runs everything until the app, LiteFS or the shim ends, or a signal says stop; returns the
+/// exit status for the process. An `Err` is a start-up failure (exit status [`exit::STARTUP`]);
+/// whatever was started is stopped by then.
+pub fn run(opts: RunOptions) -> Result<i32, RunError> {
+    if opts.command.is_empty() {
+        return Err(RunError::Invalid(
+            "no command to run: litefs-py run --config FILE -- CMD ARGS...".into(),
+        ));
+    }
+    // Before anything starts, so that no signal and no child's exit is missed.
+    let events = Events::start().map_err(io("installing signal handlers"))?;
+    let binary = resolve_binary(&opts.config.litefs.binary)?;
+    let litefs_yml = yaml::generate(&opts.config)?;
+    preflight(&opts.config)?;
+    write_litefs_config(&opts.litefs_config, &litefs_yml)?;
+    let state = LiteFsState::new();
+    let daemon = Node::builder(&opts.config)
+        .litefs(state.clone())
+        .start()
+        .map_err(RunError::Daemon)?;
+    let mut sup = Supervisor::new(opts, events, state, daemon, current_umask());
+    let result = sup.start_and_watch(&binary);
+    sup.shutdown();
+    result
+}
+
+/// Directories exist (created if missing), and nothing is mounted at `mount.dir` yet.
+fn preflight(config: &Config) -> Result<(), RunError> {
+    let m = &config.mount;
+    if m.lower.starts_with(&m.dir) {
+        return Err(RunError::Invalid(format!(
+            "mount.lower {} is inside mount.dir {}: the shim would hide it",
+            m.lower.display(),
+            m.dir.display()
+        )));
+    }
+    // First: a dead mount there makes even `create_dir_all` fail (ENOTCONN, then EEXIST).
+    clear_leftover_mounts(&m.lower)?;
+    for (key, dir) in [
+        ("mount.dir", &m.dir),
+        ("mount.lower", &m.lower),
+        ("litefs.data-dir", &config.litefs.data_dir),
+        ("cluster.data-dir", &config.cluster.data_dir),
+    ] {
+        std::fs::create_dir_all(dir).map_err(io(format!("{key} {}", dir.display())))?;
+    }
+    if is_mount_point(&m.dir) {
+        return Err(RunError::Invalid(format!(
+            "mount.dir {} is already a mount point (a previous run left it? `umount -l {}`)",
+            m.dir.display(),
+            m.dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn write_litefs_config(path: &std::path::Path, yaml: &str) -> Result<(), RunError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(format!("{}", parent.display())))?;
+    }
+    // Written whole then renamed: a LiteFS started by hand meanwhile never reads half a file.
+    let tmp = path.with_extension("yml.tmp");
+    std::fs::write(&tmp, yaml).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("writing {}", path.display())))?;
+    tracing::info!(path = %path.display(), "wrote LiteFS's config");
+    Ok(())
+}
+
+fn current_umask() -> libc::mode_t {
+    // SAFETY: umask has no preconditions; set and restored at once (single caller thread at
+    // this point of start-up, and nothing else in the process creates files meanwhile).
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old
+    }
+}

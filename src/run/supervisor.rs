@@ -1,0 +1,409 @@
+//! The running supervisor of `litefs-py run` (see the module doc of [`super`]): it watches the
+//! node, LiteFS, the shim and the app, and stops them in reverse order.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use litefs_py_fuse::{DataPath, MountOptions, MountedShim};
+
+use super::children::{self, Event, Events, describe, shell_code, signal_name};
+use super::{RunError, RunOptions, exit};
+use crate::config::DataPathMode;
+use crate::litefs::probe::Probe;
+use crate::litefs::process::LiteFs;
+use crate::litefs::state::LiteFsState;
+use crate::node::Node;
+
+/// How long LiteFS gets to mount and to answer on its HTTP API after it started.
+const LITEFS_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long LiteFS gets to exit after SIGTERM once it has joined the cluster (it releases the
+/// lease, unmounts, exits: well under a second).
+const LITEFS_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// ... and before: LiteFS v0.5.14 only reads its signals once it is primary or connected to a
+/// primary, so waiting long is useless (the signal stays queued in case it gets there).
+const LITEFS_STOP_TIMEOUT_UNREADY: Duration = Duration::from_secs(3);
+/// How long a process gets to be reaped after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Files still open on the shim when it is unmounted get this long (the app is gone by then).
+const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
+/// How often the wait for LiteFS to join the cluster says so.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often the supervisor looks around when nothing is signalled.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A child the supervisor started, reaped by the supervisor.
+struct App {
+    pid: i32,
+    exited: Option<ExitStatus>,
+}
+
+pub(super) struct Supervisor {
+    opts: RunOptions,
+    events: Events,
+    state: LiteFsState,
+    daemon: Option<Node>,
+    litefs: Option<LiteFs>,
+    probe: Option<Probe>,
+    shim: Option<MountedShim>,
+    app: Option<App>,
+    /// A stop signal reached the app (passed on, or straight from the terminal).
+    app_signalled: bool,
+    /// The first SIGTERM/SIGINT.
+    stop_signal: Option<i32>,
+    litefs_was_ready: bool,
+    /// `shutdown` ran: `Drop` must not run it again (LiteFS may still show as running when
+    /// SIGKILL did not take it away).
+    shut_down: bool,
+    /// The umask to start the app with: mounting the shim sets the process's to 0.
+    umask: libc::mode_t,
+}
+
+impl Supervisor {
+    pub(super) fn new(
+        opts: RunOptions,
+        events: Events,
+        state: LiteFsState,
+        daemon: Node,
+        umask: libc::mode_t,
+    ) -> Supervisor {
+        Supervisor {
+            umask,
+            opts,
+            events,
+            state,
+            daemon: Some(daemon),
+            litefs: None,
+            probe: None,
+            shim: None,
+            app: None,
+            app_signalled: false,
+            stop_signal: None,
+            litefs_was_ready: false,
+            shut_down: false,
+        }
+    }
+
+    fn app_running(&self) -> bool {
+        self.app.as_ref().is_some_and(|a| a.exited.is_none())
+    }
+
+    fn litefs_running(&self) -> bool {
+        self.litefs.as_ref().is_some_and(|l| l.exited.is_none())
+    }
+
+    /// Waits up to `timeout` for events, handles them, reaps children.
+    fn poll(&mut self, timeout: Duration) {
+        for event in self.events.next_batch(timeout) {
+            let Event::Signal {
+                signal,
+                from_kernel,
+            } = event
+            else {
+                continue;
+            };
+            let stop = signal == libc::SIGTERM || signal == libc::SIGINT;
+            if self.app_running() {
+                if !from_kernel {
+                    let pid = self.app.as_ref().map_or(0, |a| a.pid);
+                    children::signal(pid, signal);
+                }
+                self.app_signalled |= stop;
+                tracing::info!("{} passed on to the app", signal_name(signal));
+            }
+            if stop && self.stop_signal.is_none() {
+                self.stop_signal = Some(signal);
+                tracing::info!("{} received: stopping", signal_name(signal));
+            }
+        }
+        for (pid, status) in children::reap_all() {
+            if let Some(app) = self.app.as_mut().filter(|a| a.pid == pid) {
+                app.exited = Some(status);
+                tracing::info!(pid, "the app exited with {}", describe(status));
+            } else if let Some(l) = self.litefs.as_mut().filter(|l| l.pid == pid) {
+                l.exited = Some(status);
+                tracing::info!(pid, "litefs exited with {}", describe(status));
+            } else {
+                tracing::debug!(pid, "reaped {}", describe(status));
+            }
+        }
+        if self.state.probe().is_some_and(|p| p.ready()) {
+            self.litefs_was_ready = true;
+        }
+    }
+
+    /// Polls until `done` or `timeout`; whether `done`.
+    fn wait(&mut self, timeout: Duration, done: impl Fn(&Supervisor) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.poll(left.min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Why everything must stop now, as the exit status, logged once: a stop signal, LiteFS
+    /// gone, the shim's mount gone, raft or the lease API stopped. (The app's own exit is looked at by the caller.)
+    fn must_stop(&mut self) -> Option<i32> {
+        if let Some(sig) = self.stop_signal {
+            return Some(match self.app.as_ref().and_then(|a| a.exited) {
+                Some(status) => shell_code(status),
+                // Stopped before the app ran (or while it still runs: the caller decides).
+                None => 128 + sig,
+            });
+        }
+        if let Some(status) = self.litefs.as_ref().and_then(|l| l.exited) {
+            let tail = self.litefs.as_ref().map(LiteFs::tail_for_error);
+            tracing::error!(
+                "litefs exited with {}: stopping ({})",
+                describe(status),
+                tail.unwrap_or_default()
+            );
+            return Some(exit::LITEFS_EXITED);
+        }
+        if let Some(shim) = self.shim.as_mut()
+            && shim.session_ended()
+        {
+            tracing::error!(
+                mount = %self.opts.config.mount.dir.display(),
+                "the shim's mount was unmounted from outside: stopping"
+            );
+            return Some(exit::SHIM_GONE);
+        }
+        if let Some(why) = self.daemon.as_ref().and_then(Node::failure) {
+            tracing::error!("{why}: stopping (LiteFS cannot follow the cluster without it)");
+            return Some(exit::RAFT_STOPPED);
+        }
+        None
+    }
+
+    pub(super) fn start_and_watch(&mut self, binary: &std::path::Path) -> Result<i32, RunError> {
+        let config = self.opts.config.clone();
+        let lower = config.mount.lower.clone();
+        self.litefs = Some(LiteFs::spawn(binary, &self.opts.litefs_config, &lower)?);
+        let http = crate::litefs::local_http_addr(&config.litefs.http_addr);
+        self.probe = Some(Probe::start(self.state.clone(), lower.clone(), http));
+
+        // LiteFS's FUSE mount and HTTP API come up in a moment, long before it has the lease.
+        let up = |s: &Supervisor| {
+            let probe = s.state.probe().unwrap_or_default();
+            s.litefs.as_ref().is_some_and(LiteFs::mount_appeared) && probe.mounted && probe.serving
+        };
+        let started = Instant::now();
+        while !up(self) {
+            if let Some(code) = self.must_stop() {
+                return Ok(code);
+            }
+            if started.elapsed() > LITEFS_START_TIMEOUT {
+                let probe = self.state.probe().unwrap_or_default();
+                let missing = if !probe.mounted
+                    || !self.litefs.as_ref().is_some_and(LiteFs::mount_appeared)
+                {
+                    format!("no FUSE mount at mount.lower {}", lower.display())
+                } else {
+                    format!(
+                        "its HTTP API at litefs.http-addr {} does not answer",
+                        config.litefs.http_addr
+                    )
+                };
+                let tail = self.litefs.as_ref().map(LiteFs::tail_for_error);
+                return Err(RunError::NotUp {
+                    timeout: LITEFS_START_TIMEOUT,
+                    missing,
+                    tail: tail.unwrap_or_default(),
+                });
+            }
+            self.poll(Duration::from_millis(50));
+        }
+        tracing::info!(elapsed = ?started.elapsed(), "LiteFS is mounted and serving");
+
+        let mut opts = MountOptions::new(&lower, &config.mount.dir);
+        opts.data_path = match config.mount.data_path {
+            DataPathMode::Passthrough => DataPath::Passthrough,
+            DataPathMode::Symlink => DataPath::Symlink,
+        };
+        opts.allow_other = self.opts.allow_other;
+        let state = match &self.daemon {
+            Some(d) => d.state().clone(),
+            None => return Err(RunError::Invalid("raft is not running".into())),
+        };
+        self.shim = Some(litefs_py_fuse::mount(&opts, state)?);
+
+        // The app starts once LiteFS is primary or has caught up with one, as LiteFS's own
+        // `exec` does: before that a primary-to-be would refuse its writes, and a replica would
+        // show it old or missing databases. Unbounded: it needs a quorum, which may take time.
+        let mut said = Instant::now();
+        while !self.state.probe().is_some_and(|p| p.ready()) {
+            if let Some(code) = self.must_stop() {
+                return Ok(code);
+            }
+            if said.elapsed() >= WAITING_LOG_EVERY {
+                said = Instant::now();
+                let role = self.shim_role();
+                tracing::info!(
+                    role,
+                    "waiting for LiteFS to become primary or to reach the primary before starting the app"
+                );
+            }
+            self.poll(TICK);
+        }
+        tracing::info!(role = self.shim_role(), "LiteFS is ready");
+
+        if let Err(code) = self.spawn_app() {
+            return Ok(code);
+        }
+        loop {
+            if let Some(code) = self.must_stop() {
+                // A stop signal while the app runs: its status is known once it has stopped.
+                return Ok(if self.stop_signal.is_some() {
+                    self.stop_app();
+                    self.app
+                        .as_ref()
+                        .and_then(|a| a.exited)
+                        .map_or(code, shell_code)
+                } else {
+                    code
+                });
+            }
+            if let Some(status) = self.app.as_ref().and_then(|a| a.exited) {
+                tracing::info!("the app exited with {}: stopping", describe(status));
+                return Ok(shell_code(status));
+            }
+            self.poll(TICK);
+        }
+    }
+
+    fn shim_role(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| d.state().load().view().role().as_str().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Starts the app; on failure, the exit status saying why.
+    fn spawn_app(&mut self) -> Result<(), i32> {
+        let (program, args) = self.opts.command.split_first().expect("checked in run");
+        let umask = self.umask;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("LITEFS_DIR", &self.opts.config.mount.dir);
+        // SAFETY: umask is async-signal-safe and touches nothing of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                let pid = child.id() as i32;
+                // Dropped without waiting: the supervisor reaps it.
+                drop(child);
+                tracing::info!(pid, command = ?self.opts.command, "the app started");
+                self.app = Some(App { pid, exited: None });
+                Ok(())
+            }
+            Err(e) => {
+                let code = if e.kind() == std::io::ErrorKind::NotFound {
+                    exit::APP_NOT_FOUND
+                } else {
+                    exit::APP_NOT_EXECUTABLE
+                };
+                tracing::error!("cannot start the app {}: {e}", program.to_string_lossy());
+                Err(code)
+            }
+        }
+    }
+
+    /// Stops the app if it runs: SIGTERM (unless a stop signal reached it already), `grace`,
+    /// then SIGKILL.
+    fn stop_app(&mut self) {
+        let Some(pid) = self
+            .app
+            .as_ref()
+            .filter(|a| a.exited.is_none())
+            .map(|a| a.pid)
+        else {
+            return;
+        };
+        if !self.app_signalled {
+            tracing::info!("stopping the app (SIGTERM)");
+            children::signal(pid, libc::SIGTERM);
+            self.app_signalled = true;
+        }
+        let grace = self.opts.grace;
+        if self.wait(grace, |s| !s.app_running()) {
+            return;
+        }
+        tracing::warn!("the app did not exit within {grace:?}: SIGKILL");
+        children::signal(pid, libc::SIGKILL);
+        if !self.wait(KILL_WAIT, |s| !s.app_running()) {
+            tracing::error!(pid, "the app did not go away after SIGKILL");
+        }
+    }
+
+    /// LiteFS: SIGTERM while the lease API still answers (it releases the lease), then SIGKILL
+    /// and a lazy unmount of its mount if it does not go.
+    fn stop_litefs(&mut self) {
+        let Some(pid) = self.litefs.as_ref().map(|l| l.pid) else {
+            return;
+        };
+        if self.litefs_running() {
+            let timeout = if self.litefs_was_ready {
+                LITEFS_STOP_TIMEOUT
+            } else {
+                LITEFS_STOP_TIMEOUT_UNREADY
+            };
+            tracing::info!("stopping LiteFS (SIGTERM)");
+            children::signal(pid, libc::SIGTERM);
+            if !self.wait(timeout, |s| !s.litefs_running()) {
+                tracing::warn!(
+                    "LiteFS did not exit within {timeout:?} of SIGTERM (before it has joined a cluster it ignores it): SIGKILL"
+                );
+                children::signal(pid, libc::SIGKILL);
+                if !self.wait(KILL_WAIT, |s| !s.litefs_running()) {
+                    tracing::error!(pid, "LiteFS did not go away after SIGKILL");
+                }
+            }
+        }
+        if let Some(l) = &self.litefs {
+            l.detach_leftover_mount();
+        }
+    }
+
+    /// Stops whatever runs, in order: the app, the shim, the probe, LiteFS, raft.
+    pub(super) fn shutdown(&mut self) {
+        if std::mem::replace(&mut self.shut_down, true) {
+            return;
+        }
+        self.stop_app();
+        if let Some(shim) = self.shim.take()
+            && let Err(e) = shim.unmount_with_grace(UNMOUNT_GRACE)
+        {
+            tracing::warn!("unmounting the shim: {e}");
+        }
+        // Before LiteFS: a `stat` of its mount in flight could make its unmount fail (EBUSY).
+        self.probe.take();
+        self.stop_litefs();
+        if let Some(d) = self.daemon.take() {
+            d.shutdown();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+impl Drop for Supervisor {
+    /// A panic on the way must not leave children and mounts behind.
+    fn drop(&mut self) {
+        if !self.shut_down
+            && (self.daemon.is_some() || self.litefs.is_some() && self.litefs_running())
+        {
+            self.shutdown();
+        }
+    }
+}
