@@ -23,6 +23,7 @@ use clap::Parser;
 
 use self::args as cli;
 use crate::config::{Config, ConfigError};
+use crate::litefs::process::{litefs_binary, litefs_version};
 
 /// Runs the command line `args` (`args[0]` is the program name) and returns the process exit
 /// status: 0, 1 with one line on stderr naming the problem, or clap's status for `--help`,
@@ -56,6 +57,14 @@ where
         cli::Command::Version => {
             println!("litefs-py {}", env!("CARGO_PKG_VERSION"));
             println!("expects LiteFS {}", cli::LITEFS_VERSION);
+            // The LiteFS that `run` would start with no `litefs.binary` set.
+            match litefs_binary(None) {
+                Ok(bin) => match litefs_version(&bin) {
+                    Some(v) => println!("LiteFS: {} ({v})", bin.display()),
+                    None => println!("LiteFS: {} (its version cannot be read)", bin.display()),
+                },
+                Err(e) => println!("LiteFS: none found ({e})"),
+            }
             Ok(())
         }
     };

@@ -180,8 +180,10 @@ fn default_ttl() -> Duration {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LiteFsConfig {
-    #[serde(default = "default_litefs_binary")]
-    pub binary: PathBuf,
+    /// The LiteFS to run. Unset: the one bundled with the Python package (when `litefs-py`
+    /// runs from a wheel), else `litefs` on `$PATH` ([`crate::litefs::process::litefs_binary`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<PathBuf>,
     #[serde(default = "default_litefs_data")]
     pub data_dir: PathBuf,
     #[serde(default = "default_litefs_http")]
@@ -197,17 +199,13 @@ pub struct LiteFsConfig {
 impl Default for LiteFsConfig {
     fn default() -> Self {
         LiteFsConfig {
-            binary: default_litefs_binary(),
+            binary: None,
             data_dir: default_litefs_data(),
             http_addr: default_litefs_http(),
             advertise_url: None,
             proxy: None,
         }
     }
-}
-
-fn default_litefs_binary() -> PathBuf {
-    PathBuf::from("litefs")
 }
 
 fn default_litefs_data() -> PathBuf {

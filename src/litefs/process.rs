@@ -21,6 +21,11 @@ use parking_lot::Mutex;
 pub enum ProcessError {
     #[error("litefs.binary {}: {why}", binary.display())]
     Binary { binary: PathBuf, why: String },
+    #[error(
+        "the LiteFS bundled with the Python package, {}, {why}: reinstall the wheel, or set litefs.binary",
+        binary.display()
+    )]
+    Bundled { binary: PathBuf, why: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -73,6 +78,40 @@ pub fn resolve_binary(binary: &Path) -> Result<PathBuf, ProcessError> {
         .ok_or_else(|| {
             not_found("not found on $PATH (install LiteFS v0.5.14, or set litefs.binary)".into())
         })
+}
+
+/// The environment variable through which the Python package's `litefs-py` names the LiteFS
+/// its wheel bundles (`litefs/_bin/litefs`). Set by `litefs._cli`, never by users.
+pub const BUNDLED_ENV: &str = "LITEFS_PY_BUNDLED_LITEFS";
+
+/// The LiteFS to run: `litefs.binary` if set; else the wheel's own LiteFS when `litefs-py`
+/// runs from the Python package; else `litefs` on `$PATH` (a `cargo install` of the binary
+/// alone).
+pub fn litefs_binary(configured: Option<&Path>) -> Result<PathBuf, ProcessError> {
+    if let Some(binary) = configured {
+        return resolve_binary(binary);
+    }
+    if let Some(bundled) = std::env::var_os(BUNDLED_ENV).filter(|v| !v.is_empty()) {
+        return resolve_binary(Path::new(&bundled)).map_err(|e| match e {
+            ProcessError::Binary { binary, why } => ProcessError::Bundled { binary, why },
+            other => other,
+        });
+    }
+    resolve_binary(Path::new("litefs"))
+}
+
+/// What `<binary> version` prints (LiteFS v0.5.14 says `LiteFS v0.5.14, commit=…`), for
+/// `litefs-py version`; `None` if it cannot be run.
+pub fn litefs_version(binary: &Path) -> Option<String> {
+    let out = Command::new(binary)
+        .arg("version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next()?.trim();
+    (out.status.success() && !line.is_empty()).then(|| line.to_string())
 }
 
 impl LiteFs {

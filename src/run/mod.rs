@@ -30,7 +30,7 @@ use litefs_py_fuse::MountError;
 use self::children::Events;
 use self::supervisor::Supervisor;
 use crate::config::{Config, ConfigError};
-use crate::litefs::process::{ProcessError, clear_leftover_mounts, is_mount_point, resolve_binary};
+use crate::litefs::process::{ProcessError, clear_leftover_mounts, is_mount_point, litefs_binary};
 use crate::litefs::state::LiteFsState;
 use crate::litefs::yaml::{self, LiteFsConfigError};
 use crate::node::Node;
@@ -124,7 +124,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     }
     // Before anything starts, so that no signal and no child's exit is missed.
     let events = Events::start().map_err(io("installing signal handlers"))?;
-    let binary = resolve_binary(&opts.config.litefs.binary)?;
+    let binary = litefs_binary(opts.config.litefs.binary.as_deref())?;
     let litefs_yml = yaml::generate(&opts.config)?;
     preflight(&opts.config)?;
     write_litefs_config(&opts.litefs_config, &litefs_yml)?;
