@@ -62,7 +62,13 @@ impl Options {
             log_level: None,
             raft: config::Raft::default(),
             lease_ttl: None,
-            spawn: process::Options::default(),
+            // SIGTERM to a node whose test process dies without running the guards (a test
+            // binary killed from outside): it unmounts itself instead of running on as an
+            // orphan. Nodes are started on the test's own thread, which outlives them.
+            spawn: process::Options {
+                parent_death_signal: true,
+                ..process::Options::default()
+            },
             start_timeout: Duration::from_secs(15),
         }
     }
