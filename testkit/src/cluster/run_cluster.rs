@@ -158,7 +158,7 @@ impl RunCluster {
             (true, None) if role.as_deref() == Some("primary") => Ok(None),
             (false, Some(f)) => {
                 let named = f.trim_end();
-                if named.is_empty() || info.primary.as_deref() != Some(named) {
+                if named.is_empty() || info.primary_hostname() != Some(named) {
                     return Err(format!(".primary {f:?}, /info {info:?}, .role {role:?}"));
                 }
                 Ok(Some(named.to_string()))
