@@ -6,6 +6,19 @@
 //! [`FuseMetrics`]. A disabled span costs one level check: its fields are neither evaluated nor
 //! formatted, and nothing is allocated. The count is one clock read and three relaxed adds.
 
+/// Starts serving one request of `Op::$op`: enters its span (named for the operation, with
+/// the request id and the given fields) and starts its count. Evaluates to
+/// `(span guard, InFlight)`; bind both (`let (_span, mut t) = …`) so they live to the end.
+macro_rules! serve {
+    ($self:ident, $op:ident, $req:expr $(, $($field:tt)+)?) => {{
+        const OP: Op = Op::$op;
+        (
+            tracing::debug_span!(OP.name(), req = $req.unique().0 $(, $($field)+)?).entered(),
+            $self.metrics.start(OP),
+        )
+    }};
+}
+
 mod init;
 mod lock_wait;
 mod reply;
@@ -39,19 +52,6 @@ impl FuseAdapter {
         let metrics = fs.metrics().clone();
         FuseAdapter { fs, metrics }
     }
-}
-
-/// Starts serving one request of `Op::$op`: enters its span (named for the operation, with
-/// the request id and the given fields) and starts its count. Evaluates to
-/// `(span guard, InFlight)`; bind both (`let (_span, mut t) = …`) so they live to the end.
-macro_rules! serve {
-    ($self:ident, $op:ident, $req:expr $(, $($field:tt)+)?) => {{
-        const OP: Op = Op::$op;
-        (
-            tracing::debug_span!(OP.name(), req = $req.unique().0 $(, $($field)+)?).entered(),
-            $self.metrics.start(OP),
-        )
-    }};
 }
 
 impl Filesystem for FuseAdapter {
