@@ -1,9 +1,9 @@
 //! Per-operation counters of the FUSE requests the shim serves: requests, errors and time.
 //!
 //! They answer "which requests does an application cause, and what do they cost" (issue 10
-//! counts FUSE requests per HTTP request). The hot path is one `Instant::now()` when a request
-//! starts, and three `Relaxed` atomic adds when it ends: a fixed array indexed by [`Op`], no
-//! map, no lock, no allocation. Each operation's counters sit on their own cache lines, so
+//! counts FUSE requests per HTTP request). The hot path is an `Instant::now()` when a request
+//! starts, and another with up to three `Relaxed` atomic adds when it ends: a fixed array
+//! indexed by [`Op`], no map, no lock, no allocation. Each operation's counters sit on their own cache lines, so
 //! workers serving different operations do not contend.
 //!
 //! A request is counted when its handler returns, after its answer was sent (its time includes

@@ -4,7 +4,8 @@
 //! Every handler opens a debug-level span named for the operation, with the fields that
 //! identify the request (`req`, `ino` or `parent`, `fh`, `name`), and counts the request in
 //! [`FuseMetrics`]. A disabled span costs one level check: its fields are neither evaluated nor
-//! formatted, and nothing is allocated. The count is one clock read and three relaxed adds.
+//! formatted, and nothing is allocated. The count is two clock reads (start, end) and up to
+//! three relaxed adds.
 
 /// Starts serving one request of `Op::$op`: enters its span (named for the operation, with
 /// the request id and the given fields) and starts its count. Evaluates to
