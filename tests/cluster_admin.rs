@@ -224,6 +224,18 @@ fn a_wrong_secret_is_rejected_and_the_node_does_not_join() {
         metrics.contains("litefs_py_role{role=\"primary\"} 1"),
         "{metrics}"
     );
+    // The shim's requests by opcode: `.role` has been opened and read through the mount (the
+    // samplers and `c.role`), so those counters have moved.
+    let count = |op: &str| -> u64 {
+        let prefix = format!("litefs_py_fuse_requests_total{{op=\"{op}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} line in /metrics:\n{metrics}"))
+    };
+    assert!(count("open") > 0 && count("read") > 0, "{metrics}");
+    assert_eq!(count("mknod"), 0, "nothing made a device node");
     assert_eq!(c.agreement(&[1, 2, 3]), Some(leader));
 }
 
