@@ -79,7 +79,11 @@ def cluster(mount_factory: testing.MountFactory, tmp_path: Path) -> Cluster:
     """A two-node raft cluster of ``litefs-py mount``: one primary, one replica. (Two voters
     cannot fail over; these tests only need the roles.) Each node has its own lower dir: with
     no LiteFS underneath nothing replicates, so tests copy files between them by hand."""
-    nodes = testing.mount_cluster(mount_factory, tmp_path, [1, 2])
+    return wait_cluster(testing.mount_cluster(mount_factory, tmp_path, [1, 2]))
+
+
+def wait_cluster(nodes: list[testing.MountNode]) -> Cluster:
+    """Until one of ``nodes`` says primary and the others replica (bounded)."""
     primary, replicas = testing.wait_mount_roles(nodes, ELECTION_TIMEOUT)
     return Cluster(primary, replicas[0], nodes)
 
