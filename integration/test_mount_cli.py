@@ -117,7 +117,7 @@ def test_signal_unmounts_with_files_open(shim, sig):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known limit (README, Limits): after SIGTERM (unmount + 2 s grace + connection "
+    reason="known limit (docs/limits.md): after SIGTERM (unmount + 2 s grace + connection "
     "abort) a regular file opened through the mount in passthrough mode keeps reading and "
     "writing the lower file: the kernel's passthrough file holds the backing file and there "
     "is no revoke, so aborting the connection only stops metadata and locks (fstat and fcntl "
