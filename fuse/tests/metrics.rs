@@ -40,8 +40,9 @@ fn of(d: &[OpStats], op: Op) -> OpStats {
 /// than answer from its attribute cache.
 fn statx_sync(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: statx is plain data; valid path and out-pointer.
+    // SAFETY: `statx` is plain data, valid when zeroed.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
     let r = unsafe {
         libc::statx(
             libc::AT_FDCWD,

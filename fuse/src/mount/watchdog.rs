@@ -88,6 +88,8 @@ fn mountinfo_line_matches(line: &[u8], dev: &[u8], path: &[u8]) -> bool {
 
 /// Scans /proc/self/mountinfo with a stack buffer (no allocation: this runs after `fork`).
 unsafe fn mount_still_there(t: &WatchdogTarget) -> bool {
+    // SAFETY: only async-signal-safe calls (open, read, close) on a stack buffer and a
+    // NUL-terminated literal; the caller is the single-threaded child after `fork`.
     unsafe {
         let fd = libc::open(
             c"/proc/self/mountinfo".as_ptr(),
@@ -127,6 +129,8 @@ unsafe fn mount_still_there(t: &WatchdogTarget) -> bool {
 
 /// The watchdog's body. Never returns.
 unsafe fn watchdog_child(pipe_r: RawFd, target: &WatchdogTarget) -> ! {
+    // SAFETY: runs in the child right after `fork`: only async-signal-safe syscalls on fds and
+    // C strings prepared before the fork (`target`), no allocation, and it ends in `_exit`.
     unsafe {
         // Keep only the pipe and stdio: in particular not /dev/fuse (the connection must die
         // with the daemon) nor lock fds (their locks must go with it).
