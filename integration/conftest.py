@@ -13,17 +13,18 @@ or with the marker `@pytest.mark.shim(data_path="symlink", extra_args=[...])`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
-import shimtest
 
+from litefs import testing
+
+REPO = Path(__file__).resolve().parent.parent
 #: Per-test limit applied when pytest-timeout is installed (not required).
 DEFAULT_TEST_TIMEOUT = 600
 
 
-def pytest_collection_modifyitems(
-    config: pytest.Config, items: list[pytest.Item]
-) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A global per-test timeout, only when pytest-timeout is there (it is not required: every
     # wait in these tests is bounded on its own).
     if not config.pluginmanager.hasplugin("timeout"):
@@ -35,7 +36,10 @@ def pytest_collection_modifyitems(
 
 @pytest.fixture(scope="session")
 def litefs_bin() -> str:
-    path = shimtest.binary()
+    try:
+        path = testing.litefs_py_binary(REPO)
+    except testing.MissingBinary as e:
+        pytest.fail(str(e), pytrace=False)
     if not (path.is_file() and os.access(path, os.X_OK)):
         pytest.fail(
             f"litefs-py binary not found at {path}: run `cargo build` in the repo, or set "
@@ -51,15 +55,13 @@ def litefs_bin() -> str:
 def mount_factory(litefs_bin, tmp_path):
     """Starts mounts with `.start(...)` and CLI runs with `.run(args)`; teardown stops every
     process it started (SIGTERM, then SIGKILL) and checks that no mount is left behind."""
-    factory = shimtest.MountFactory(tmp_path)
+    factory = testing.MountFactory(tmp_path, Path(litefs_bin))
     try:
         yield factory
     finally:
         problems = factory.cleanup()
         for m in factory.mounts:
-            print(
-                f"--- {' '.join(m.args)} (exit {m.proc.returncode}) ---\n{m.output()}"
-            )
+            print(f"--- {' '.join(m.args)} (exit {m.proc.returncode}) ---\n{m.output()}")
             if m.err_log is not None:
                 print(f"--- stderr ---\n{m.errors()}")
         if problems:
@@ -67,7 +69,7 @@ def mount_factory(litefs_bin, tmp_path):
 
 
 @pytest.fixture
-def shim(mount_factory, tmp_path, request) -> shimtest.Mount:
+def shim(mount_factory, tmp_path, request) -> testing.Mount:
     """A ready `litefs-py mount` of a fresh `lower` dir at a fresh `mnt` dir."""
     opts: dict = {}
     marker = request.node.get_closest_marker("shim")

@@ -74,9 +74,7 @@ def cmd_load(a: argparse.Namespace) -> None:
                 "SELECT count(*) FROM t WHERE worker = ?", (a.worker,)
             ).fetchone()
             if mine != len(acked):
-                violations.append(
-                    f"after {len(acked)} acked inserts, {mine} rows visible"
-                )
+                violations.append(f"after {len(acked)} acked inserts, {mine} rows visible")
             if i % 10 == 0:
                 conn.execute("SELECT count(*), sum(length(payload)) FROM t").fetchone()
                 conn.execute("SELECT * FROM t ORDER BY id DESC LIMIT 20").fetchall()
@@ -148,9 +146,7 @@ def cmd_lock(a: argparse.Namespace) -> None:
                     fcntl.fcntl(fd, cmd, req)
                     reply({"ok": True})
                 else:
-                    t, _, s, n, pid = struct.unpack(
-                        FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, req)
-                    )
+                    t, _, s, n, pid = struct.unpack(FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, req))
                     reply(
                         {
                             "ok": True,

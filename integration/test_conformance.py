@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import shimtest
+
+from litefs import testing
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +34,7 @@ KNOWN_SKIPS = {
 }
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-RESULT = re.compile(
-    r"^(\S+)\s+(ok|skipped|FAILED|PASSED UNEXPECTEDLY|failed as expected)\s*$"
-)
+RESULT = re.compile(r"^(\S+)\s+(ok|skipped|FAILED|PASSED UNEXPECTEDLY|failed as expected)\s*$")
 
 
 def require_tool(name: str) -> str:
@@ -79,7 +78,7 @@ def public_tmp():
     base = Path(tempfile.mkdtemp(prefix="litefs-py-pjdfstest-"))
     os.chmod(base, 0o755)
     yield base
-    if not any(p.startswith(str(base) + os.sep) for p, _ in shimtest.mount_points()):
+    if not any(p.startswith(str(base) + os.sep) for p, _ in testing.mount_points()):
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -99,9 +98,7 @@ def parse_pjdfstest(output: str) -> dict[str, tuple[str, list[str]]]:
     return results
 
 
-def run_pjdfstest(
-    binary: str, path: Path
-) -> tuple[dict[str, tuple[str, list[str]]], str]:
+def run_pjdfstest(binary: str, path: Path) -> tuple[dict[str, tuple[str, list[str]]], str]:
     env = dict(os.environ, NO_COLOR="1")
     try:
         proc = subprocess.run(
@@ -114,14 +111,10 @@ def run_pjdfstest(
             check=False,
         )
     except subprocess.TimeoutExpired as e:
-        pytest.fail(
-            f"pjdfstest on {path} did not finish within {PJDFSTEST_TIMEOUT} s: {e}"
-        )
+        pytest.fail(f"pjdfstest on {path} did not finish within {PJDFSTEST_TIMEOUT} s: {e}")
     output = proc.stdout + proc.stderr
     results = parse_pjdfstest(output)
-    summary = [
-        line for line in ANSI.sub("", output).splitlines() if line.startswith("Summary")
-    ]
+    summary = [line for line in ANSI.sub("", output).splitlines() if line.startswith("Summary")]
     assert summary, (
         f"no summary from pjdfstest on {path} (exit {proc.returncode}):\n{output[-3000:]}"
     )
@@ -164,11 +157,7 @@ def test_pjdfstest_through_the_shim_matches_the_lower_dir(
     for name, (status, reasons) in sorted(shim.items()):
         if status == "skipped":
             known = KNOWN_SKIPS.get(name)
-            why = (
-                f" [passes on the lower dir; known FUSE limit: {known}]"
-                if known
-                else ""
-            )
+            why = f" [passes on the lower dir; known FUSE limit: {known}]" if known else ""
             lines.append(f"  {name}: {'; '.join(reasons)}{why}")
     say(*lines)
 
@@ -217,6 +206,4 @@ def test_fsx_through_the_shim(fsx_bin, shim, tmp_path, say):
     assert "All operations completed A-OK" in output, output[-5000:]
     # The file fsx worked on is the lower file.
     with contextlib.suppress(FileNotFoundError):
-        assert os.path.getsize(shim.lower / "fsxfile") == os.path.getsize(
-            shim.mnt / "fsxfile"
-        )
+        assert os.path.getsize(shim.lower / "fsxfile") == os.path.getsize(shim.mnt / "fsxfile")

@@ -12,10 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
-import shimtest
-from shimtest import STOP_TIMEOUT, WATCHDOG_TIMEOUT, one_line, run_cli, wait_until
+
+from litefs import testing
+from litefs.testing import STOP_TIMEOUT, WATCHDOG_TIMEOUT, run_cli, wait_until
 
 DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED)
+
+
+def one_line(text: str) -> str:
+    """The stripped text, asserted to be exactly one non-empty line."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected exactly one line, got {len(lines)}: {text!r}"
+    return lines[0]
 
 
 def watchdogs_for(mnt: Path) -> list[int]:
@@ -37,7 +45,7 @@ def watchdogs_for(mnt: Path) -> list[int]:
 
 def assert_fails_like_a_dead_mount(what: str, fn) -> None:
     try:
-        shimtest.call_with_timeout(fn, 5)
+        testing.call_with_timeout(fn, 5)
     except OSError as e:
         assert e.errno in DEAD_MOUNT_ERRNOS, f"{what}: {e!r}"
     else:
@@ -60,9 +68,7 @@ def test_help_exits_zero(litefs_bin):
         assert option in sub.stdout
 
 
-@pytest.mark.parametrize(
-    "sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"]
-)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_unmounts_with_files_open(shim, sig):
     data = shim.mnt / "data"
     data.write_bytes(b"payload" * 100)
@@ -83,15 +89,11 @@ def test_signal_unmounts_with_files_open(shim, sig):
         took = time.monotonic() - started
         assert rc == 0, shim.output()
         assert took < STOP_TIMEOUT
-        assert not shim.is_mounted(), shimtest.mount_points()
+        assert not shim.is_mounted(), testing.mount_points()
         # Files still open on the mount fail once the grace is over.
         assert_fails_like_a_dead_mount("fstat of an open file", lambda: os.fstat(fd))
-        assert_fails_like_a_dead_mount(
-            "read of an open .role", lambda: os.pread(role_fd, 10, 0)
-        )
-        assert_fails_like_a_dead_mount(
-            "listing of an open dir", lambda: os.listdir(dir_fd)
-        )
+        assert_fails_like_a_dead_mount("read of an open .role", lambda: os.pread(role_fd, 10, 0))
+        assert_fails_like_a_dead_mount("listing of an open dir", lambda: os.listdir(dir_fd))
         # SQLite cannot take its locks any more: it fails instead of writing unlocked.
         with pytest.raises(sqlite3.Error):
             db.execute("INSERT INTO t VALUES (2)")
@@ -115,7 +117,7 @@ def test_signal_unmounts_with_files_open(shim, sig):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known limit (README, Limits): after SIGTERM (unmount + 2 s grace + connection "
+    reason="known limit (docs/limits.md): after SIGTERM (unmount + 2 s grace + connection "
     "abort) a regular file opened through the mount in passthrough mode keeps reading and "
     "writing the lower file: the kernel's passthrough file holds the backing file and there "
     "is no revoke, so aborting the connection only stops metadata and locks (fstat and fcntl "
@@ -128,12 +130,8 @@ def test_passthrough_file_data_io_fails_after_shutdown(shim):
     try:
         assert shim.stop(signal.SIGTERM) == 0
         assert not shim.is_mounted()
-        assert_fails_like_a_dead_mount(
-            "pread of an open file", lambda: os.pread(fd, 8, 0)
-        )
-        assert_fails_like_a_dead_mount(
-            "pwrite of an open file", lambda: os.pwrite(fd, b"X", 0)
-        )
+        assert_fails_like_a_dead_mount("pread of an open file", lambda: os.pread(fd, 8, 0))
+        assert_fails_like_a_dead_mount("pwrite of an open file", lambda: os.pwrite(fd, b"X", 0))
     finally:
         close_quietly(fd)
         # What the stale descriptor did to the lower file, for the record.
@@ -169,10 +167,10 @@ def test_second_mount_on_the_same_mountpoint_is_refused(shim, mount_factory, tmp
     assert line.startswith("litefs-py: "), line
     assert "already a mount point" in line, line
     assert str(shim.mnt) in line, line
-    assert shimtest.fstype_at(shim.mnt) == "fuse.litefs-py"
+    assert testing.fstype_at(shim.mnt) == "fuse.litefs-py"
     assert "fuse.litefs-py" in line, line
     # The first mount is untouched and keeps working.
-    assert shimtest.mount_count(shim.mnt) == 1
+    assert testing.mount_count(shim.mnt) == 1
     assert shim.proc.poll() is None
     assert (shim.mnt / ".role").read_text() == "primary\n"
     assert (shim.mnt / "before").read_text() == "1"
@@ -181,9 +179,7 @@ def test_second_mount_on_the_same_mountpoint_is_refused(shim, mount_factory, tmp
     assert os.listdir(other_lower) == []
 
 
-def test_second_mount_through_a_symlinked_path_is_refused(
-    shim, mount_factory, tmp_path
-):
+def test_second_mount_through_a_symlinked_path_is_refused(shim, mount_factory, tmp_path):
     alias = tmp_path / "alias"
     alias.symlink_to(shim.mnt)
     other_lower = tmp_path / "other-lower"
@@ -191,7 +187,7 @@ def test_second_mount_through_a_symlinked_path_is_refused(
     result = mount_factory.run(["mount", "--lower", str(other_lower), str(alias)])
     assert result.returncode == 1, result.stderr
     assert "already a mount point" in one_line(result.stderr)
-    assert shimtest.mount_count(shim.mnt) == 1
+    assert testing.mount_count(shim.mnt) == 1
     assert (shim.mnt / ".role").read_text() == "primary\n"
 
 
@@ -246,7 +242,7 @@ def bad_input_case(tmp_path: Path, case: str) -> tuple[list[str], Path, list[str
 )
 def test_bad_input_is_one_clear_line(mount_factory, tmp_path, case):
     args, target, words = bad_input_case(tmp_path, case)
-    before = shimtest.mount_points()
+    before = testing.mount_points()
     result = mount_factory.run(["mount", *args])
     assert result.returncode == 1, result.stderr
     line = one_line(result.stderr)
@@ -254,8 +250,8 @@ def test_bad_input_is_one_clear_line(mount_factory, tmp_path, case):
     for word in words:
         assert word in line, f"{word!r} not in {line!r}"
     assert result.stdout.strip() == ""
-    assert not shimtest.is_mounted(target)
-    assert shimtest.mount_points() == before
+    assert not testing.is_mounted(target)
+    assert testing.mount_points() == before
 
 
 def test_invalid_option_value_is_refused(mount_factory, tmp_path):
@@ -273,7 +269,7 @@ def test_invalid_option_value_is_refused(mount_factory, tmp_path):
     )
     assert result.returncode != 0
     assert "--data-path" in result.stderr and "bogus" in result.stderr
-    assert not shimtest.is_mounted(tmp_path / "mnt")
+    assert not testing.is_mounted(tmp_path / "mnt")
 
 
 @pytest.mark.parametrize("mnt_name", ["mnt", "mnt with space\\and backslash"])

@@ -4,22 +4,108 @@ lock ownership per process."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
+import selectors
 import sqlite3
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from shimtest import Child
+
+if TYPE_CHECKING:
+    from typing import Self
+
 
 JOURNAL_MODES = ["wal", "delete"]
 WORKERS = 5
 INSERTS_PER_WORKER = 300
 LOAD_TIMEOUT = 240.0
-SCHEMA = (
-    "CREATE TABLE t (id INTEGER PRIMARY KEY, worker INTEGER, seq INTEGER, payload BLOB)"
-)
+SCHEMA = "CREATE TABLE t (id INTEGER PRIMARY KEY, worker INTEGER, seq INTEGER, payload BLOB)"
+WORKER = Path(__file__).resolve().parent / "sqlite_worker.py"
+
+
+class Child:
+    """A helper process (integration/sqlite_worker.py) driven line by line over pipes, with
+    every read bounded in time."""
+
+    def __init__(self, args: Sequence[str], cwd: Path | None = None) -> None:
+        self.args = [sys.executable, str(WORKER), *args]
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+        )
+        self._buf = b""
+        os.set_blocking(self.proc.stdout.fileno(), False)
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def read_line(self, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise AssertionError(
+                        f"no answer from {self.args} within {timeout} s; stderr: {self._stderr()}"
+                    )
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(
+                        f"{self.args} exited ({self.proc.wait(timeout=5)}) without answering; "
+                        f"stderr: {self._stderr()}"
+                    )
+                self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def ask(self, line: str, timeout: float = 10.0) -> str:
+        self.send(line)
+        return self.read_line(timeout)
+
+    def ask_json(self, line: str, timeout: float = 10.0) -> dict:
+        return json.loads(self.ask(line, timeout))
+
+    def read_json(self, timeout: float = 10.0) -> dict:
+        return json.loads(self.read_line(timeout))
+
+    def _stderr(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Closes its stdin (it exits on EOF) and waits; kills it (our own PID) if it hangs."""
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=timeout)
+        finally:
+            for f in (self.proc.stdout, self.proc.stderr):
+                with contextlib.suppress(OSError):
+                    f.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def create_db(path: Path, journal_mode: str) -> None:
@@ -57,9 +143,7 @@ def run_load(db_paths: list[Path], start_file: Path) -> list[dict]:
         time.sleep(0.3)  # let them all get to the start line
         start_file.touch()
         deadline = time.monotonic() + LOAD_TIMEOUT
-        return [
-            c.read_json(timeout=max(1.0, deadline - time.monotonic())) for c in children
-        ]
+        return [c.read_json(timeout=max(1.0, deadline - time.monotonic())) for c in children]
     finally:
         for c in children:
             c.close()
@@ -69,9 +153,7 @@ def check_db(path: Path, reports: list[dict]) -> None:
     """integrity_check is ok and the rows are exactly the acknowledged inserts."""
     for r in reports:
         assert not r["violations"], f"worker {r['worker']}: {r['violations'][:5]}"
-        assert r["acked"], (
-            f"worker {r['worker']} got nothing committed: {r['failed'][:5]}"
-        )
+        assert r["acked"], f"worker {r['worker']} got nothing committed: {r['failed'][:5]}"
     acked = sorted(i for r in reports for i in r["acked"])
     conn = sqlite3.connect(path)
     try:
@@ -81,9 +163,7 @@ def check_db(path: Path, reports: list[dict]) -> None:
     finally:
         conn.close()
     missing = sorted(set(acked) - set(ids))
-    assert not missing, (
-        f"{len(missing)} acknowledged rows are missing, e.g. {missing[:10]}"
-    )
+    assert not missing, f"{len(missing)} acknowledged rows are missing, e.g. {missing[:10]}"
     # A failed COMMIT is rolled back, so every row present was acknowledged as well.
     assert count == len(acked), f"{count} rows, {len(acked)} acknowledged"
     assert ids == acked
@@ -98,9 +178,7 @@ def test_concurrent_writers_through_the_mount(shim, journal_mode):
     # The same database, read directly on the lower dir.
     check_db(shim.lower / "load.db", reports)
     failures = sum(len(r["failed"]) for r in reports)
-    print(
-        f"{journal_mode}: {sum(len(r['acked']) for r in reports)} acked, {failures} failed"
-    )
+    print(f"{journal_mode}: {sum(len(r['acked']) for r in reports)} acked, {failures} failed")
 
 
 @pytest.mark.parametrize("journal_mode", JOURNAL_MODES)
@@ -136,9 +214,7 @@ def assert_busy(db: Path, what: str) -> None:
     except sqlite3.OperationalError as e:
         assert "database is locked" in str(e), f"{what}: {e}"
     else:
-        pytest.fail(
-            f"{what}: the write succeeded although another process holds the lock"
-        )
+        pytest.fail(f"{what}: the write succeeded although another process holds the lock")
     finally:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -205,9 +281,7 @@ def lock_child(path: Path) -> tuple[Child, int]:
     return c, first["fd"]
 
 
-def try_lock(
-    c: Child, fd: int, typ: str, start: int = LOCK_BYTE, length: int = 1
-) -> dict:
+def try_lock(c: Child, fd: int, typ: str, start: int = LOCK_BYTE, length: int = 1) -> dict:
     return c.ask_json(f"lock {fd} {typ} {start} {length}")
 
 
@@ -236,9 +310,7 @@ def test_posix_locks_are_per_process(shim):
         assert try_lock(a, second, "w")["ok"]
         # POSIX: closing ANY descriptor of the file releases the process's locks on it.
         assert a.ask_json(f"close {second}")["ok"]
-        assert try_lock(b, b_fd, "w")["ok"], (
-            "lock still held after the holder closed an fd"
-        )
+        assert try_lock(b, b_fd, "w")["ok"], "lock still held after the holder closed an fd"
         assert try_lock(b, b_fd, "u")["ok"]
         # Lock again, then the holder closes its (last) fd while staying alive.
         assert try_lock(a, a_fd, "w")["ok"]
@@ -278,9 +350,7 @@ def test_locks_of_a_process_that_dies_are_released(shim):
         a.close()
         deadline = time.monotonic() + 5
         while not try_lock(b, b_fd, "w")["ok"]:
-            assert time.monotonic() < deadline, (
-                "lock of a killed process never released"
-            )
+            assert time.monotonic() < deadline, "lock of a killed process never released"
             time.sleep(0.05)
 
 
@@ -322,9 +392,7 @@ def test_blocking_lock_is_granted_when_the_holder_lets_go(shim):
         assert (shim.mnt / ".role").read_text() == "primary\n"
         assert (shim.mnt / "locked").stat().st_size == 100
         assert a.ask_json(f"close {a_fd}")["ok"]
-        assert b.read_json(timeout=5)["ok"], (
-            "F_SETLKW not granted after the holder closed"
-        )
+        assert b.read_json(timeout=5)["ok"], "F_SETLKW not granted after the holder closed"
         # b holds it now, as seen from the lower file.
         direct, d_fd = lock_child(shim.lower / "locked")
         with direct:
@@ -349,14 +417,10 @@ def test_killed_waiter_does_not_leave_a_lock_behind(shim):
     with c, direct:
         deadline = time.monotonic() + 5
         while not try_lock(c, c_fd, "w")["ok"]:
-            assert time.monotonic() < deadline, (
-                "the killed waiter's lock was never released"
-            )
+            assert time.monotonic() < deadline, "the killed waiter's lock was never released"
             time.sleep(0.05)
         assert try_lock(c, c_fd, "u", 0, 0)["ok"]
-        assert try_lock(direct, d_fd, "w", 0, 0)["ok"], (
-            "a lock is left on the lower file"
-        )
+        assert try_lock(direct, d_fd, "w", 0, 0)["ok"], "a lock is left on the lower file"
 
 
 def test_sigterm_with_a_blocked_waiter_exits_cleanly(shim):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from test_sqlite import SCHEMA, check_db, run_load
 
 pytestmark = pytest.mark.shim(data_path="symlink")
@@ -102,9 +103,7 @@ def test_sqlite_files_live_next_to_the_lower_file(shim, journal_mode):
         conn.execute("INSERT INTO t (v) VALUES ('a')")
         sidecars = ["-wal", "-shm"] if journal_mode == "wal" else ["-journal"]
         for suffix in sidecars:
-            assert (shim.lower / f"app.db{suffix}").exists(), sorted(
-                os.listdir(shim.lower)
-            )
+            assert (shim.lower / f"app.db{suffix}").exists(), sorted(os.listdir(shim.lower))
             # Seen through the mount as symlinks to the lower sidecars, not as shim files.
             assert (shim.mnt / f"app.db{suffix}").is_symlink()
         conn.execute("COMMIT")
@@ -114,9 +113,7 @@ def test_sqlite_files_live_next_to_the_lower_file(shim, journal_mode):
     finally:
         conn.close()
     # Nothing but the database's own files was created.
-    names = {
-        n for n in os.listdir(shim.lower) if n != "app.db-shm" and n != "app.db-wal"
-    }
+    names = {n for n in os.listdir(shim.lower) if n != "app.db-shm" and n != "app.db-wal"}
     assert names == {"app.db"}
     direct = connect(shim.lower / "app.db")
     try:
@@ -149,9 +146,7 @@ def test_database_created_through_the_mount(shim, journal_mode):
                 ("second",),
             ]
             for n in range(50):
-                (first if n % 2 else second).execute(
-                    "INSERT INTO t (who) VALUES (?)", (f"n{n}",)
-                )
+                (first if n % 2 else second).execute("INSERT INTO t (who) VALUES (?)", (f"n{n}",))
             assert first.execute("SELECT count(*) FROM t").fetchone() == (52,)
             assert second.execute("SELECT count(*) FROM t").fetchone() == (52,)
             assert first.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -242,16 +237,12 @@ def test_two_paths_in_one_process_db_created_through_the_mount(shim, journal_mod
 
 
 @pytest.mark.parametrize("journal_mode", JOURNAL_MODES)
-def test_concurrent_processes_while_the_creating_connection_stays_open(
-    shim, journal_mode
-):
+def test_concurrent_processes_while_the_creating_connection_stays_open(shim, journal_mode):
     """The creating connection (a shim file, forwarded locks) keeps writing while four other
     processes write through the symlink (the lower file, their own locks)."""
     db = shim.mnt / "busy.db"
     # Created here, written from a thread below.
-    creator = sqlite3.connect(
-        db, timeout=20, isolation_level=None, check_same_thread=False
-    )
+    creator = sqlite3.connect(db, timeout=20, isolation_level=None, check_same_thread=False)
     try:
         creator.execute(f"PRAGMA journal_mode={journal_mode}")
         creator.execute(SCHEMA)
@@ -262,7 +253,7 @@ def test_concurrent_processes_while_the_creating_connection_stays_open(
         def write_from_creator() -> None:
             try:
                 write()
-            except BaseException as e:  # noqa: BLE001 - reported by the test below
+            except BaseException as e:
                 errors.append(e)
 
         def write() -> None:
@@ -273,9 +264,7 @@ def test_concurrent_processes_while_the_creating_connection_stays_open(
             for n in range(200):
                 row_id = 9_000_000 + n
                 creator.execute("BEGIN IMMEDIATE")
-                creator.execute(
-                    "INSERT INTO t (id, worker, seq) VALUES (?, 9, ?)", (row_id, n)
-                )
+                creator.execute("INSERT INTO t (id, worker, seq) VALUES (?, 9, ?)", (row_id, n))
                 creator.execute("COMMIT")
                 mine.append(row_id)
 

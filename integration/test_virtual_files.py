@@ -188,9 +188,7 @@ def test_lower_files_with_virtual_names_are_shadowed(shim):
     # Writes are refused and the lower files are untouched.
     expect_errno(READ_ONLY_ERRNOS, os.open, shim.mnt / ".role", os.O_WRONLY)
     expect_errno(PINNED_ERRNOS, os.unlink, shim.mnt / ".role")
-    expect_errno(
-        PINNED_ERRNOS, os.open, shim.mnt / ".primary", os.O_CREAT | os.O_WRONLY
-    )
+    expect_errno(PINNED_ERRNOS, os.open, shim.mnt / ".primary", os.O_CREAT | os.O_WRONLY)
     for name, content in LOWER_SHADOWED.items():
         assert (shim.lower / name).read_bytes() == content
         after = os.stat(shim.lower / name)

@@ -8,12 +8,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Sampler, Spec, hostname, serial};
+use common::{mount_options, serial};
+use litefs_py_testkit::cluster::{MountCluster, Sampler, Spec};
+use litefs_py_testkit::wait::wait_for;
 
 const AGREE: Duration = Duration::from_secs(15);
 
-fn sampler(c: &Cluster) -> Sampler {
-    Sampler::start(
+fn sampler(c: &MountCluster) -> Sampler {
+    Sampler::roles(
         c.mount_ids()
             .into_iter()
             .map(|id| (id, c.mnt(id)))
@@ -31,12 +33,9 @@ fn assert_no_double_primary(s: Sampler) -> u64 {
     samples
 }
 
-fn three_mounts(slot: u16) -> Cluster {
-    let mut c = Cluster::new(slot);
-    for id in 1..=3 {
-        c.add(Spec::mount(id, &[1, 2, 3]));
-    }
-    c.start_all();
+fn three_mounts() -> MountCluster {
+    let mut c = MountCluster::of_mounts(mount_options(), &[1, 2, 3]).unwrap();
+    c.start_all().unwrap();
     c
 }
 
@@ -57,10 +56,10 @@ fn summary(name: &str, times: &mut [Duration]) -> String {
 #[test]
 fn three_mounts_agree_and_survive_repeated_leader_kills() {
     let _serial = serial();
-    let mut c = three_mounts(0);
+    let mut c = three_mounts();
     let all = c.ids();
     let started = Instant::now();
-    let leader = c.wait_agreement(&all, AGREE);
+    let leader = c.wait_agreement(&all, AGREE).unwrap();
     eprintln!(
         "first agreement after {:?}: leader {leader}",
         started.elapsed()
@@ -73,7 +72,7 @@ fn three_mounts_agree_and_survive_repeated_leader_kills() {
         } else {
             assert_eq!(
                 p.as_deref(),
-                Some(format!("{}\n", hostname(leader)).as_str())
+                Some(format!("{}\n", c.hostname(leader)).as_str())
             );
         }
     }
@@ -84,16 +83,16 @@ fn three_mounts_agree_and_survive_repeated_leader_kills() {
     let mut rejoins = Vec::new();
     let mut leader = leader;
     for kill in 0..KILLS {
-        c.kill9(leader);
+        c.kill9(leader).unwrap();
         let killed_at = Instant::now();
         let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
-        let new = c.wait_agreement(&survivors, AGREE);
+        let new = c.wait_agreement(&survivors, AGREE).unwrap();
         failovers.push(killed_at.elapsed());
         assert_ne!(new, leader);
         // The killed node comes back as a replica of the new leader.
-        c.start(leader);
+        c.start(leader).unwrap();
         let restarted_at = Instant::now();
-        let agreed = c.wait_agreement(&all, AGREE);
+        let agreed = c.wait_agreement(&all, AGREE).unwrap();
         rejoins.push(restarted_at.elapsed());
         assert_eq!(
             agreed, new,
@@ -119,9 +118,9 @@ fn three_mounts_agree_and_survive_repeated_leader_kills() {
 #[test]
 fn a_cut_off_leader_says_electing_within_the_lease_bound() {
     let _serial = serial();
-    let c = three_mounts(1);
+    let c = three_mounts();
     let all = c.ids();
-    let mut leader = c.wait_agreement(&all, AGREE);
+    let mut leader = c.wait_agreement(&all, AGREE).unwrap();
     let lease_ms = c.status(leader).expect("status")["lease_bound_ms"]
         .as_u64()
         .expect("lease_bound_ms");
@@ -131,7 +130,7 @@ fn a_cut_off_leader_says_electing_within_the_lease_bound() {
     let mut elections = Vec::new();
     for round in 0..4 {
         let others: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
-        c.set_blocked(leader, &others);
+        c.set_blocked(leader, &others).unwrap();
         let cut = Instant::now();
         while c.role(leader).as_deref() == Some("primary") {
             assert!(
@@ -149,12 +148,16 @@ fn a_cut_off_leader_says_electing_within_the_lease_bound() {
         );
         assert_eq!(c.role(leader).as_deref(), Some("electing"));
         assert_eq!(c.primary_file(leader).unwrap().as_deref(), Some(""));
-        let new = c.wait_agreement(&others, AGREE);
+        let new = c.wait_agreement(&others, AGREE).unwrap();
         elections.push(cut.elapsed());
         // openraft keeps the old leader in Leader state: its files must still say electing.
         assert_eq!(c.role(leader).as_deref(), Some("electing"));
-        c.set_blocked(leader, &[]);
-        assert_eq!(c.wait_agreement(&all, AGREE), new, "round {round}: heal");
+        c.set_blocked(leader, &[]).unwrap();
+        assert_eq!(
+            c.wait_agreement(&all, AGREE).unwrap(),
+            new,
+            "round {round}: heal"
+        );
         leader = new;
     }
     let samples = assert_no_double_primary(sampler);
@@ -177,21 +180,21 @@ fn a_cut_off_leader_says_electing_within_the_lease_bound() {
 #[test]
 fn two_data_nodes_and_a_witness_survive_the_loss_of_either_data_node() {
     let _serial = serial();
-    let mut c = Cluster::new(2);
-    c.add(Spec::mount(1, &[1, 2, 3]));
-    c.add(Spec::mount(2, &[1, 2, 3]));
-    c.add(Spec::witness(3, &[1, 2, 3]));
-    c.start_all();
+    let mut c = MountCluster::new(mount_options()).unwrap();
+    c.add(Spec::mount(1, &[1, 2, 3])).unwrap();
+    c.add(Spec::mount(2, &[1, 2, 3])).unwrap();
+    c.add(Spec::witness(3, &[1, 2, 3])).unwrap();
+    c.start_all().unwrap();
     let data = [1, 2];
     let sampler = sampler(&c);
-    let mut leader = c.wait_agreement(&data, AGREE);
+    let mut leader = c.wait_agreement(&data, AGREE).unwrap();
     let w = c.status(3).expect("witness status");
     assert_eq!(w["role"], "witness");
     assert_eq!(w["witness"], true);
     for round in 0..2 {
         // Lose the replica: the primary keeps its quorum with the witness.
         let replica = if leader == 1 { 2 } else { 1 };
-        c.kill9(replica);
+        c.kill9(replica).unwrap();
         std::thread::sleep(Duration::from_secs(1));
         // It stays leader. A quorum ack that arrives late (the witness answering slowly on a
         // loaded 2-core machine) may drop `primary` for a moment: the lease gate doing its job,
@@ -202,10 +205,10 @@ fn two_data_nodes_and_a_witness_survive_the_loss_of_either_data_node() {
             leader,
             "round {round}"
         );
-        c.start(replica);
-        assert_eq!(c.wait_agreement(&data, AGREE), leader);
+        c.start(replica).unwrap();
+        assert_eq!(c.wait_agreement(&data, AGREE).unwrap(), leader);
         // Lose the primary: the other data node takes over with the witness's vote.
-        c.kill9(leader);
+        c.kill9(leader).unwrap();
         let t = Instant::now();
         wait_primary(&c, replica);
         eprintln!(
@@ -213,8 +216,8 @@ fn two_data_nodes_and_a_witness_survive_the_loss_of_either_data_node() {
             t.elapsed()
         );
         assert_eq!(c.primary_file(replica).unwrap(), None);
-        c.start(leader);
-        assert_eq!(c.wait_agreement(&data, AGREE), replica);
+        c.start(leader).unwrap();
+        assert_eq!(c.wait_agreement(&data, AGREE).unwrap(), replica);
         leader = replica;
     }
     // The witness never leads: it has no LiteFS to be primary with.
@@ -224,8 +227,8 @@ fn two_data_nodes_and_a_witness_survive_the_loss_of_either_data_node() {
     assert_no_double_primary(sampler);
 }
 
-fn wait_primary(c: &Cluster, id: u64) {
-    common::wait_for(AGREE, &format!("node {id} to become primary"), || {
+fn wait_primary(c: &MountCluster, id: u64) {
+    wait_for(AGREE, &format!("node {id} to become primary"), || {
         (c.role(id).as_deref() == Some("primary")).then_some(())
     });
 }

@@ -6,9 +6,13 @@
 mod common;
 
 use std::fs;
+use std::process::Output;
 use std::time::Duration;
 
-use common::{Cluster, Sampler, Spec, run_cli, serial, stderr_lines};
+use common::{mount_options, serial};
+use litefs_py_testkit::cluster::{MountCluster, Sampler, Spec};
+use litefs_py_testkit::process::stderr_lines;
+use litefs_py_testkit::{http, mount};
 
 const AGREE: Duration = Duration::from_secs(15);
 
@@ -31,7 +35,11 @@ fn one_line_failure(out: &std::process::Output, what: &str) -> String {
     lines[0].clone()
 }
 
-fn voters(c: &Cluster, id: u64) -> Vec<u64> {
+fn cli(c: &MountCluster, args: &[&str]) -> Output {
+    c.cli(args).unwrap()
+}
+
+fn voters(c: &MountCluster, id: u64) -> Vec<u64> {
     let s = c.status(id).expect("status");
     let mut v: Vec<u64> = s["members"]
         .as_array()
@@ -44,62 +52,69 @@ fn voters(c: &Cluster, id: u64) -> Vec<u64> {
     v
 }
 
-fn config_arg(c: &Cluster, id: u64) -> String {
-    c.config(id).to_string_lossy().into_owned()
+fn config_arg(c: &MountCluster, id: u64) -> String {
+    c.config_path(id).to_string_lossy().into_owned()
 }
 
 #[test]
 fn membership_add_and_remove_while_serving() {
     let _serial = serial();
-    let mut c = Cluster::new(5);
+    let mut c = MountCluster::new(mount_options()).unwrap();
     for id in 1..=3 {
-        c.add(Spec::mount(id, &[1, 2, 3]));
+        c.add(Spec::mount(id, &[1, 2, 3])).unwrap();
     }
     // Node 4 knows only itself and does not bootstrap: it waits to be added.
     c.add(Spec {
         bootstrap: false,
         ..Spec::mount(4, &[4])
-    });
-    c.start_all();
-    let sampler = Sampler::start(
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    let sampler = Sampler::roles(
         c.mount_ids()
             .into_iter()
             .map(|id| (id, c.mnt(id)))
             .collect(),
     );
-    let leader = c.wait_agreement(&[1, 2, 3], AGREE);
+    let leader = c.wait_agreement(&[1, 2, 3], AGREE).unwrap();
     assert_eq!(c.role(4).as_deref(), Some("electing"));
     assert_eq!(c.primary_file(4).unwrap().as_deref(), Some(""));
 
     // Asked through a follower: forwarded to the leader. Learner, caught up, promoted.
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    let raft4 = c.ports.raft(4);
-    let out = c.cli(&[
-        "cluster",
-        "add",
-        "4",
-        &raft4,
-        "--config",
-        &config_arg(&c, follower),
-    ]);
+    let raft4 = c.ports(4).raft.clone();
+    let out = cli(
+        &c,
+        &[
+            "cluster",
+            "add",
+            "4",
+            &raft4,
+            "--config",
+            &config_arg(&c, follower),
+        ],
+    );
     let text = ok(&out, "cluster add 4");
     assert!(text.contains("node 4 (host-4) added as a voter"), "{text}");
     assert_eq!(voters(&c, leader), vec![1, 2, 3, 4]);
-    let leader = c.wait_agreement(&[1, 2, 3, 4], AGREE);
+    let leader = c.wait_agreement(&[1, 2, 3, 4], AGREE).unwrap();
     // Adding it again is a no-op that says so.
-    let out = c.cli(&[
-        "cluster",
-        "add",
-        "4",
-        &raft4,
-        "--config",
-        &config_arg(&c, 4),
-    ]);
+    let out = cli(
+        &c,
+        &[
+            "cluster",
+            "add",
+            "4",
+            &raft4,
+            "--config",
+            &config_arg(&c, 4),
+        ],
+    );
     assert!(ok(&out, "cluster add 4 again").contains("already a voter"));
 
     // `status` as a table and as JSON.
     let table = ok(
-        &c.cli(&["status", "--config", &config_arg(&c, 4)]),
+        &cli(&c, &["status", "--config", &config_arg(&c, 4)]),
         "status",
     );
     assert!(
@@ -107,7 +122,7 @@ fn membership_add_and_remove_while_serving() {
         "{table}"
     );
     let json = ok(
-        &c.cli(&["status", "--json", "--config", &config_arg(&c, 4)]),
+        &cli(&c, &["status", "--json", "--config", &config_arg(&c, 4)]),
         "status --json",
     );
     let v: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
@@ -116,26 +131,32 @@ fn membership_add_and_remove_while_serving() {
 
     // Remove a follower that is not the leader, then stop it: the rest keeps serving.
     let gone = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    let out = c.cli(&[
-        "cluster",
-        "remove",
-        &gone.to_string(),
-        "--config",
-        &config_arg(&c, 4),
-    ]);
+    let out = cli(
+        &c,
+        &[
+            "cluster",
+            "remove",
+            &gone.to_string(),
+            "--config",
+            &config_arg(&c, 4),
+        ],
+    );
     assert!(ok(&out, "cluster remove").contains(&format!("node {gone} removed")));
-    c.stop(gone);
+    c.stop(gone).unwrap();
     let rest: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != gone).collect();
     assert_eq!(voters(&c, leader), rest);
-    assert_eq!(c.wait_agreement(&rest, AGREE), leader);
+    assert_eq!(c.wait_agreement(&rest, AGREE).unwrap(), leader);
     // Three voters left: losing the leader still fails over.
-    c.kill9(leader);
+    c.kill9(leader).unwrap();
     let survivors: Vec<u64> = rest.iter().copied().filter(|id| *id != leader).collect();
-    let new = c.wait_agreement(&survivors, AGREE);
+    let new = c.wait_agreement(&survivors, AGREE).unwrap();
     assert_ne!(new, leader);
 
     // Unknown node: refused, one line.
-    let out = c.cli(&["cluster", "remove", "9", "--config", &config_arg(&c, new)]);
+    let out = cli(
+        &c,
+        &["cluster", "remove", "9", "--config", &config_arg(&c, new)],
+    );
     let line = one_line_failure(&out, "remove an unknown node");
     assert!(line.contains("node 9 is not a member"), "{line}");
     let (_, violations) = sampler.finish();
@@ -148,26 +169,30 @@ fn membership_add_and_remove_while_serving() {
 #[test]
 fn a_wrong_secret_is_rejected_and_the_node_does_not_join() {
     let _serial = serial();
-    let mut c = Cluster::new(6);
+    let mut c = MountCluster::new(mount_options()).unwrap();
     for id in 1..=3 {
-        c.add(Spec::mount(id, &[1, 2, 3]));
+        c.add(Spec::mount(id, &[1, 2, 3])).unwrap();
     }
     c.add(Spec {
         bootstrap: false,
-        secret: "not-the-cluster-secret".into(),
+        secret: Some("not-the-cluster-secret".into()),
         ..Spec::mount(4, &[4])
-    });
-    c.start_all();
-    let leader = c.wait_agreement(&[1, 2, 3], AGREE);
-    let raft4 = c.ports.raft(4);
-    let out = c.cli(&[
-        "cluster",
-        "add",
-        "4",
-        &raft4,
-        "--config",
-        &config_arg(&c, leader),
-    ]);
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    let leader = c.wait_agreement(&[1, 2, 3], AGREE).unwrap();
+    let raft4 = c.ports(4).raft.clone();
+    let out = cli(
+        &c,
+        &[
+            "cluster",
+            "add",
+            "4",
+            &raft4,
+            "--config",
+            &config_arg(&c, leader),
+        ],
+    );
     let line = one_line_failure(&out, "cluster add with a wrong secret");
     assert!(line.contains("401") && line.contains("secret"), "{line}");
     // Node 4 logged the rejected request with the caller's address.
@@ -181,16 +206,16 @@ fn a_wrong_secret_is_rejected_and_the_node_does_not_join() {
     assert_eq!(c.role(4).as_deref(), Some("electing"));
 
     // The management API wants the secret too; the /metrics counter sees the rejections.
-    let r = common::http(
-        &c.ports.http(leader),
+    let r = http::request(
         "POST",
+        &c.ports(leader).http,
         "/cluster/remove",
         Some("nope"),
-        r#"{"id":2}"#,
+        Some(r#"{"id":2}"#),
     );
-    assert_eq!(r.map(|r| r.0), Some(401));
+    assert_eq!(r.map(|r| r.status).ok(), Some(401));
     assert_eq!(voters(&c, leader), vec![1, 2, 3]);
-    let (_, metrics) = common::http(&c.ports.http(leader), "GET", "/metrics", None, "").unwrap();
+    let metrics = http::get(&c.ports(leader).http, "/metrics").unwrap().body;
     assert!(
         metrics.contains("litefs_py_rpc_rejected_total 1"),
         "{metrics}"
@@ -199,16 +224,28 @@ fn a_wrong_secret_is_rejected_and_the_node_does_not_join() {
         metrics.contains("litefs_py_role{role=\"primary\"} 1"),
         "{metrics}"
     );
+    // The shim's requests by opcode: `.role` has been opened and read through the mount (the
+    // samplers and `c.role`), so those counters have moved.
+    let count = |op: &str| -> u64 {
+        let prefix = format!("litefs_py_fuse_requests_total{{op=\"{op}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} line in /metrics:\n{metrics}"))
+    };
+    assert!(count("open") > 0 && count("read") > 0, "{metrics}");
+    assert_eq!(count("mknod"), 0, "nothing made a device node");
     assert_eq!(c.agreement(&[1, 2, 3]), Some(leader));
 }
 
 #[test]
 fn bad_data_dir_config_or_port_is_one_clear_line() {
     let _serial = serial();
-    let mut c = Cluster::new(7);
-    c.add(Spec::mount(1, &[1, 2, 3]));
-    c.add(Spec::mount(2, &[1, 2, 3]));
-    c.add(Spec::mount(3, &[3, 4]));
+    let mut c = MountCluster::new(mount_options()).unwrap();
+    c.add(Spec::mount(1, &[1, 2, 3])).unwrap();
+    c.add(Spec::mount(2, &[1, 2, 3])).unwrap();
+    c.add(Spec::mount(3, &[3, 4])).unwrap();
     let cfg = config_arg(&c, 1);
     let mnt = c.mnt(1).to_string_lossy().into_owned();
     let long = Duration::from_secs(30);
@@ -220,68 +257,74 @@ fn bad_data_dir_config_or_port_is_one_clear_line() {
         .collect();
     fs::write(c.data_dir(1).join("raft.redb"), garbage).unwrap();
     let line = one_line_failure(
-        &run_cli(&["mount", "--config", &cfg, &mnt], long),
+        &c.cli_within(&["mount", "--config", &cfg, &mnt], long)
+            .unwrap(),
         "damaged data file",
     );
     assert!(line.contains("raft.redb"), "{line}");
-    assert!(!common::is_mounted(&c.mnt(1)));
+    assert!(!mount::is_mounted(&c.mnt(1)));
     fs::remove_dir_all(c.data_dir(1)).unwrap();
     // Same for a witness (node 2's config: a witness cannot be the bootstrap node).
     let cfg2 = config_arg(&c, 2);
     fs::create_dir_all(c.data_dir(2)).unwrap();
     fs::write(c.data_dir(2).join("raft.redb"), b"not a database at all").unwrap();
     let line = one_line_failure(
-        &run_cli(&["witness", "--config", &cfg2], long),
+        &c.cli_within(&["witness", "--config", &cfg2], long).unwrap(),
         "damaged data file (witness)",
     );
     assert!(line.contains("raft.redb"), "{line}");
     fs::remove_dir_all(c.data_dir(2)).unwrap();
     let line = one_line_failure(
-        &run_cli(&["witness", "--config", &cfg], long),
+        &c.cli_within(&["witness", "--config", &cfg], long).unwrap(),
         "bootstrap witness",
     );
     assert!(line.contains("cluster.bootstrap"), "{line}");
 
     // An invalid config: the key at fault.
-    let good = fs::read_to_string(c.config(1)).unwrap();
+    let good = c.config(1).clone();
     for (bad, key) in [
         (
-            format!("{good}raft:\n  election-timeout-min: 150ms\n"),
+            good.clone().set("raft.election-timeout-min", "150ms"),
             "raft.election-timeout-min",
         ),
         (
-            format!("{good}raft:\n  heartbeat: 1s\n"),
+            good.clone().set("raft.heartbeat", "1s"),
             "unknown field `heartbeat`",
         ),
-        (good.replace("id: 1\n", "id: 0\n"), "node.id"),
+        (good.clone().set("node.id", 0), "node.id"),
     ] {
-        fs::write(c.config(1), bad).unwrap();
-        let line = one_line_failure(&run_cli(&["mount", "--config", &cfg, &mnt], long), key);
+        bad.write(&c.config_path(1)).unwrap();
+        let line = one_line_failure(
+            &c.cli_within(&["mount", "--config", &cfg, &mnt], long)
+                .unwrap(),
+            key,
+        );
         assert!(line.contains(key), "{line}");
     }
-    fs::write(c.config(1), &good).unwrap();
+    good.write(&c.config_path(1)).unwrap();
 
     // The raft port taken by someone else.
-    let taken = std::net::TcpListener::bind(c.ports.raft(1)).unwrap();
+    let taken = std::net::TcpListener::bind(&c.ports(1).raft).unwrap();
     let line = one_line_failure(
-        &run_cli(&["mount", "--config", &cfg, &mnt], long),
+        &c.cli_within(&["mount", "--config", &cfg, &mnt], long)
+            .unwrap(),
         "port in use",
     );
     assert!(
-        line.contains("node.raft-addr") && line.contains(&c.ports.raft(1)),
+        line.contains("node.raft-addr") && line.contains(&c.ports(1).raft),
         "{line}"
     );
     drop(taken);
 
     // No daemon to ask.
     let line = one_line_failure(
-        &run_cli(&["status", "--config", &cfg], long),
+        &c.cli_within(&["status", "--config", &cfg], long).unwrap(),
         "status, no daemon",
     );
     assert!(line.contains("cannot reach the litefs-py daemon"), "{line}");
 
     // Two voters and no witness: it starts, and says it cannot fail over.
-    c.start(3);
+    c.start(3).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !c.log(3).contains("two voters cannot fail over") {
         assert!(

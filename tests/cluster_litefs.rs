@@ -4,7 +4,7 @@
 //!
 //! Needs root, /dev/fuse and a `litefs` binary (`$LITEFS`, else `litefs` on PATH, else
 //! `~/go/bin/litefs`): locally the tests say so and pass without one, with `CI=true` they fail.
-//! Every process is ours and only signalled by its PID (see `common::run_cluster`); the guards
+//! Every process is ours and only signalled by its PID (see the test kit's `cluster::RunCluster`); the guards
 //! stop them and detach every mount, also when a test fails. Every wait is bounded. Timings are
 //! printed (run with `--nocapture` to see them).
 
@@ -13,10 +13,18 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::run::prerequisites;
-use common::run_cluster::{RunCluster, SLEEPING_APP, hostname, info_sampler};
-use common::{Sampler, serial, wait_for};
+use common::{run_options, serial};
+use litefs_py_testkit::cluster::{RunCluster, SLEEPING_APP, Sampler};
+use litefs_py_testkit::wait::wait_for;
+use litefs_py_testkit::{mount, prereq};
 use rusqlite::{Connection, ErrorCode};
+
+/// Nodes 1..=3, each a `litefs-py run` with the test fault layer, started (not waited for).
+/// The shipped `lease.ttl` default, not the 3 s the one-node tests pin: failover timings
+/// measured here are what users get.
+fn start(litefs: &Path) -> RunCluster {
+    RunCluster::start(run_options(), litefs, 3).unwrap()
+}
 
 /// First start: raft elects, the leader waits out a possible previous lease (`lease.ttl`, 2 s
 /// by default, + lock delay 1 s + 0.5 s), LiteFS retries its acquire, the replicas connect and
@@ -70,7 +78,7 @@ fn ids(c: &RunCluster, id: u64) -> rusqlite::Result<Vec<i64>> {
 /// node has them: the primary's id and the rows.
 fn seed(c: &mut RunCluster, n: i64) -> (u64, Vec<i64>) {
     let all = c.ids();
-    let primary = c.wait_one_primary(&all, START);
+    let primary = c.wait_one_primary(&all, START).unwrap();
     create(c, primary);
     insert(c, primary, 1..=n).unwrap();
     let rows: Vec<i64> = (1..=n).collect();
@@ -122,17 +130,12 @@ fn first_accepted_write(c: &RunCluster, ids: &[u64], row: i64, since: Instant) -
 }
 
 fn sampler(c: &RunCluster) -> Sampler {
-    info_sampler(
-        c.ids()
-            .into_iter()
-            .map(|id| (id, c.node(id).litefs_http.clone()))
-            .collect(),
-    )
+    c.litefs_sampler()
 }
 
 /// The shim's side of the invariant: `.role` on every node, every few ms.
 fn role_sampler(c: &RunCluster) -> Sampler {
-    Sampler::start(c.ids().into_iter().map(|id| (id, c.mnt(id))).collect())
+    c.role_sampler()
 }
 
 fn assert_never_two_roles_primary(s: Sampler) -> u64 {
@@ -158,14 +161,14 @@ fn assert_never_two_primaries(s: Sampler) {
 
 #[test]
 fn a_write_on_the_primary_is_readable_on_both_replicas() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
     let started = Instant::now();
-    let mut c = RunCluster::start(&litefs, 3);
+    let mut c = start(&litefs);
     let all = c.ids();
-    let primary = c.wait_one_primary(&all, START);
+    let primary = c.wait_one_primary(&all, START).unwrap();
     eprintln!(
         "cluster up: node {primary} primary after {:?}",
         started.elapsed()
@@ -196,7 +199,7 @@ fn a_write_on_the_primary_is_readable_on_both_replicas() {
     while steady.elapsed() < Duration::from_secs(2) {
         for id in &all {
             let named = c.shim_agrees_with_litefs(*id);
-            let want = (*id != primary).then(|| hostname(primary));
+            let want = (*id != primary).then(|| c.hostname(primary));
             assert_eq!(named, Ok(want), "node {id}, look {looks}");
         }
         looks += 1;
@@ -209,11 +212,11 @@ fn a_write_on_the_primary_is_readable_on_both_replicas() {
 
 #[test]
 fn after_kill_9_of_the_primary_a_new_one_takes_writes_and_nothing_acknowledged_is_lost() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut c = RunCluster::start(&litefs, 3);
+    let mut c = start(&litefs);
     let all = c.ids();
     let sampler = sampler(&c);
     // Acknowledged by the primary and replicated to both replicas: must survive.
@@ -221,27 +224,28 @@ fn after_kill_9_of_the_primary_a_new_one_takes_writes_and_nothing_acknowledged_i
     let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
 
     let killed = Instant::now();
-    c.kill9(old);
+    c.kill9(old).unwrap();
     let (new, write_after) = first_accepted_write(&c, &survivors, 21, killed);
     eprintln!(
         "kill -9 of primary node {old} -> first write accepted by node {new}: {write_after:?}"
     );
     // LiteFS and the shim agree on every surviving node: the new primary, and a replica of it.
-    assert_eq!(c.wait_one_primary(&survivors, Duration::from_secs(10)), new);
+    assert_eq!(
+        c.wait_one_primary(&survivors, Duration::from_secs(10))
+            .unwrap(),
+        new
+    );
     let all_rows: Vec<i64> = (1..=21).collect();
     assert_rows_everywhere(&c, &survivors, &all_rows);
     for id in &survivors {
         let named = c.shim_agrees_with_litefs(*id).unwrap();
-        assert_eq!(named, (*id != new).then(|| hostname(new)), "node {id}");
+        assert_eq!(named, (*id != new).then(|| c.hostname(new)), "node {id}");
     }
 
     // The old primary comes back (same data dirs) as a replica of the new one, with every row.
     let restarted = Instant::now();
-    c.nodes
-        .get_mut(&old)
-        .unwrap()
-        .start(common::run_cluster::SLEEPING_APP);
-    assert_eq!(c.wait_one_primary(&all, START), new);
+    c.node_mut(old).start(SLEEPING_APP).unwrap();
+    assert_eq!(c.wait_one_primary(&all, START).unwrap(), new);
     wait_rows(&c, old, &all_rows, REPLICATION);
     eprintln!(
         "old primary restarted -> replica of node {new} with every row: {:?}",
@@ -257,13 +261,13 @@ fn after_kill_9_of_the_primary_a_new_one_takes_writes_and_nothing_acknowledged_i
 
 #[test]
 fn a_write_through_a_replica_fails_read_only_and_changes_nothing() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut c = RunCluster::start(&litefs, 3);
+    let mut c = start(&litefs);
     let all = c.ids();
-    let primary = c.wait_one_primary(&all, START);
+    let primary = c.wait_one_primary(&all, START).unwrap();
     let replicas: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
     create(&c, primary);
     insert(&c, primary, 1..=10).unwrap();
@@ -329,16 +333,16 @@ fn a_write_through_a_replica_fails_read_only_and_changes_nothing() {
 
 #[test]
 fn a_partitioned_primary_demotes_before_a_new_one_is_elected_and_rejoins_as_replica() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut c = RunCluster::start(&litefs, 3);
+    let mut c = start(&litefs);
     let all = c.ids();
     // For the whole test: never two LiteFS primaries at once, nor two shims saying `primary`.
     let sampler = sampler(&c);
     let roles = role_sampler(&c);
-    let mut primary = c.wait_one_primary(&all, START);
+    let mut primary = c.wait_one_primary(&all, START).unwrap();
     create(&c, primary);
     let mut rows: Vec<i64> = Vec::new();
     let mut next = 1i64;
@@ -351,7 +355,7 @@ fn a_partitioned_primary_demotes_before_a_new_one_is_elected_and_rejoins_as_repl
         }
         let old = primary;
         let others: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
-        c.set_blocked(old, &others);
+        c.set_blocked(old, &others).unwrap();
         let cut = Instant::now();
         // Its raft leadership goes stale at once, its next renewal is refused: LiteFS demotes.
         let demoted = wait_for(FAILOVER, "the cut-off primary's LiteFS to demote", || {
@@ -364,7 +368,8 @@ fn a_partitioned_primary_demotes_before_a_new_one_is_elected_and_rejoins_as_repl
         rows.push(next);
         next += 1;
         assert_eq!(
-            c.wait_one_primary(&others, Duration::from_secs(10)),
+            c.wait_one_primary(&others, Duration::from_secs(10))
+                .unwrap(),
             new,
             "round {round}"
         );
@@ -377,9 +382,13 @@ fn a_partitioned_primary_demotes_before_a_new_one_is_elected_and_rejoins_as_repl
             "round {round}: cut primary node {old}: its LiteFS demoted after {demoted:?}; node {new} took a write after {write_after:?}"
         );
         // Heal: it rejoins as a replica of the new primary and catches up.
-        c.set_blocked(old, &[]);
+        c.set_blocked(old, &[]).unwrap();
         let healed = Instant::now();
-        assert_eq!(c.wait_one_primary(&all, START), new, "round {round}");
+        assert_eq!(
+            c.wait_one_primary(&all, START).unwrap(),
+            new,
+            "round {round}"
+        );
         wait_rows(&c, old, &rows, REPLICATION);
         eprintln!(
             "round {round}: healed -> node {old} a replica of node {new} with every row after {:?}",
@@ -397,18 +406,18 @@ fn a_partitioned_primary_demotes_before_a_new_one_is_elected_and_rejoins_as_repl
 
 #[test]
 fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_litefs_mount() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut c = RunCluster::start(&litefs, 3);
+    let mut c = start(&litefs);
     let all = c.ids();
     let sampler = sampler(&c);
     let (old, _) = seed(&mut c, 10);
     // Only `litefs-py run` dies: its LiteFS dies with it (PDEATHSIG), before anyone else is
     // granted the lease (the sampler).
     let killed = Instant::now();
-    c.nodes.get_mut(&old).unwrap().kill9();
+    c.node_mut(old).kill9();
     let run = c.node(old);
     while let Some(pid) = run.litefs_pid() {
         // The kernel signals at once (a few ms); an orphan without PDEATHSIG lived until its
@@ -431,13 +440,13 @@ fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_lit
     );
     // What it leaves: a dead FUSE mount at mount.lower (the shim's own watchdog unmounted mnt/).
     assert!(
-        common::is_mounted(&run.path("lower")),
+        mount::is_mounted(&run.path("lower")),
         "no dead LiteFS mount left to test with"
     );
     // The node restarts over it and rejoins as a replica with every row.
     let restarted = Instant::now();
-    c.nodes.get_mut(&old).unwrap().start(SLEEPING_APP);
-    assert_eq!(c.wait_one_primary(&all, START), new);
+    c.node_mut(old).start(SLEEPING_APP).unwrap();
+    assert_eq!(c.wait_one_primary(&all, START).unwrap(), new);
     let rows: Vec<i64> = (1..=11).collect();
     wait_rows(&c, old, &rows, REPLICATION);
     eprintln!(
@@ -461,34 +470,35 @@ fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_lit
 /// write survives.
 #[test]
 fn after_a_double_failure_the_node_with_the_newest_data_becomes_primary() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut c = RunCluster::start(&litefs, 3);
+    let mut c = start(&litefs);
     let all = c.ids();
     let sampler = sampler(&c);
-    let first = c.wait_one_primary(&all, START);
+    let first = c.wait_one_primary(&all, START).unwrap();
     let replicas: Vec<u64> = all.iter().copied().filter(|id| *id != first).collect();
     let (down, alone) = (replicas[0], replicas[1]);
     // `alone` never runs for leader on its own (it still votes): the behind node wins below.
-    c.set_faults(alone, &[], false);
+    c.set_faults(alone, &[], false).unwrap();
     create(&c, first);
     insert(&c, first, 1..=5).unwrap();
     // One replica down: two of three still make a quorum, the primary keeps taking writes.
-    c.kill9(down);
+    c.kill9(down).unwrap();
     insert(&c, first, [6]).unwrap();
     let rows: Vec<i64> = (1..=6).collect();
     wait_rows(&c, alone, &rows, REPLICATION);
     assert_eq!(
-        c.wait_one_primary(&[first, alone], Duration::from_secs(5)),
+        c.wait_one_primary(&[first, alone], Duration::from_secs(5))
+            .unwrap(),
         first
     );
     // The primary down too: the last node has no quorum and must never be primary.
-    c.kill9(first);
+    c.kill9(first).unwrap();
     let lost = Instant::now();
     while lost.elapsed() < FAILOVER {
-        c.assert_running(&[alone]);
+        c.assert_running(&[alone]).unwrap();
         let info = c.info(alone);
         assert!(
             !info.as_ref().is_some_and(|i| i.is_primary),
@@ -500,7 +510,7 @@ fn after_a_double_failure_the_node_with_the_newest_data_becomes_primary() {
     assert!(insert(&c, alone, [7]).is_err(), "a write without a quorum");
     // `down` back, without row 6: a quorum again. It leads first, then hands over.
     let back = Instant::now();
-    c.nodes.get_mut(&down).unwrap().start(SLEEPING_APP);
+    c.node_mut(down).start(SLEEPING_APP).unwrap();
     let (new, write_after) = first_accepted_write(&c, &[alone, down], 7, back);
     eprintln!(
         "quorum back (node {down} restarted) -> node {new} took a write after {write_after:?}"
@@ -515,9 +525,9 @@ fn after_a_double_failure_the_node_with_the_newest_data_becomes_primary() {
         "node {down} never led, or never handed over (the test did not exercise the check):\n{}",
         c.node(down).log()
     );
-    c.set_faults(alone, &[], true);
-    c.nodes.get_mut(&first).unwrap().start(SLEEPING_APP);
-    assert_eq!(c.wait_one_primary(&all, START), alone);
+    c.set_faults(alone, &[], true).unwrap();
+    c.node_mut(first).start(SLEEPING_APP).unwrap();
+    assert_eq!(c.wait_one_primary(&all, START).unwrap(), alone);
     // Every row, row 6 included, on every node, in an intact database.
     let rows: Vec<i64> = (1..=7).collect();
     assert_rows_everywhere(&c, &all, &rows);
@@ -526,11 +536,11 @@ fn after_a_double_failure_the_node_with_the_newest_data_becomes_primary() {
 
 #[test]
 fn the_whole_cluster_stops_cleanly_and_restarts_with_every_row() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut c = RunCluster::start(&litefs, 3);
+    let mut c = start(&litefs);
     let all = c.ids();
     let (_, rows) = seed(&mut c, 10);
     // SIGTERM to all three at once, as an orchestrator stopping a deployment does.
@@ -539,8 +549,8 @@ fn the_whole_cluster_stops_cleanly_and_restarts_with_every_row() {
         c.node(*id).sigterm();
     }
     for id in &all {
-        let run = c.nodes.get_mut(id).unwrap();
-        let status = run.wait_exit(Duration::from_secs(40));
+        let run = c.node_mut(*id);
+        let status = run.wait_exit(Duration::from_secs(40)).unwrap();
         // The app (`sleep`) dies of the SIGTERM passed on: 128 + 15.
         assert_eq!(status.code(), Some(143), "node {id}:\n{}", run.log());
         run.assert_nothing_left();
@@ -548,9 +558,9 @@ fn the_whole_cluster_stops_cleanly_and_restarts_with_every_row() {
     eprintln!("all three stopped after {:?}", stopping.elapsed());
     let restarted = Instant::now();
     for id in &all {
-        c.nodes.get_mut(id).unwrap().start(SLEEPING_APP);
+        c.node_mut(*id).start(SLEEPING_APP).unwrap();
     }
-    let new = c.wait_one_primary(&all, START);
+    let new = c.wait_one_primary(&all, START).unwrap();
     eprintln!(
         "restarted: node {new} primary after {:?}",
         restarted.elapsed()

@@ -5,7 +5,7 @@
 //!
 //! Needs root, /dev/fuse and a `litefs` binary (`$LITEFS`, else `litefs` on PATH, else
 //! `~/go/bin/litefs`): locally the test says so and passes without one, with `CI=true` it fails.
-//! Processes and mounts are handled by `common::run_cluster` (every one ours, by PID, cleaned up
+//! Processes and mounts are handled by the test kit's `cluster::RunCluster` (every one ours, by PID, cleaned up
 //! on panic). Every wait is bounded.
 
 mod common;
@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::run::prerequisites;
-use common::run_cluster::{RunCluster, info_sampler};
-use common::{BIN, serial, wait_for};
+use common::{BIN, run_options, serial};
+use litefs_py_testkit::cluster::RunCluster;
+use litefs_py_testkit::wait::wait_for;
+use litefs_py_testkit::{prereq, process};
 use rusqlite::Connection;
 
 /// First start: election, the new leader's wait, LiteFS's acquire, replicas catching up.
@@ -40,14 +41,13 @@ fn ids(c: &RunCluster, id: u64) -> rusqlite::Result<BTreeSet<i64>> {
 
 /// `litefs-py handoff ARGS --config <node id's config>`: (exit code, stdout, stderr).
 fn handoff(c: &RunCluster, via: u64, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .arg("handoff")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("handoff")
         .args(args)
         .arg("--config")
-        .arg(c.node(via).path("litefs-py.yml"))
-        .env_remove("LITEFS_PY_SECRET")
-        .output()
-        .expect("running litefs-py handoff");
+        .arg(c.node(via).config_path())
+        .env_remove("LITEFS_PY_SECRET");
+    let out = process::output_within(cmd, Duration::from_secs(90)).expect("litefs-py handoff");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -93,13 +93,13 @@ fn acked_on(acked: &Acked, node: u64) -> usize {
 
 #[test]
 fn a_handoff_under_write_load_moves_the_primary_and_loses_no_acknowledged_write() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut c = RunCluster::start(&litefs, 3);
+    let mut c = RunCluster::start(run_options(), &litefs, 3).unwrap();
     let all = c.ids();
-    let old = c.wait_one_primary(&all, START);
+    let old = c.wait_one_primary(&all, START).unwrap();
     {
         let db = connect(&c.db(old, DB)).unwrap();
         let mode: String = db
@@ -119,13 +119,12 @@ fn a_handoff_under_write_load_moves_the_primary_and_loses_no_acknowledged_write(
     let (code, _, err) = handoff(&c, old, &["--to", &old.to_string()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("already the leader"), "{err}");
-    assert_eq!(c.wait_one_primary(&all, Duration::from_secs(5)), old);
-
-    let sampler = info_sampler(
-        all.iter()
-            .map(|id| (*id, c.node(*id).litefs_http.clone()))
-            .collect(),
+    assert_eq!(
+        c.wait_one_primary(&all, Duration::from_secs(5)).unwrap(),
+        old
     );
+
+    let sampler = c.litefs_sampler();
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut order = vec![old];
@@ -152,7 +151,10 @@ fn a_handoff_under_write_load_moves_the_primary_and_loses_no_acknowledged_write(
     });
     stop.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(c.wait_one_primary(&all, Duration::from_secs(10)), target);
+    assert_eq!(
+        c.wait_one_primary(&all, Duration::from_secs(10)).unwrap(),
+        target
+    );
     let (rounds, doubles) = sampler.finish();
     assert!(doubles.is_empty(), "two LiteFS primaries: {doubles:#?}");
 

@@ -9,101 +9,52 @@
 //! bounded.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::run::{free_port, prerequisites};
-use common::{BIN, is_mounted, wait_for};
+use common::BIN;
+use litefs_py_testkit::config::Config;
+use litefs_py_testkit::mount::{MountGuard, is_mounted};
+use litefs_py_testkit::ports::Block;
+use litefs_py_testkit::process::{self, Options, Proc};
+use litefs_py_testkit::wait::wait_for;
+use litefs_py_testkit::{http, litefs, prereq};
 
-/// A plain HTTP/1.1 exchange (the test does not rely on the code under test to talk HTTP).
-fn http(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
+/// Panics with its log if `p` exited.
+fn assert_running(p: &mut Proc) {
+    if let Some(status) = p.exited() {
+        panic!("{} exited with {status}:\n{}", p.name(), p.log());
+    }
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("LITEFS_PY_SECRET")
-        .output()
-        .expect("run litefs-py")
-}
-
-/// A process we started, with its output in a log file.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Proc {
-        let out = fs::File::create(&log).unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc { name, child, log }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited with {status}:\n{}", self.name, self.log());
-        }
-    }
-
-    /// SIGTERM, up to `grace` to exit, then SIGKILL. Returns whether it exited on SIGTERM.
-    fn stop(&mut self, grace: Duration) -> bool {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return true;
-        }
-        // SAFETY: signalling our own child by its PID; it is not reaped yet, so the PID is ours.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
+/// SIGTERM, up to `grace` to exit, then SIGKILL. Returns whether it exited on SIGTERM.
+fn stop(p: &mut Proc, grace: Duration) -> bool {
+    !p.stop(grace).killed
 }
 
 /// Everything one test starts. Dropped (also on a failed assertion): the shim first, then
-/// LiteFS, then any mount left is detached, then the temp dir goes.
+/// LiteFS (each stopped by its guard), then any mount left is detached, then the temp dir goes.
 struct Rig {
-    dir: tempfile::TempDir,
     shim: Option<Proc>,
     litefs: Option<Proc>,
+    _mounts: [MountGuard; 2],
+    dir: tempfile::TempDir,
 }
 
 impl Rig {
     fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
         Rig {
-            dir: tempfile::tempdir().unwrap(),
             shim: None,
             litefs: None,
+            _mounts: [
+                MountGuard::new(&dir.path().join("mnt")),
+                MountGuard::new(&dir.path().join("lower")),
+            ],
+            dir,
         }
     }
 
@@ -117,26 +68,33 @@ impl Rig {
         for d in ["raft", "lower", "mnt", "litefs-data"] {
             fs::create_dir_all(self.path(d)).unwrap();
         }
-        let raft = format!("127.0.0.1:{}", free_port());
-        let lease = format!("127.0.0.1:{}", free_port());
-        let litefs = format!("127.0.0.1:{}", free_port());
-        let yaml = format!(
-            "node:\n  id: 1\n  hostname: node-a\n  raft-addr: {raft}\n  http-addr: 127.0.0.1:{http}\n\
-             cluster:\n  bootstrap: true\n  peers:\n    1: {raft}\n  data-dir: {dir}/raft\n\
-             mount:\n  dir: {dir}/mnt\n  lower: {dir}/lower\n\
-             lease:\n  addr: {lease}\n  ttl: 3s\n\
-             litefs:\n  data-dir: {dir}/litefs-data\n  http-addr: {litefs}\n",
-            http = free_port(),
-            dir = self.dir.path().display(),
-        );
+        let ports = Block::for_cluster().unwrap().node(1);
+        let mut config = Config::node(1, "node-a", &ports.raft, &ports.http, &self.path("raft"))
+            .bootstrap(true)
+            .peers([(1, ports.raft.clone())].into())
+            .mount(&self.path("mnt"), &self.path("lower"))
+            .lease(&ports.lease, Some("3s"))
+            .litefs(
+                Path::new("litefs"),
+                &self.path("litefs-data"),
+                &ports.litefs,
+            );
+        // LiteFS is started by hand here: no binary, and the advertise URL litefs-py derives.
+        if let Some(l) = config.litefs.as_mut() {
+            l.binary = None;
+            l.advertise_url = None;
+        }
         let path = self.path("litefs-py.yml");
-        fs::write(&path, yaml).unwrap();
-        (path, lease, litefs)
+        config.write(&path).unwrap();
+        (path, ports.lease, ports.litefs)
     }
 
     /// `litefs-py config litefs` for `config`, written next to it.
     fn generate(&self, config: &Path) -> PathBuf {
-        let out = run(&["config", "litefs", "--config", config.to_str().unwrap()]);
+        let mut cmd = Command::new(BIN);
+        cmd.args(["config", "litefs", "--config", config.to_str().unwrap()])
+            .env_remove("LITEFS_PY_SECRET");
+        let out = process::output_within(cmd, Duration::from_secs(30)).unwrap();
         assert!(
             out.status.success(),
             "config litefs failed: {}",
@@ -150,11 +108,12 @@ impl Rig {
     fn start_litefs(&mut self, litefs: &Path, config: &Path) {
         let mut cmd = Command::new(litefs);
         cmd.arg("mount").arg("-config").arg(config);
-        self.litefs = Some(Proc::spawn("litefs", cmd, self.path("litefs.log")));
+        let log = self.path("litefs.log");
+        self.litefs = Some(Proc::spawn("litefs", cmd, &log, Options::default()).unwrap());
         let lower = self.path("lower");
         let p = self.litefs.as_mut().unwrap();
         wait_for(Duration::from_secs(20), "LiteFS's FUSE mount", || {
-            p.assert_running();
+            assert_running(p);
             is_mounted(&lower).then_some(())
         });
     }
@@ -168,10 +127,11 @@ impl Rig {
             .arg(&mnt)
             .env_remove("LITEFS_PY_SECRET")
             .env("LITEFS_PY_LOG", "info");
-        self.shim = Some(Proc::spawn("litefs-py mount", cmd, self.path("shim.log")));
+        let log = self.path("shim.log");
+        self.shim = Some(Proc::spawn("litefs-py mount", cmd, &log, Options::default()).unwrap());
         let p = self.shim.as_mut().unwrap();
         wait_for(Duration::from_secs(20), "the shim's mount", || {
-            p.assert_running();
+            assert_running(p);
             (is_mounted(&mnt) && mnt.join(".role").exists()).then_some(())
         });
     }
@@ -179,7 +139,7 @@ impl Rig {
     fn logs(&self) -> String {
         let mut out = String::new();
         for p in [&self.litefs, &self.shim].into_iter().flatten() {
-            out += &format!("--- {} ---\n{}\n", p.name, p.log());
+            out += &format!("--- {} ---\n{}\n", p.name(), p.log());
         }
         out
     }
@@ -187,26 +147,19 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
+        // The shim before LiteFS: it stacks on LiteFS's mount.
         if let Some(mut p) = self.shim.take() {
-            p.stop(Duration::from_secs(10));
+            stop(&mut p, Duration::from_secs(10));
         }
         if let Some(mut p) = self.litefs.take() {
-            p.stop(Duration::from_secs(10));
-        }
-        for d in ["mnt", "lower"] {
-            let path = self.path(d);
-            if is_mounted(&path) {
-                let c = std::ffi::CString::new(path.to_string_lossy().as_bytes()).unwrap();
-                // SAFETY: a NUL-terminated path we own; MNT_DETACH needs nothing else.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
+            stop(&mut p, Duration::from_secs(10));
         }
     }
 }
 
 #[test]
 fn litefs_accepts_the_generated_config() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let mut rig = Rig::new();
@@ -229,7 +182,7 @@ fn litefs_accepts_the_generated_config() {
     // LiteFS ignores SIGTERM until it has joined a cluster, so this ends with SIGKILL and
     // leaves its FUSE mount behind for the fallback to detach.
     let mut p = rig.litefs.take().unwrap();
-    p.stop(Duration::from_secs(3));
+    stop(&mut p, Duration::from_secs(3));
     let lower = rig.path("lower");
     drop(rig);
     assert!(!is_mounted(&lower), "LiteFS's mount is still there");
@@ -237,7 +190,7 @@ fn litefs_accepts_the_generated_config() {
 
 #[test]
 fn litefs_becomes_primary_through_the_lease_api_on_a_one_node_cluster() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let mut rig = Rig::new();
@@ -250,22 +203,28 @@ fn litefs_becomes_primary_through_the_lease_api_on_a_one_node_cluster() {
     // A new leader waits out any previous lease (3 s TTL + 1 s lock delay + 0.5 s), then the
     // LiteFS that asks is granted.
     let info = wait_for(Duration::from_secs(30), "LiteFS primary", || {
-        rig.litefs.as_mut().unwrap().assert_running();
-        let (status, body) = http(&litefs_http, "GET", "/info")?;
-        (status == 200 && body.contains("\"isPrimary\": true")).then_some(body)
+        assert_running(rig.litefs.as_mut().unwrap());
+        litefs::info(&litefs_http).filter(|i| i.is_primary)
     });
     eprintln!(
         "LiteFS primary {:?} after the shim started",
         started.elapsed()
     );
     // The lease API names the primary, and the cluster id LiteFS chose is in raft.
-    let (status, body) = http(&lease_addr, "GET", "/v1/kv/litefs/primary").unwrap();
+    let http::Response { status, body } = http::get(&lease_addr, "/v1/kv/litefs/primary").unwrap();
     assert_eq!(status, 200, "{body}\n{}", rig.logs());
     assert!(body.contains("\"Session\""), "{body}");
-    let (status, cluster_id) =
-        http(&lease_addr, "GET", "/v1/kv/litefs/primary/clusterid?raw").unwrap();
+    let http::Response {
+        status,
+        body: cluster_id,
+    } = http::get(&lease_addr, "/v1/kv/litefs/primary/clusterid?raw").unwrap();
     assert_eq!(status, 200);
-    assert!(info.contains(&cluster_id), "{cluster_id} not in {info}");
+    assert!(
+        info.cluster_id
+            .as_deref()
+            .is_some_and(|id| id.contains(&cluster_id)),
+        "{cluster_id} not in {info:?}"
+    );
     // Writes through the shim reach LiteFS, which takes them only as primary.
     let mnt = rig.path("mnt");
     let c = rusqlite::Connection::open(mnt.join("app.db")).unwrap();
@@ -278,22 +237,22 @@ fn litefs_becomes_primary_through_the_lease_api_on_a_one_node_cluster() {
     assert_eq!(fs::read_to_string(mnt.join(".role")).unwrap(), "primary\n");
     // LiteFS renews every TTL/2: still primary a few renewals later.
     std::thread::sleep(Duration::from_secs(4));
-    let (_, body) = http(&litefs_http, "GET", "/info").unwrap();
+    let info = litefs::info(&litefs_http);
     assert!(
-        body.contains("\"isPrimary\": true"),
-        "{body}\n{}",
+        info.as_ref().is_some_and(|i| i.is_primary),
+        "{info:?}\n{}",
         rig.logs()
     );
     // Stop in order: the shim (which takes the lease API with it), then LiteFS, each on
     // SIGTERM; no mount is left.
     let mut shim = rig.shim.take().unwrap();
     assert!(
-        shim.stop(Duration::from_secs(10)),
+        stop(&mut shim, Duration::from_secs(10)),
         "the shim needed SIGKILL"
     );
     assert!(!is_mounted(&mnt), "the shim's mount is still there");
     let mut lfs = rig.litefs.take().unwrap();
-    let clean = lfs.stop(Duration::from_secs(10));
+    let clean = stop(&mut lfs, Duration::from_secs(10));
     let log = lfs.log();
     assert!(clean, "LiteFS needed SIGKILL:\n{log}");
     assert!(log.contains("primary lease acquired"), "{log}");

@@ -6,7 +6,7 @@
 //! `~/go/bin/litefs`; without one the test says so and passes, unless `CI=true`: then it fails).
 //! Every process is ours: the
 //! `litefs-py run` we start, and the LiteFS it starts (its PID from its log line, checked against
-//! its command line before it is ever signalled). The `Run` guard stops them and detaches any
+//! its command line before it is ever signalled). The `RunNode` guard stops them and detaches any
 //! mount left, also when a test fails. Every wait is bounded.
 
 mod common;
@@ -16,8 +16,41 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use common::run::{APP, Run, prerequisites};
-use common::{http, is_mounted, serial, wait_for};
+use common::{run_options, serial};
+use litefs_py_testkit::cluster::{Options, RunNode};
+use litefs_py_testkit::config::Config;
+use litefs_py_testkit::mount::is_mounted;
+use litefs_py_testkit::wait::wait_for;
+use litefs_py_testkit::{http, prereq};
+
+/// The app the tests run: records its environment, writes a row through $LITEFS_DIR with
+/// Python's sqlite3, then waits; on SIGTERM it records whether the shim was still there and
+/// exits 42. `$1` is a directory for its records.
+const APP: &str = r#"
+echo "$LITEFS_DIR" > "$1/litefs_dir"
+python3 - "$LITEFS_DIR/app.db" <<'PY' > "$1/write" 2>&1
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=10)
+c.execute("pragma journal_mode=wal")
+c.execute("create table if not exists t(x)")
+c.execute("insert into t values (7)")
+c.commit()
+print("ok", c.execute("select count(*) from t").fetchone()[0])
+PY
+trap 'cat "$LITEFS_DIR/.role" > "$1/role_at_term" 2>&1; echo term > "$1/term"; exit 42' TERM
+touch "$1/ready"
+while :; do sleep 0.05; done
+"#;
+
+/// A one-node `litefs-py run` (lease TTL 3 s) in a temp dir of its own, without the test fault
+/// layer; `edit` may change its config.
+fn single(litefs: &Path, edit: impl FnOnce(Config) -> Config) -> RunNode {
+    let opts = Options {
+        test_faults: false,
+        ..run_options()
+    };
+    RunNode::single(&opts, litefs, edit).unwrap()
+}
 
 fn health(mnt: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&fs::read_to_string(mnt.join(".health")).ok()?).ok()
@@ -25,12 +58,12 @@ fn health(mnt: &Path) -> Option<serde_json::Value> {
 
 #[test]
 fn run_starts_litefs_shim_and_app_in_order_and_stops_them_in_reverse() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut r = Run::config(&litefs, |y| y);
-    r.start(APP);
+    let mut r = single(&litefs, |c| c);
+    r.start(APP).unwrap();
     let mnt = r.path("mnt");
     // The shim is mounted before LiteFS holds the lease; until then the raft leader (with its
     // fresh quorum: a sole voter) says `electing`.
@@ -44,7 +77,7 @@ fn run_starts_litefs_shim_and_app_in_order_and_stops_them_in_reverse() {
         let h = health(&mnt)?;
         if h["role"] == "primary" {
             // Primary only once LiteFS holds the lease: the lease API names a holder.
-            let (_, lease) = http(&r.lease, "GET", "/litefs-py/lease", None, "").unwrap();
+            let lease = http::get(&r.ports.lease, "/litefs-py/lease").unwrap().body;
             let lease: serde_json::Value = serde_json::from_str(&lease).unwrap();
             assert!(
                 lease["holder"].is_string(),
@@ -92,7 +125,7 @@ fn run_starts_litefs_shim_and_app_in_order_and_stops_them_in_reverse() {
     // SIGTERM: the app first (the shim still there when it stops), then the shim, then LiteFS
     // (which releases the lease), then raft; the app's exit status.
     r.sigterm();
-    let status = r.wait_exit(Duration::from_secs(30));
+    let status = r.wait_exit(Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(42), "{}", r.log());
     assert_eq!(r.app_file("term").as_deref(), Some("term\n"));
     assert_eq!(r.app_file("role_at_term").as_deref(), Some("primary\n"));
@@ -111,13 +144,14 @@ fn run_starts_litefs_shim_and_app_in_order_and_stops_them_in_reverse() {
 
 #[test]
 fn the_app_exiting_stops_everything_with_its_status() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut r = Run::config(&litefs, |y| y);
-    r.start(r#"test -n "$LITEFS_DIR" && cat "$LITEFS_DIR/.role" > "$1/role"; exit 3"#);
-    let status = r.wait_exit(Duration::from_secs(60));
+    let mut r = single(&litefs, |c| c);
+    r.start(r#"test -n "$LITEFS_DIR" && cat "$LITEFS_DIR/.role" > "$1/role"; exit 3"#)
+        .unwrap();
+    let status = r.wait_exit(Duration::from_secs(60)).unwrap();
     assert_eq!(status.code(), Some(3), "{}", r.log());
     // The app ran on a primary (LiteFS ready before it started).
     assert_eq!(r.app_file("role").as_deref(), Some("primary\n"));
@@ -130,12 +164,12 @@ fn the_app_exiting_stops_everything_with_its_status() {
 
 #[test]
 fn litefs_dying_stops_the_app_and_the_shim_and_says_so() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
-    let mut r = Run::config(&litefs, |y| y);
-    r.start(APP);
+    let mut r = single(&litefs, |c| c);
+    r.start(APP).unwrap();
     wait_for(Duration::from_secs(40), "the app", || {
         assert!(r.exited().is_none(), "litefs-py run exited:\n{}", r.log());
         r.app_file("ready")
@@ -143,7 +177,7 @@ fn litefs_dying_stops_the_app_and_the_shim_and_says_so() {
     let pid = r.litefs_pid().expect("LiteFS's pid");
     // SAFETY: LiteFS as our run started it (checked by its command line).
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let status = r.wait_exit(Duration::from_secs(30));
+    let status = r.wait_exit(Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(70), "{}", r.log());
     let log = r.log();
     assert!(
@@ -157,21 +191,21 @@ fn litefs_dying_stops_the_app_and_the_shim_and_says_so() {
 }
 
 /// Runs `litefs-py run` that must fail at start-up; returns its stderr lines.
-fn failing_run(r: &mut Run) -> Vec<String> {
-    r.start("exit 0");
-    let status = r.wait_exit(Duration::from_secs(30));
+fn failing_run(r: &mut RunNode) -> Vec<String> {
+    r.start("exit 0").unwrap();
+    let status = r.wait_exit(Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(1), "{}", r.log());
     r.log().lines().map(str::to_string).collect()
 }
 
 #[test]
 fn start_up_failures_are_one_line_and_leave_nothing_running() {
-    let Some(litefs) = prerequisites() else {
+    let Some(litefs) = prereq::litefs() else {
         return;
     };
     let _serial = serial();
     // An unknown key.
-    let mut r = Run::config(&litefs, |y| y + "  bogus: 1\n");
+    let mut r = single(&litefs, |c| c.set("run.bogus", 1));
     let lines = failing_run(&mut r);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
@@ -180,12 +214,7 @@ fn start_up_failures_are_one_line_and_leave_nothing_running() {
     );
     r.assert_nothing_left();
     // No LiteFS binary.
-    let mut r = Run::config(&litefs, |y| {
-        y.replace(
-            &format!("binary: {}", litefs.display()),
-            "binary: /nonexistent/litefs",
-        )
-    });
+    let mut r = single(&litefs, |c| c.set("litefs.binary", "/nonexistent/litefs"));
     let lines = failing_run(&mut r);
     assert_eq!(
         lines,
@@ -194,8 +223,8 @@ fn start_up_failures_are_one_line_and_leave_nothing_running() {
     assert!(!r.path("litefs.yml").exists(), "started anyway");
     r.assert_nothing_left();
     // The lease API cannot listen: nothing runs without it.
-    let mut r = Run::config(&litefs, |y| y);
-    let taken = TcpListener::bind(&r.lease).unwrap();
+    let mut r = single(&litefs, |c| c);
+    let taken = TcpListener::bind(&r.ports.lease).unwrap();
     let lines = failing_run(&mut r);
     let last = lines.last().unwrap();
     assert!(

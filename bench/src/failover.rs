@@ -13,9 +13,14 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, NODES, Timing, hostname};
+use litefs_py_testkit::cluster::{MountCluster, Options, random_secret};
+use litefs_py_testkit::config::Raft;
+
 use crate::measure::{Rng, check_stop, percentile};
 use crate::{report, sys};
+
+/// A 3-node cluster of `litefs-py mount --config` processes (the test kit's).
+pub const NODES: [u64; 3] = [1, 2, 3];
 
 #[derive(Debug, Args)]
 pub struct FailoverArgs {
@@ -147,14 +152,21 @@ pub fn run(args: FailoverArgs, target: &Path, exe_dir: &Path) -> Result<bool> {
         "no litefs-py binary at {} (run `cargo build --release --workspace`, or pass --litefs-py PATH)",
         binary.display()
     );
-    let timing = Timing {
-        heartbeat_ms: args.heartbeat_interval,
-        election_min_ms: args.election_timeout_min,
-        election_max_ms: args.election_timeout_max,
+    let opts = Options {
+        parent: args.dir.clone(),
+        hostname_prefix: "bench-node-".into(),
+        secret: random_secret()?,
+        test_faults: false,
+        raft: Raft::from_ms(
+            args.heartbeat_interval,
+            args.election_timeout_min,
+            args.election_timeout_max,
+        ),
+        spawn: crate::mounts::spawn_options(),
+        ..Options::mount(&binary)
     };
-    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut cluster = Cluster::create(&binary, &parent, &timing)?;
-    let effective = cluster.effective_timing()?;
+    let mut cluster = MountCluster::of_mounts(opts, &NODES)?;
+    let effective = cluster.effective("raft")?;
     let version = crate::first_line_of(&binary, "version");
     println!(
         "litefs-py-bench failover ({kills} kills): {version}, kernel {}, {} CPUs; 3 nodes on \
@@ -252,7 +264,7 @@ type Partial = (Vec<Kill>, anyhow::Error);
 /// Starts the cluster and runs the kills. On an error that stops the run, returns what was
 /// measured so far with it.
 fn measure(
-    c: &mut Cluster,
+    c: &mut MountCluster,
     kills: usize,
     timeout: Duration,
     doubles: &mut Vec<String>,
@@ -261,10 +273,10 @@ fn measure(
     let r = (|| -> Result<()> {
         let t = Instant::now();
         c.start_all()?;
-        let (first, _) = c.wait_agreement(&NODES, FIRST_AGREEMENT, POLL, doubles)?;
+        let (first, _) = wait_agreement(c, &NODES, FIRST_AGREEMENT, doubles)?;
         eprintln!(
             "litefs-py-bench: cluster up, {} is primary ({:.0?} after the first start)",
-            hostname(first),
+            c.hostname(first),
             t.elapsed()
         );
         let mut rng = Rng::new(
@@ -278,8 +290,8 @@ fn measure(
             let k = one_kill(c, timeout, doubles)?;
             eprintln!(
                 "litefs-py-bench: kill {n}/{kills}: {} -> {} in {}; rejoin {}",
-                hostname(k.leader),
-                k.new_leader.map_or("?".into(), hostname),
+                c.hostname(k.leader),
+                k.new_leader.map_or("?".into(), |l| c.hostname(l)),
                 k.failover
                     .map_or("FAILED".into(), |d| format!("{:.0} ms", ms(d))),
                 k.rejoin
@@ -302,17 +314,15 @@ fn measure(
 /// Kills the current primary, measures the failover, restarts the killed node and measures its
 /// rejoin. A failover or rejoin that times out is recorded in the result; an error means the
 /// run cannot go on.
-fn one_kill(c: &mut Cluster, timeout: Duration, doubles: &mut Vec<String>) -> Result<Kill> {
+fn one_kill(c: &mut MountCluster, timeout: Duration, doubles: &mut Vec<String>) -> Result<Kill> {
     // The cluster must agree right now: the previous rejoin ended in agreement.
-    let (leader, _) = c
-        .wait_agreement(&NODES, timeout, POLL, doubles)
-        .context("before the kill")?;
+    let (leader, _) = wait_agreement(c, &NODES, timeout, doubles).context("before the kill")?;
     let survivors: Vec<u64> = NODES.iter().copied().filter(|id| *id != leader).collect();
     let mut k = Kill {
         leader,
         ..Kill::default()
     };
-    let killed_at = c.kill9(leader)?;
+    let killed_at = c.signal_kill(leader)?;
     match wait_new_primary(c, &survivors, leader, killed_at, timeout, doubles) {
         Ok((new, at)) => {
             k.new_leader = Some(new);
@@ -321,7 +331,7 @@ fn one_kill(c: &mut Cluster, timeout: Duration, doubles: &mut Vec<String>) -> Re
         Err(e) => {
             let logs: Vec<String> = survivors
                 .iter()
-                .map(|id| format!("--- node {id} log ---\n{}", c.log_tail(*id)))
+                .map(|id| format!("--- node {id} log ---\n{}", c.log_tail(*id, 15)))
                 .collect();
             k.error = Some(format!("{e:#}\n{}", logs.join("\n")));
         }
@@ -329,7 +339,7 @@ fn one_kill(c: &mut Cluster, timeout: Duration, doubles: &mut Vec<String>) -> Re
     c.reap(leader)?;
     let restarted_at = Instant::now();
     c.start(leader)?;
-    match c.wait_agreement(&NODES, timeout, POLL, doubles) {
+    match wait_agreement(c, &NODES, timeout, doubles) {
         Ok((p, at)) => {
             k.rejoin = Some(at.duration_since(restarted_at));
             k.moved_on_rejoin = k.new_leader.is_some_and(|n| n != p);
@@ -345,9 +355,39 @@ fn one_kill(c: &mut Cluster, timeout: Duration, doubles: &mut Vec<String>) -> Re
     Ok(k)
 }
 
+/// Polls `ids` every [`POLL`] until they agree on a primary, or `timeout` passes. Counts
+/// double-primary sweeps into `doubles`.
+fn wait_agreement(
+    c: &MountCluster,
+    ids: &[u64],
+    timeout: Duration,
+    doubles: &mut Vec<String>,
+) -> Result<(u64, Instant)> {
+    let started = Instant::now();
+    let mut buf = String::new();
+    loop {
+        let s = c.sweep(ids, &mut buf);
+        let now = Instant::now();
+        if let Some(p) = s.double_primary {
+            doubles.push(format!("nodes {p:?} all said primary"));
+        }
+        if let Some(p) = s.agreed {
+            return Ok((p, now));
+        }
+        if now.duration_since(started) > timeout {
+            bail!(
+                "nodes {ids:?} did not agree on a primary within {timeout:?}: {}",
+                c.describe(ids)
+            );
+        }
+        check_stop()?;
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Polls the survivors until they agree on a primary other than `old`.
 fn wait_new_primary(
-    c: &Cluster,
+    c: &MountCluster,
     survivors: &[u64],
     old: u64,
     since: Instant,
@@ -369,7 +409,7 @@ fn wait_new_primary(
         }
         if now.duration_since(since) > timeout {
             for id in survivors {
-                last_views.insert(*id, format!("{:?}", c.primary(*id, &mut buf)));
+                last_views.insert(*id, format!("{:?}", c.primary_view(*id, &mut buf)));
             }
             bail!(
                 "the survivors did not agree on a new primary within {timeout:?}: {last_views:?}"

@@ -16,9 +16,10 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::failover::{ms, stats, stats_line};
+use litefs_py_testkit::cluster::{Options, RunCluster, random_secret};
+
+use crate::failover::{NODES, ms, stats, stats_line};
 use crate::measure::{Rng, check_stop};
-use crate::run_cluster::{NODES, RunCluster, hostname};
 use crate::{report, sys};
 
 #[derive(Debug, Args)]
@@ -133,13 +134,21 @@ pub fn run(args: LiteFsFailoverArgs, target: &Path, exe_dir: &Path) -> Result<bo
         "no litefs-py binary at {} (run `cargo build --release --workspace`, or pass --litefs-py PATH)",
         binary.display()
     );
-    let litefs = crate::litefs::find(args.litefs.as_deref()).map_err(anyhow::Error::msg)?;
-    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut cluster = RunCluster::create(&binary, &litefs, &parent, args.lease_ttl.as_deref())?;
+    let litefs = litefs_py_testkit::litefs::find_binary(args.litefs.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let opts = Options {
+        parent: args.dir.clone(),
+        secret: random_secret()?,
+        test_faults: false,
+        lease_ttl: args.lease_ttl.clone(),
+        spawn: crate::mounts::spawn_options(),
+        ..Options::run(&binary)
+    };
+    let mut cluster = RunCluster::create(opts, &litefs, NODES.len() as u64)?;
     let lease = cluster.effective("lease")?;
     let raft = cluster.effective("raft")?;
     let version = crate::first_line_of(&binary, "version");
-    let litefs_version = crate::litefs::version(&litefs);
+    let litefs_version = litefs_py_testkit::litefs::version(&litefs);
     println!(
         "litefs-py-bench litefs-failover ({kills} kills): {version}, LiteFS {litefs_version}, \
          kernel {}, {} CPUs; 3 `litefs-py run` nodes on loopback; lease ttl {}",
@@ -264,11 +273,13 @@ fn measure(
     let mut records = Vec::new();
     let r = (|| -> Result<()> {
         let t = Instant::now();
-        c.start_all()?;
+        for id in NODES {
+            c.start_node(id)?;
+        }
         let first = steady(c, FIRST_STEADY, tally, true)?;
         eprintln!(
             "litefs-py-bench: cluster up, {} is primary ({:.1?} after the first start)",
-            hostname(first),
+            c.hostname(first),
             t.elapsed()
         );
         let mut rng = Rng::new(
@@ -282,8 +293,8 @@ fn measure(
             let k = one_kill(c, n as i64, timeout, tally)?;
             eprintln!(
                 "litefs-py-bench: kill {n}/{kills}: {} -> {} in {} ({} attempts); rejoin {}",
-                hostname(k.primary),
-                k.new_primary.map_or("?".into(), hostname),
+                c.hostname(k.primary),
+                k.new_primary.map_or("?".into(), |p| c.hostname(p)),
                 k.failover
                     .map_or("FAILED".into(), |d| format!("{:.0} ms", ms(d))),
                 k.attempts,
@@ -320,7 +331,7 @@ fn steady(c: &RunCluster, timeout: Duration, tally: &mut Tally, first: bool) -> 
             let named = NODES
                 .iter()
                 .filter(|id| **id != p)
-                .all(|id| c.litefs_primary(*id).as_deref() == Some(hostname(p).as_str()));
+                .all(|id| c.litefs_primary(*id).as_deref() == Some(c.hostname(p).as_str()));
             let wrote = named
                 && (|| -> Result<()> {
                     let mnt = c.mnt(p);
@@ -378,7 +389,7 @@ fn one_kill(c: &mut RunCluster, n: i64, timeout: Duration, tally: &mut Tally) ->
         primary,
         ..Kill::default()
     };
-    let killed_at = c.kill9(primary)?;
+    let killed_at = c.signal_kill(primary)?;
     let mut sampled = killed_at;
     'wait: loop {
         for s in &survivors {
@@ -409,7 +420,7 @@ fn one_kill(c: &mut RunCluster, n: i64, timeout: Duration, tally: &mut Tally) ->
         if now.duration_since(killed_at) > timeout {
             let logs: Vec<String> = survivors
                 .iter()
-                .map(|id| format!("--- node {id} log ---\n{}", c.log_tail(*id)))
+                .map(|id| format!("--- node {id} log ---\n{}", c.node(*id).log_tail(15)))
                 .collect();
             k.error = Some(format!(
                 "no survivor accepted a write within {timeout:?}\n{}",
@@ -423,7 +434,8 @@ fn one_kill(c: &mut RunCluster, n: i64, timeout: Duration, tally: &mut Tally) ->
     c.reap(primary)?;
     let restarted = Instant::now();
     let rejoined = c
-        .start(primary)
+        .start_node(primary)
+        .map_err(anyhow::Error::from)
         .and_then(|()| steady(c, timeout, tally, false));
     match rejoined {
         Ok(p) => {

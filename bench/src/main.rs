@@ -7,16 +7,13 @@
 //! `litefs-py-bench litefs-failover` the same with `litefs-py run` and real LiteFS, up to the
 //! first write the new primary accepts (see `litefs_failover.rs`).
 
-mod cluster;
 mod failover;
-mod litefs;
 mod litefs_failover;
 mod measure;
 mod micro;
 mod mounts;
 mod report;
 mod run;
-mod run_cluster;
 mod sys;
 mod workloads;
 
@@ -137,6 +134,8 @@ fn run_litefs_failover(args: litefs_failover::LiteFsFailoverArgs) -> Result<()> 
 fn install_signal_handlers() -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let flag = measure::stop_flag().clone();
+    // Every wait of the test kit (node start-ups, agreements) ends on the first Ctrl-C too.
+    litefs_py_testkit::wait::abort_on(flag.clone());
     for sig in [SIGINT, SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone())?;
         signal_hook::flag::register(sig, flag.clone())?;
@@ -211,7 +210,7 @@ fn run(args: Args) -> Result<()> {
     let litefs_bin = if args.no_litefs {
         Err("--no-litefs given".to_string())
     } else {
-        litefs::find(args.litefs.as_deref())
+        litefs_py_testkit::litefs::find_binary(args.litefs.as_deref())
     };
     let machine = Machine {
         kernel: sys::kernel_release(),
@@ -219,11 +218,14 @@ fn run(args: Args) -> Result<()> {
         cpu: sys::cpu_model(),
         mem_total_mib: sys::mem_total_kib().map(|k| k >> 10),
         bench_dir: tmp.path().display().to_string(),
-        bench_dir_fstype: sys::fstype_of(tmp.path()),
+        bench_dir_fstype: litefs_py_testkit::mount::fstype_of(tmp.path()),
         litefs_py: first_line_of(&shim_bin, "version"),
         litefs_py_binary: shim_bin.display().to_string(),
         sqlite: rusqlite::version().to_string(),
-        litefs: litefs_bin.as_ref().ok().map(|b| litefs::version(b)),
+        litefs: litefs_bin
+            .as_ref()
+            .ok()
+            .map(|b| litefs_py_testkit::litefs::version(b)),
     };
     println!(
         "litefs-py-bench ({}{}): {}, kernel {}, {} CPUs, {} on {}",

@@ -99,13 +99,11 @@ pub fn fstat(t: &Target, s: &Settings) -> Result<Vec<Metric>> {
     let f = Fixture::new(t, "fstat", 4096)?;
     let fd = Fd(sys::open(&sys::cstr(&t.at(f.name())), libc::O_RDONLY, 0)?);
     latency(t, s, "fstat", "fstat() open fd", false, || {
-        // SAFETY: zeroed stat is a valid out-buffer; fd is open.
+        // SAFETY: a zeroed `stat` is a valid out-buffer.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        ensure!(
-            unsafe { libc::fstat(fd.0, &mut st) } == 0,
-            "fstat: {}",
-            io::Error::last_os_error()
-        );
+        // SAFETY: `fd` is open for the closure's life; `st` is a valid out-pointer.
+        let rc = unsafe { libc::fstat(fd.0, &mut st) };
+        ensure!(rc == 0, "fstat: {}", io::Error::last_os_error());
         Ok(())
     })
 }

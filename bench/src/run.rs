@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
 
-use crate::litefs::LiteFs;
+use litefs_py_testkit::litefs::StaticLiteFs;
+use litefs_py_testkit::mount::is_mounted;
+
 use crate::measure::{Col, Kind, Metric, Settings, Target, check_stop};
 use crate::mounts::{Shim, ShimOptions};
 use crate::report::Section;
@@ -30,7 +32,7 @@ fn step(
     check_stop()?;
     eprintln!("litefs-py-bench: [{}] {name}", sec.columns[t.col as usize]);
     // Without its mount, a shim column would silently measure the empty mountpoint dir.
-    if t.is_shim() && !sys::is_mounted(&t.root) {
+    if t.is_shim() && !is_mounted(&t.root) {
         sec.record(
             t.col,
             key,
@@ -272,7 +274,7 @@ pub fn over_litefs(
     let mut sec = Section::new("shim over LiteFS", ["litefs", "passthrough", "symlink"]);
     let dir = mkdir(base.join("litefs"))?;
     let mnt = mkdir(base.join("litefs-mnt"))?;
-    let lfs = LiteFs::start(litefs_bin, &dir)?;
+    let lfs = StaticLiteFs::start(litefs_bin, &dir, crate::mounts::spawn_options())?;
     let lower = lfs.fuse_dir.clone();
     eprintln!(
         "litefs-py-bench: building the {} MB select database on LiteFS",

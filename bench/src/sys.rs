@@ -1,10 +1,10 @@
 //! Thin wrappers over the few system interfaces the benchmark reads or pokes: /proc files,
-//! the page cache, mount tables, and raw syscalls timed without allocation.
+//! the page cache, and raw syscalls timed without allocation (mount tables: the test kit).
 
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -44,52 +44,6 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
-        if b[i] == b'\\' && octal {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
-}
-
-/// (mount point, fstype) for every mount visible to this process.
-pub fn mounts() -> io::Result<Vec<(PathBuf, String)>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let point = line.split(' ').nth(4)?;
-            let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
-            Some((unescape_mountinfo(point), fstype.to_string()))
-        })
-        .collect())
-}
-
-pub fn is_mounted(path: &Path) -> bool {
-    mounts().is_ok_and(|m| m.iter().any(|(p, _)| p == path))
-}
-
-/// The filesystem type that holds `path` (the longest mount point that is a prefix of it).
-pub fn fstype_of(path: &Path) -> Option<String> {
-    let path = path.canonicalize().ok()?;
-    mounts()
-        .ok()?
-        .into_iter()
-        .filter(|(p, _)| path.starts_with(p))
-        .max_by_key(|(p, _)| p.as_os_str().len())
-        .map(|(_, t)| t)
-}
-
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -117,28 +71,6 @@ pub fn mem_total_kib() -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Detaches a mount (MNT_DETACH), falling back to `umount -l` if the syscall is refused.
-pub fn lazy_unmount(path: &Path) -> Result<()> {
-    let c = cstr(path);
-    // SAFETY: valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    let first = io::Error::last_os_error();
-    let status = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(path)
-        .stdin(std::process::Stdio::null())
-        .status()
-        .with_context(|| format!("running umount -l {} (umount2: {first})", path.display()))?;
-    anyhow::ensure!(
-        status.success(),
-        "umount -l {} failed ({status}); umount2: {first}",
-        path.display()
-    );
-    Ok(())
 }
 
 /// stat(2) into a reused buffer: Ok(()) or the errno.
@@ -185,19 +117,5 @@ pub fn setlk(fd: i32, typ: i32, byte: i64) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(
-            unescape_mountinfo("/mnt/a\\040b"),
-            PathBuf::from("/mnt/a b")
-        );
-        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
     }
 }

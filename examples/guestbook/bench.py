@@ -44,18 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster import (
-    APP,
-    HERE,
-    ROOT,
-    Cluster,
-    ClusterError,
-    _is_mounted,
-    _port_free,
-    litefs_binary,
-    litefs_py_binary,
-    try_request,
-)
+from cluster import HERE, ROOT, Cluster
+from litefs import testing
+from litefs.testing import ClusterError, free_port, litefs_binary, try_request
 
 READ_PATH = "/api/entries?limit=20"
 WRITE_BODY = json.dumps({"name": "bench", "message": "x" * 100}).encode()
@@ -167,13 +158,6 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def free_port(host: str) -> int:
-    for port in range(29100, 29900):
-        if _port_free(host, port):
-            return port
-    raise ClusterError("no free port")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,7 +178,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="guestbook-bench."))
     servers: list[Server] = []
-    shim: subprocess.Popen[bytes] | None = None
+    shims: testing.MountFactory | None = None
     cluster: Cluster | None = None
     mnt = work / "mnt"
     try:
@@ -204,7 +188,7 @@ def main() -> int:
         servers.append(
             Server(
                 "plain",
-                f"{host}:{free_port(host)}",
+                f"{host}:{free_port([host])}",
                 {"GUESTBOOK_PLAIN_DB": str(work / "plain/guestbook.db")},
                 args.workers,
                 work / "plain.log",
@@ -214,26 +198,13 @@ def main() -> int:
         # shim over a plain dir
         (work / "lower").mkdir()
         mnt.mkdir()
-        with open(work / "shim.log", "ab") as f:
-            shim = subprocess.Popen(
-                [litefs_py_binary(), "mount", "--lower", str(work / "lower"), str(mnt)],
-                cwd=work,
-                stdin=subprocess.DEVNULL,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 20
-        while not (mnt / ".role").exists():
-            if shim.poll() is not None or time.monotonic() > deadline:
-                raise ClusterError(
-                    "litefs-py mount did not come up:\n" + (work / "shim.log").read_text()
-                )
-            time.sleep(0.05)
+        shims = testing.MountFactory(work, testing.litefs_py_binary(ROOT, ("release", "debug")))
+        shim = shims.start(work / "lower", mnt, wait=False)
+        shim.wait_ready(timeout=20)
         servers.append(
             Server(
                 "shim",
-                f"{host}:{free_port(host)}",
+                f"{host}:{free_port([host])}",
                 {"LITEFS_DIR": str(mnt)},
                 args.workers,
                 work / "shim-app.log",
@@ -248,14 +219,14 @@ def main() -> int:
             cluster.wait_ready(timeout=90)
             node = cluster.nodes[0]
             s = Server.__new__(Server)
-            port = node.ports[APP]
+            port = node.ports.app
             s.name, s.bind, s.host, s.port = "litefs", f"{node.ip}:{port}", node.ip, port
             servers.append(s)
             # The same LiteFS without the shim: the app on LiteFS's own mount (its lower dir).
             servers.append(
                 Server(
                     "litefs-direct",
-                    f"{host}:{free_port(host)}",
+                    f"{host}:{free_port([host])}",
                     {"GUESTBOOK_PLAIN_DB": str(node.dir / "lower/direct.db")},
                     args.workers,
                     work / "litefs-direct.log",
@@ -286,15 +257,10 @@ def main() -> int:
                 s.stop()
         if cluster is not None:
             cluster.close()
-        if shim is not None and shim.poll() is None:
-            shim.send_signal(signal.SIGTERM)
-            try:
-                shim.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                shim.kill()
-                shim.wait()
-        if _is_mounted(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        if shims is not None:
+            # SIGTERM, SIGKILL after a bound, and nothing left mounted at mnt.
+            for problem in shims.cleanup():
+                print(f"bench.py: {problem}", file=sys.stderr)
 
     summary: dict[str, dict[str, dict]] = {}
     for name, by_w in results.items():

@@ -42,9 +42,10 @@ def pending_migrations() -> list[str]:
 
 
 def prepare(timeout: float) -> None:
-    import litefs
     from django.conf import settings
     from django.core.management import call_command
+
+    import litefs
 
     db = settings.DATABASES["default"]["NAME"]
     if settings.PLAIN_DB:

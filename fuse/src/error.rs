@@ -101,10 +101,6 @@ impl FsError {
     }
 }
 
-pub fn errno_err(code: i32) -> FsError {
-    FsError::Lower(io::Error::from_raw_os_error(code))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,10 +19,11 @@ use crate::dir::kind_from_mode;
 use crate::error::{FsError, FsResult};
 use crate::handles::HandleTable;
 use crate::inode::{Inode, InodeTable, LowerKey, ROOT_ID, View};
+use crate::metrics::FuseMetrics;
 use crate::sys::{self, FsIdGuard, with_name};
 use crate::virtual_files::{StateHandle, VirtualFile};
 
-/// How regular files reach the application (DESIGN.md, "Two data-path modes").
+/// How regular files reach the application (docs/architecture.md, "Data-path modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DataPath {
     /// Every file is a shim file: data through kernel passthrough, locks forwarded.
@@ -82,6 +83,7 @@ pub struct ShimFs {
     shadow_warned: [AtomicBool; 3],
     pub(crate) waiters: crate::waiters::Waiters,
     started: SystemTime,
+    metrics: Arc<FuseMetrics>,
 }
 
 fn time_from(secs: i64, nsecs: i64) -> SystemTime {
@@ -174,6 +176,7 @@ impl ShimFs {
         let fs = ShimFs {
             inodes: InodeTable::new(root_fd, &root_st),
             handles: HandleTable::default(),
+            metrics: state.fuse_metrics(),
             state,
             proc_self_fd,
             lower_path,
@@ -198,6 +201,11 @@ impl ShimFs {
 
     pub fn state(&self) -> &StateHandle {
         &self.state
+    }
+
+    /// The counters of the FUSE requests served over this filesystem (its state handle's).
+    pub fn metrics(&self) -> &Arc<FuseMetrics> {
+        &self.metrics
     }
 
     pub fn passthrough_state(&self) -> PassthroughState {

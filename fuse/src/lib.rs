@@ -4,26 +4,30 @@
 //! with kernel FUSE passthrough, POSIX locks one lower owner per client owner — and answers a
 //! few virtual files (`.primary`, `.role`, `.health`) itself from in-memory cluster state.
 //!
-//! Layout: [`fs::ShimFs`] is the filesystem as plain methods (testable without a mount);
-//! `adapter` is the thin `fuser::Filesystem` over it; [`mount`] mounts and unmounts;
-//! [`virtual_files`] holds the published state and its renderings.
+//! Layout: `fs` (+ `fs_io`) is the filesystem as plain methods on [`ShimFs`], testable without
+//! a mount, over `inode`, `handles`, `dir`, `locks`, `waiters` and the syscalls in `sys`;
+//! `adapter` is the thin `fuser::Filesystem` over it, which traces and counts every request
+//! ([`FuseMetrics`]); `mount` mounts and unmounts; `virtual_files` holds the published state
+//! ([`StateHandle`]) and its renderings. The daemon sees only what is exported here.
 
 mod adapter;
 mod dir;
-pub mod error;
-pub mod fs;
+mod error;
+mod fs;
 mod fs_io;
 mod handles;
 mod inode;
 mod locks;
-pub mod mount;
+mod metrics;
+mod mount;
 pub mod mountinfo;
 mod rangeset;
-pub mod sys;
-pub mod virtual_files;
+mod sys;
+mod virtual_files;
 mod waiters;
 
 pub use error::{FsError, FsResult};
 pub use fs::{DataPath, PassthroughState, ShimFs};
+pub use metrics::{FuseMetrics, Op, OpStats};
 pub use mount::{MountError, MountOptions, MountedShim, mount};
-pub use virtual_files::{ClusterView, LiteFsStatus, Primary, Role, StateHandle, VirtualFile};
+pub use virtual_files::{ClusterView, LiteFsStatus, Primary, Role, StateHandle};

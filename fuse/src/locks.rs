@@ -2,8 +2,8 @@
 //!
 //! The virtiofsd model: one lower fd per (inode, client lock owner), locked with OFD locks
 //! (`F_OFD_SETLK`), so the lower filesystem — LiteFS — sees one owner per client process rather
-//! than the shim's single process. The rules from LiteFS v0.5.14 (DESIGN.md, "Stacking on
-//! LiteFS") shape the rest:
+//! than the shim's single process. The rules from LiteFS v0.5.14 (docs/architecture.md,
+//! "Stacking on LiteFS") shape the rest:
 //!
 //! * LiteFS frees nothing when a lock fd is closed (its FLUSH unlocks by the *closing process*,
 //!   RELEASE unlocks nothing), so every range an owner holds is unlocked explicitly before its

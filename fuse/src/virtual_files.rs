@@ -11,6 +11,8 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use crate::metrics::FuseMetrics;
+
 /// Inode numbers of the virtual files: at the top of the id space, far from lower inodes.
 pub const PRIMARY_INO: u64 = u64::MAX - 1;
 pub const ROLE_INO: u64 = u64::MAX - 2;
@@ -255,16 +257,27 @@ impl Snapshot {
 }
 
 /// The publish/read point shared by the cluster side (writer) and the filesystem (readers).
+///
+/// It also carries the counters of the FUSE requests the shim serves the other way, from the
+/// filesystem to the daemon, which holds this handle and not the mount.
 #[derive(Debug, Clone)]
 pub struct StateHandle {
     inner: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<FuseMetrics>,
 }
 
 impl StateHandle {
     pub fn new(view: ClusterView) -> Self {
         StateHandle {
             inner: Arc::new(ArcSwap::from_pointee(Snapshot::render(view))),
+            metrics: Arc::new(FuseMetrics::new()),
         }
+    }
+
+    /// The FUSE request counters of the shim mounted with this handle (zero until mounted;
+    /// they keep counting across a remount with the same handle).
+    pub fn fuse_metrics(&self) -> Arc<FuseMetrics> {
+        self.metrics.clone()
     }
 
     /// Replaces the state; readers see either the old or the new rendering, never a mix.

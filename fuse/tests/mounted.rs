@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use litefs_py_fuse::{
-    ClusterView, DataPath, MountOptions, MountedShim, Primary, StateHandle, mount,
+    ClusterView, DataPath, MountOptions, MountedShim, Op, Primary, StateHandle, mount,
 };
 
 struct Fixture {
@@ -427,6 +427,9 @@ fn blocking_locks_wait_off_the_workers_and_can_be_interrupted() {
     );
     let status = wait_exit(&mut alarmed, Duration::from_secs(5)).expect("interrupted by SIGALRM");
     assert_eq!(status.code(), Some(7));
+    // The interrupted wait was answered by its waiter thread, and counted as a failed SETLKW.
+    let setlkw = shim.metrics().stats(Op::Setlkw);
+    assert!(setlkw.requests >= 1 && setlkw.errors >= 1, "{setlkw:?}");
 
     // 3. A killed waiter dies instead of hanging in D state.
     let mut killed =

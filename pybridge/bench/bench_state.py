@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import litefs
+from litefs import testing
 
 REPO = Path(__file__).resolve().parents[2]
 SLICES = 5
@@ -83,11 +84,9 @@ def run(mount: str, seconds: float) -> dict:
     return results
 
 
-def start_mount(tmp: Path):  # -> shimtest.Mount
-    sys.path.insert(0, str(REPO / "integration"))
-    import shimtest
-
-    factory = shimtest.MountFactory(tmp)
+def start_mount(tmp: Path) -> testing.MountFactory:
+    """A ``litefs-py mount`` of ``tmp/lower`` at ``tmp/mnt``, ready; the factory stops it."""
+    factory = testing.MountFactory(tmp, testing.litefs_py_binary(REPO))
     lower, mnt = tmp / "lower", tmp / "mnt"
     lower.mkdir()
     mnt.mkdir()

@@ -1,7 +1,7 @@
 """Fixtures for the Python package's tests: real ``litefs-py mount`` processes (one node, or a
 two-node raft cluster with a primary and a replica), always stopped by PID and unmounted
-afterwards (``integration/shimtest.py`` does the process and mount bookkeeping), and Django run
-in subprocesses of the test project ``djproject/`` (Django's settings are per process).
+afterwards (:mod:`litefs.testing` does the process and mount bookkeeping), and Django run in
+subprocesses of the test project ``djproject/`` (Django's settings are per process).
 
 The package under test is the installed ``litefs`` (``maturin develop`` or the wheel), the
 daemon is ``target/debug/litefs-py`` (or ``$LITEFS_PY_BIN``).
@@ -13,29 +13,29 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from litefs import testing
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DJPROJECT = HERE / "djproject"
-sys.path.insert(0, str(REPO / "integration"))
-
-import shimtest  # noqa: E402
 
 #: How long a two-node cluster may take to elect its primary.
 ELECTION_TIMEOUT = 20.0
-SECRET = "pybridge-test-secret"
 
 
 @pytest.fixture(scope="session")
 def litefs_bin() -> str:
-    path = shimtest.binary()
+    try:
+        path = testing.litefs_py_binary(REPO)
+    except testing.MissingBinary as e:
+        pytest.fail(str(e), pytrace=False)
     if not (path.is_file() and os.access(path, os.X_OK)):
         pytest.fail(f"litefs-py binary not found at {path}: run `cargo build`", pytrace=False)
     if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
@@ -44,10 +44,10 @@ def litefs_bin() -> str:
 
 
 @pytest.fixture
-def mount_factory(litefs_bin: str, tmp_path: Path) -> Iterator[shimtest.MountFactory]:
+def mount_factory(litefs_bin: str, tmp_path: Path) -> Iterator[testing.MountFactory]:
     """Starts mounts; teardown stops each by its PID (SIGTERM, then SIGKILL) and makes sure
     nothing stays mounted."""
-    factory = shimtest.MountFactory(tmp_path)
+    factory = testing.MountFactory(tmp_path, Path(litefs_bin))
     try:
         yield factory
     finally:
@@ -59,7 +59,7 @@ def mount_factory(litefs_bin: str, tmp_path: Path) -> Iterator[shimtest.MountFac
 
 
 @pytest.fixture
-def shim(mount_factory: shimtest.MountFactory, tmp_path: Path) -> shimtest.Mount:
+def shim(mount_factory: testing.MountFactory, tmp_path: Path) -> testing.Mount:
     """A one-node ``litefs-py mount`` (no config: the node is primary) of a fresh lower dir."""
     lower, mnt = tmp_path / "lower", tmp_path / "mnt"
     lower.mkdir()
@@ -68,90 +68,24 @@ def shim(mount_factory: shimtest.MountFactory, tmp_path: Path) -> shimtest.Mount
 
 
 @dataclass
-class Node:
-    id: int
-    hostname: str
-    config: Path
-    mount: shimtest.Mount
-
-    @property
-    def mnt(self) -> Path:
-        return self.mount.mnt
-
-    @property
-    def lower(self) -> Path:
-        return self.mount.lower
-
-    def role(self) -> str | None:
-        try:
-            return (self.mnt / ".role").read_text().strip()
-        except OSError:
-            return None
-
-
-@dataclass
 class Cluster:
-    primary: Node
-    replica: Node
-    nodes: list[Node]
-
-
-def start_cluster(factory: shimtest.MountFactory, base: Path, ids: Sequence[int]) -> list[Node]:
-    """``litefs-py mount --config`` nodes of one raft cluster (node ``ids[0]`` bootstraps), each
-    with its own lower dir, mountpoint and loopback ports."""
-    raft = {i: f"127.0.0.1:{shimtest.free_port()}" for i in ids}
-    secret = base / "secret"
-    secret.write_text(SECRET + "\n")
-    peers = "".join(f"    {i}: {raft[i]}\n" for i in ids)
-    nodes = []
-    for i in ids:
-        d = base / f"node{i}"
-        for sub in ("lower", "mnt", "raft"):
-            (d / sub).mkdir(parents=True)
-        config = d / "litefs-py.yml"
-        config.write_text(
-            f"node:\n  id: {i}\n  hostname: node-{i}\n  raft-addr: {raft[i]}\n"
-            f"  http-addr: 127.0.0.1:{shimtest.free_port()}\n"
-            f"cluster:\n  bootstrap: {'true' if i == ids[0] else 'false'}\n  peers:\n{peers}"
-            f"  secret-file: {secret}\n  data-dir: {d / 'raft'}\n"
-            f"mount:\n  dir: {d / 'mnt'}\n  lower: {d / 'lower'}\n"
-            f"lease:\n  addr: 127.0.0.1:{shimtest.free_port()}\n"
-        )
-        m = shimtest.Mount(
-            d / "lower",
-            d / "mnt",
-            [str(shimtest.binary()), "mount", "--config", str(config), str(d / "mnt")],
-            d / "mount.log",
-            env={k: v for k, v in shimtest.daemon_env().items() if k != "LITEFS_PY_SECRET"},
-        )
-        factory.mounts.append(m)
-        nodes.append(Node(i, f"node-{i}", config, m))
-    for n in nodes:
-        n.mount.wait_ready(timeout=15)
-    return nodes
-
-
-def wait_roles(nodes: Sequence[Node], timeout: float = ELECTION_TIMEOUT) -> Cluster:
-    """Waits until one node says ``primary`` and the others ``replica``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        roles = {n.id: n.role() for n in nodes}
-        primaries = [n for n in nodes if roles[n.id] == "primary"]
-        replicas = [n for n in nodes if roles[n.id] == "replica"]
-        if len(primaries) == 1 and len(replicas) == len(nodes) - 1:
-            return Cluster(primaries[0], replicas[0], list(nodes))
-        if time.monotonic() > deadline:
-            logs = "\n".join(n.mount.output()[-2000:] for n in nodes)
-            raise AssertionError(f"no primary + replicas after {timeout} s: {roles}\n{logs}")
-        time.sleep(0.05)
+    primary: testing.MountNode
+    replica: testing.MountNode
+    nodes: list[testing.MountNode]
 
 
 @pytest.fixture
-def cluster(mount_factory: shimtest.MountFactory, tmp_path: Path) -> Cluster:
+def cluster(mount_factory: testing.MountFactory, tmp_path: Path) -> Cluster:
     """A two-node raft cluster of ``litefs-py mount``: one primary, one replica. (Two voters
     cannot fail over; these tests only need the roles.) Each node has its own lower dir: with
     no LiteFS underneath nothing replicates, so tests copy files between them by hand."""
-    return wait_roles(start_cluster(mount_factory, tmp_path, [1, 2]))
+    return wait_cluster(testing.mount_cluster(mount_factory, tmp_path, [1, 2]))
+
+
+def wait_cluster(nodes: list[testing.MountNode]) -> Cluster:
+    """Until one of ``nodes`` says primary and the others replica (bounded)."""
+    primary, replicas = testing.wait_mount_roles(nodes, ELECTION_TIMEOUT)
+    return Cluster(primary, replicas[0], nodes)
 
 
 def django_env(mount: Path | str, **extra: Any) -> dict[str, str]:

@@ -31,11 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from litefs import testing
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path.insert(0, str(REPO / "integration"))
-
-import shimtest  # noqa: E402
 
 #: The sqlite backend's own modules (the issue's four first), then the ORM paths that write
 #: through the backend: schema changes, bulk writes, locking, fixtures, introspection.
@@ -184,7 +183,7 @@ def main() -> int:
     plain, lower, mnt = tmp / "plain", tmp / "lower", tmp / "mnt"
     for d in (plain, lower, mnt):
         d.mkdir()
-    factory = shimtest.MountFactory(tmp)
+    factory = testing.MountFactory(tmp, testing.litefs_py_binary(REPO))
     runs: list[dict] = []
     try:
         m = factory.start(lower, mnt)

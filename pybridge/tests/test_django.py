@@ -11,7 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import DJPROJECT, Cluster, client, django_env, manage, scenario, spawn_scenario
+from conftest import (
+    DJPROJECT,
+    Cluster,
+    client,
+    django_env,
+    manage,
+    scenario,
+    spawn_scenario,
+    wait_cluster,
+)
+from litefs import testing
 
 WRITES = (
     "save",
@@ -423,10 +433,8 @@ def test_open_connections_follow_a_failover(mount_factory, tmp_path: Path):
     """Three nodes; both replicas hold an open connection (writes refused). The primary stops;
     one replica is elected: on the same connection its writes now succeed, while the other
     replica's NotPrimary names the new primary."""
-    from conftest import start_cluster, wait_roles
-
-    nodes = start_cluster(mount_factory, tmp_path, [1, 2, 3])
-    first = wait_roles(nodes)
+    nodes = testing.mount_cluster(mount_factory, tmp_path, [1, 2, 3])
+    first = wait_cluster(nodes)
     replicas = [n for n in nodes if n is not first.primary]
     migrate(first.primary.mnt)
     for n in replicas:
@@ -438,7 +446,7 @@ def test_open_connections_follow_a_failover(mount_factory, tmp_path: Path):
             assert all(before[op]["not_primary"] for op in WRITES), before
             assert before["save"]["primary"] == first.primary.hostname
         first.primary.mount.stop()
-        second = wait_roles(replicas)
+        second = wait_cluster(replicas)
         for p in procs.values():
             p.stdin.write("go\n")
             p.stdin.flush()

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import client, manage, scenario
-from litefs_run import RunCluster, RunNode, litefs_binary
 
 import litefs
+from conftest import client, manage, scenario
+from litefs.testing import RunCluster, RunNode, litefs_binary
 
 pytestmark = pytest.mark.cluster
 
@@ -34,13 +34,15 @@ def live(litefs_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     binary = litefs_binary()
     if binary is None:
         pytest.skip("no litefs binary (install LiteFS v0.5.14 or set $LITEFS)")
-    cluster = RunCluster(tmp_path_factory.mktemp("litefs-cluster"), 3, binary)
-    cluster.start()
+    cluster = RunCluster(
+        3, tmp_path_factory.mktemp("litefs-cluster"), litefs_py=Path(litefs_bin), litefs=binary
+    )
     try:
+        cluster.start_all()
         primary, replicas = cluster.wait_roles()
         yield Live(cluster, primary, replicas)
     finally:
-        problems = cluster.stop()
+        problems = cluster.close()
         if problems:
             for n in cluster.nodes:
                 print(f"--- node {n.id} ---\n{n.output()[-3000:]}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import litefs
-from litefs import config
+from litefs import config, testing
 
 CONFIG = """\
 node:
@@ -147,12 +147,10 @@ def test_python_m_litefs_is_the_cli():
 
 def test_console_script_mounts(tmp_path: Path, litefs_bin):
     """`litefs-py mount` run through the Python script: SIGTERM unmounts, exit 0."""
-    import shimtest
-
     lower, mnt = tmp_path / "lower", tmp_path / "mnt"
     lower.mkdir()
     mnt.mkdir()
-    m = shimtest.Mount(
+    m = testing.Mount(
         lower, mnt, [script(), "mount", "--lower", str(lower), str(mnt)], tmp_path / "log"
     )
     try:

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Cluster
 
 import litefs
+from conftest import Cluster
 
 
 def test_single_node_is_primary(shim, monkeypatch):

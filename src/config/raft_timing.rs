@@ -1,6 +1,6 @@
 //! The `raft:` section of litefs-py.yml: the timing knobs of the raft cluster.
 //!
-//! The trade-off, in one place (README "Cluster" says the same to operators):
+//! The trade-off, in one place (docs/configuration.md says the same to operators):
 //! - `heartbeat-interval`: how often the leader proves it is alive. Shorter = faster detection
 //!   of a dead or cut-off leader, more RPCs (each is one small HTTP request per follower).
 //! - `election-timeout-max` is also the lease a follower grants its leader (openraft 0.10 ties

@@ -220,6 +220,10 @@ pub fn prometheus(node: &RaftNode, state: &StateHandle) -> String {
         "Incoming requests rejected for a wrong or missing cluster secret.",
         node.peers.rejected_requests(),
     );
+    // The shim's requests by FUSE opcode (a witness mounts nothing: no such families).
+    if status.role != Role::Witness.as_str() {
+        state.fuse_metrics().render_prometheus(&mut p.0);
+    }
     p.0
 }
 

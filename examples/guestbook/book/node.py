@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import litefs
 from django.conf import settings
+
+import litefs
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 from django.urls import path
-from litefs.django import views as litefs_views
 
 from book import views
+from litefs.django import views as litefs_views
 
 urlpatterns = [
     path("", views.index, name="index"),

@@ -8,17 +8,14 @@ skipped, except under ``CI=true``, where a missing prerequisite fails them.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(HERE))
-
-import cluster as cluster_mod  # noqa: E402
+from cluster import ROOT, Cluster
+from litefs import testing
 
 
 def _missing() -> str | None:
@@ -26,11 +23,11 @@ def _missing() -> str | None:
         return "needs root (FUSE mounts)"
     if not Path("/dev/fuse").exists():
         return "needs /dev/fuse"
-    if cluster_mod.litefs_binary() is None:
+    if testing.litefs_binary() is None:
         return "no litefs binary (install LiteFS v0.5.14: scripts/setup, or set $LITEFS)"
     try:
-        cluster_mod.litefs_py_binary()
-    except cluster_mod.ClusterError as e:
+        testing.litefs_py_binary(ROOT, ("release", "debug"))
+    except testing.MissingBinary as e:
         return str(e)
     return None
 
@@ -45,10 +42,10 @@ def prerequisites() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(prerequisites: None, request: pytest.FixtureRequest) -> Iterator[cluster_mod.Cluster]:
+def cluster(prerequisites: None, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     failed = request.session.testsfailed
     # 127.0.0.21-23: apart from the demo's addresses (127.0.0.11-13); ports chosen free.
-    c = cluster_mod.Cluster(size=3, ip_base=20)
+    c = Cluster(size=3, ip_base=20)
     try:
         c.start_all()
         c.wait_primary(90)
@@ -56,6 +53,6 @@ def cluster(prerequisites: None, request: pytest.FixtureRequest) -> Iterator[clu
         yield c
     finally:
         if request.session.testsfailed > failed:
-            c._own_work = False  # keep the logs (mounts are detached all the same)
+            c.own_work = False  # keep the logs (mounts are detached all the same)
             warnings.warn(f"a test failed: the cluster's logs are in {c.work}", stacklevel=1)
         c.close()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster import Cluster, _is_mounted
+from cluster import Cluster
+from litefs.testing import is_mounted
 
 pytestmark = pytest.mark.litefs
 
@@ -40,7 +41,7 @@ def test_close_stops_every_process_and_detaches_every_mount() -> None:
     assert codes == {1: 0, 2: 0, 3: 0}
     assert [p for p in pids if _alive(p)] == []
     for n in c.nodes:
-        assert not _is_mounted(n.mnt)
-        assert not _is_mounted(n.dir / "lower")
+        assert not is_mounted(n.mnt)
+        assert not is_mounted(n.dir / "lower")
     assert work is not None
     assert not work.exists()

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from cluster import HERE, Cluster, entries, failover, post, request, wait_count
+from api import entries, failover, post, wait_count
+from cluster import HERE, Cluster
+from litefs.testing import request
 
 pytestmark = pytest.mark.litefs
 

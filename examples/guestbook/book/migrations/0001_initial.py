@@ -4,25 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Entry',
+            name="Entry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=80)),
-                ('message', models.TextField(max_length=2000)),
-                ('created', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('node', models.CharField(blank=True, max_length=100)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=80)),
+                ("message", models.TextField(max_length=2000)),
+                ("created", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("node", models.CharField(blank=True, max_length=100)),
             ],
             options={
-                'verbose_name_plural': 'entries',
-                'ordering': ['-created', '-id'],
+                "verbose_name_plural": "entries",
+                "ordering": ["-created", "-id"],
             },
         ),
     ]

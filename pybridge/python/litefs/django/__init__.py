@@ -16,5 +16,5 @@
     A django-health-check 4.x check (optional dependency).
 
 Settings are read when used, never at import: ``settings.LITEFS`` (see
-:mod:`litefs.django.conf`).
+:mod:`litefs.django.settings`).
 """

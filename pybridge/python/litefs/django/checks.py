@@ -28,7 +28,7 @@ from django.core import checks
 
 from .._errors import ConfigError, LiteFSError, NotMounted
 from .._state import state as read_state
-from . import conf
+from . import settings as litefs_settings
 from .mixin import database_mount
 
 ENGINE = "litefs.django"
@@ -126,19 +126,19 @@ def _template_problem(value: Any) -> str | None:
 def check_litefs_settings() -> list[Any]:
     errors: list[Any] = []
     try:
-        given = conf.raw()
+        given = litefs_settings.raw()
     except TypeError as e:
         return [checks.Error(str(e), id="litefs.E006")]
-    unknown = sorted(set(given) - set(conf.DEFAULTS))
+    unknown = sorted(set(given) - set(litefs_settings.DEFAULTS))
     if unknown:
         errors.append(
             checks.Error(
                 f"settings.LITEFS has unknown key(s): {', '.join(unknown)}.",
-                hint=f"Known: {', '.join(sorted(conf.DEFAULTS))}.",
+                hint=f"Known: {', '.join(sorted(litefs_settings.DEFAULTS))}.",
                 id="litefs.E005",
             )
         )
-    s = conf.get()
+    s = litefs_settings.get()
     lag = s.max_lag_ms
     if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag < 0):
         errors.append(
@@ -148,7 +148,7 @@ def check_litefs_settings() -> list[Any]:
                 id="litefs.E006",
             )
         )
-    if s.replica_writes not in conf.REPLICA_WRITE_MODES:
+    if s.replica_writes not in litefs_settings.REPLICA_WRITE_MODES:
         errors.append(
             checks.Error(
                 f"settings.LITEFS['REPLICA_WRITES'] is {s.replica_writes!r}.",
@@ -189,7 +189,7 @@ def check_litefs_settings() -> list[Any]:
                 )
             )
     if s.config is not None:
-        from .config import litefs_py_yml
+        from .litefs_yml import litefs_py_yml
 
         try:
             from ..config import validate
@@ -210,7 +210,7 @@ def check_litefs_settings() -> list[Any]:
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """The settings checks, for every ``litefs.django`` database."""
     errors = check_litefs_settings()
-    mount = conf.get().mount
+    mount = litefs_settings.get().mount
     for alias, spec in litefs_databases().items():
         errors += check_database_settings(alias, spec, mount)
     return errors
@@ -218,7 +218,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 def check_runtime(alias: str, name: Any) -> list[Any]:
     """The mount answers, and this node is the primary (for ``migrate``)."""
-    mount = conf.get().mount
+    mount = litefs_settings.get().mount
     if database_mount(name, mount) is None:
         return []
     try:

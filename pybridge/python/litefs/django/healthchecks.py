@@ -18,7 +18,7 @@ from health_check.exceptions import ServiceUnavailable
 
 from .._errors import LiteFSError
 from .._state import state as read_state
-from . import conf
+from . import settings as litefs_settings
 
 
 @dataclasses.dataclass
@@ -30,7 +30,7 @@ class LiteFS(HealthCheck):
     max_lag_ms: int | None = None
 
     def run(self) -> None:
-        s = conf.get()
+        s = litefs_settings.get()
         mount = self.mount or s.mount
         try:
             st = read_state(mount)

@@ -30,7 +30,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from .. import _native
 from .._errors import LiteFSError, _NotPrimaryBase
 from .._state import state as read_state
-from . import conf
+from . import settings as litefs_settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -57,7 +57,7 @@ def _rolled_back(request: HttpRequest) -> bool:
 
 def divert(request: HttpRequest, primary: str | None) -> HttpResponse:
     """The answer that sends ``request`` to ``primary`` (per ``settings.LITEFS``)."""
-    s = conf.get()
+    s = litefs_settings.get()
     if not primary:
         return _unavailable("no primary is known yet (an election); retry shortly")
     if s.replica_writes == "redirect" and s.primary_url:
@@ -79,7 +79,7 @@ class ReplicaWriteMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         if request.method not in SAFE_METHODS:
-            s = conf.get()
+            s = litefs_settings.get()
             if s.replica_writes is not None:
                 try:
                     if _native.read_role(s.mount) != "primary":
@@ -91,7 +91,10 @@ class ReplicaWriteMiddleware:
     def process_exception(
         self, request: HttpRequest, exception: Exception
     ) -> HttpResponseBase | None:
-        if not isinstance(exception, _NotPrimaryBase) or conf.get().replica_writes is None:
+        if (
+            not isinstance(exception, _NotPrimaryBase)
+            or litefs_settings.get().replica_writes is None
+        ):
             return None
         if request.method in SAFE_METHODS:
             return divert(request, exception.primary)

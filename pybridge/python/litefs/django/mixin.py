@@ -41,7 +41,7 @@ from django.db.utils import DatabaseError as DjangoDatabaseError
 from .. import _native
 from .._errors import LiteFSError, _not_primary_class
 from .._state import state as read_state
-from . import conf
+from . import settings as litefs_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -276,7 +276,9 @@ class LiteFSMixin:
         self._litefs_wal = "journal_mode" not in init.lower() and not _is_memory(
             self.settings_dict.get("NAME")
         )
-        self._litefs_mount = database_mount(self.settings_dict.get("NAME"), conf.get().mount)
+        self._litefs_mount = database_mount(
+            self.settings_dict.get("NAME"), litefs_settings.get().mount
+        )
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
@@ -347,7 +349,7 @@ class LiteFSMixin:
         """Called by ``migrate`` before it changes anything (also under ``--skip-checks``)."""
         super().prepare_database()  # type: ignore[misc]
         # Not necessarily connected yet: where the database is, from the settings as they are.
-        mount = database_mount(self.settings_dict.get("NAME"), conf.get().mount)
+        mount = database_mount(self.settings_dict.get("NAME"), litefs_settings.get().mount)
         if mount is not None:
             s = read_state(mount)
             if not s.is_primary:

@@ -12,7 +12,8 @@ class DatabaseValidation(BaseDatabaseValidation):
     def check(self, **kwargs: Any) -> list[Any]:
         from django.apps import apps
 
-        from . import checks, conf
+        from . import checks
+        from . import settings as litefs_settings
 
         issues: list[Any] = list(super().check(**kwargs))
         conn = self.connection
@@ -20,7 +21,7 @@ class DatabaseValidation(BaseDatabaseValidation):
             # Without the app nothing registered the settings checks: run them here.
             issues += checks.check_litefs_settings()
             issues += checks.check_database_settings(
-                conn.alias, conn.settings_dict, conf.get().mount
+                conn.alias, conn.settings_dict, litefs_settings.get().mount
             )
         issues += checks.check_runtime(conn.alias, conn.settings_dict.get("NAME"))
         return issues

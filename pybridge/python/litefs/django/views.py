@@ -26,11 +26,11 @@ from django.views.decorators.http import require_safe
 from .._errors import LiteFSError, NotMounted
 from .._state import State
 from .._state import state as read_state
-from . import conf
+from . import settings as litefs_settings
 
 
 def _state() -> tuple[State | None, list[str], str]:
-    s = conf.get()
+    s = litefs_settings.get()
     try:
         st = read_state(s.mount)
     except NotMounted as e:

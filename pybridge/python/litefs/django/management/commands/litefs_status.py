@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from litefs._errors import LiteFSError
 from litefs._state import state as read_state
-from litefs.django import conf
+from litefs.django import settings as litefs_settings
 from litefs.django.checks import litefs_databases
 from litefs.django.mixin import database_mount
 
@@ -22,7 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        s = conf.get()
+        s = litefs_settings.get()
         try:
             st = read_state(s.mount)
         except LiteFSError as e:

@@ -18,13 +18,13 @@ from typing import Any
 
 from .. import config as litefs_config
 from .._errors import ConfigError
-from . import conf
+from . import settings as litefs_settings
 
 
 def litefs_py_yml() -> str:
     """litefs-py.yml text from ``settings.LITEFS`` (validated by the caller)."""
-    s = conf.get()
-    given_mount = conf.raw().get("MOUNT")
+    s = litefs_settings.get()
+    given_mount = litefs_settings.raw().get("MOUNT")
     source = s.config
     if source is None:
         raise ConfigError("settings.LITEFS['CONFIG'] is not set", "CONFIG")

@@ -1,0 +1,154 @@
+"""The guestbook cluster's scripted tour (``cluster.py demo``, run by scripts/demo) and the
+prompt of ``cluster.py up``."""
+
+from __future__ import annotations
+
+import http.client
+import time
+
+from api import entries, failover, post, wait_count
+from litefs.testing import ClusterError, RunCluster, request, try_request
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def table(c: RunCluster) -> str:
+    """One line per node: address, ``.role``, ``.primary`` and the app's ``/readyz``."""
+    rows = [f"   {'node':<6} {'address':<12} {'.role':<9} {'.primary':<12} app /readyz"]
+    for n in c.nodes:
+        if not n.running:
+            rows.append(f"   {n.id:<6} {n.ip:<12} (stopped)")
+            continue
+        r = try_request(n.url + "/readyz", timeout=2)
+        ready = "down" if r is None else str(r.status)
+        role, primary = n.role() or "?", n.primary() or "(none)"
+        rows.append(f"   {n.id:<6} {n.ip:<12} {role:<9} {primary:<12} {ready}")
+    return "\n".join(rows)
+
+
+def demo(c: RunCluster) -> float:
+    """The tour; returns the failover time (kill -9 to the first accepted write), seconds."""
+    say(
+        f"== starting {c.size} guestbook nodes (work dir {c.work}, app port {c.nodes[0].ports.app})"
+    )
+    say("   each: litefs-py run --config nN/litefs-py.yml -- python start.py")
+    t0 = time.monotonic()
+    c.start_all()
+    p = c.wait_primary(90)
+    c.wait_ready(timeout=120)
+    say(f"   primary: node {p.id} ({p.ip}); every app ready after {time.monotonic() - t0:.1f} s")
+    say(table(c))
+    replicas = [n for n in c.nodes if n is not p]
+
+    say(f"\n== write on the primary: POST {p.url}/api/entries")
+    for i in range(1, 4):
+        r = post(p, "demo", f"hello #{i} before the failover")
+        body = r.json()
+        assert isinstance(body, dict)
+        say(f"   {r.status} id={body['id']} accepted by {body['node']}")
+    for n in replicas:
+        took = wait_count(n, 3)
+        d = entries(n)
+        latest = d["entries"][0]["message"]
+        say(
+            f"   node {n.id} ({d['role']}) lists {d['count']} entries, latest {latest!r} "
+            f"(replicated within {took * 1000:.0f} ms)"
+        )
+
+    n = replicas[0]
+    say(f"\n== a POST to a replica (node {n.id}) is redirected to the primary")
+    r = post(n, "demo", "sent to a replica")
+    say(f"   {r.status} Location: {r.headers.get('location')}")
+    if r.status != 307:
+        raise ClusterError(f"expected a 307 from the replica, got {r.status}: {r.body[:200]!r}")
+    r2 = request(r.headers["location"], "POST", {"name": "demo", "message": "sent to a replica"})
+    say(f"   re-sent there: {r2.status}, accepted by {r2.json()['node']}")
+    before = int(entries(p)["count"])
+    for m in replicas:
+        wait_count(m, before)
+
+    say(f"\n== kill -9 the primary, node {p.id}: its litefs-py run, its app, its LiteFS")
+    assert p.proc is not None
+    pids = f"kill -KILL -- -{p.proc.pid} (litefs-py run + app); kill -KILL {p.find_litefs()}"
+    say(f"   {pids} (LiteFS)")
+    c.kill9(p)
+    new, t_role, t_write = failover(c, p)
+    say(
+        f"   node {new.id} ({new.ip}) took over: its .role said primary {t_role * 1000:.0f} ms "
+        f"after the kill; first write accepted {t_write * 1000:.0f} ms after the kill"
+    )
+    c.wait_ready([m for m in replicas if m is not new], timeout=60)
+    d = entries(new)
+    say(f"   node {new.id} lists {d['count']} entries ({before} from before the kill, + 1)")
+    if int(d["count"]) != before + 1:
+        raise ClusterError(f"expected {before + 1} entries on the new primary, got {d['count']}")
+    say(table(c))
+
+    say(f"\n== restart node {p.id}: it rejoins as a replica")
+    t0 = time.monotonic()
+    c.start(p)
+    c.wait_ready([p], timeout=120)
+    wait_count(p, before + 1, timeout=30)
+    d = entries(p)
+    latest = d["entries"][0]["message"]
+    say(
+        f"   node {p.id} is {p.role()}, ready {time.monotonic() - t0:.1f} s after its start; "
+        f"lists {d['count']} entries, latest {latest!r}"
+    )
+    say(table(c))
+    say(f"\nfailover: {t_write * 1000:.0f} ms from kill -9 to the first write on the new primary")
+    return t_write
+
+
+HELP = """\
+commands:  status | wait (for a primary) | kill N (kill -9 node N) | stop N (SIGTERM)
+           start N | post N TEXT | get N | quit (or Ctrl-C, or end of input)"""
+
+
+def repl(c: RunCluster) -> None:
+    """``up``: a few commands on stdin to play with the cluster."""
+    by_id = {str(n.id): n for n in c.nodes}
+    say(HELP)
+    while True:
+        try:
+            line = input("cluster> ").strip()
+        except EOFError:
+            return
+        cmd, _, rest = line.partition(" ")
+        arg, _, text = rest.strip().partition(" ")
+        node = by_id.get(arg)
+        try:
+            if cmd in ("quit", "exit"):
+                return
+            if cmd == "status":
+                say(table(c))
+            elif cmd == "wait":
+                t0 = time.monotonic()
+                p = c.wait_primary(60)
+                say(f"node {p.id} is primary ({time.monotonic() - t0:.1f} s)")
+            elif cmd in ("kill", "stop", "start", "post", "get") and node is None:
+                say(f"which node? 1..{c.size}")
+            elif cmd == "kill" and node is not None:
+                c.kill9(node)
+                say(f"node {node.id} killed (its litefs-py run, app and LiteFS)")
+            elif cmd == "stop" and node is not None:
+                say(f"node {node.id} stopped with status {c.stop(node)}")
+            elif cmd == "start" and node is not None:
+                c.start(node)
+                c.wait_ready([node], timeout=120)
+                say(f"node {node.id} is up: {node.role()}")
+            elif cmd == "post" and node is not None:
+                r = post(node, "cli", text or "hello")
+                where = r.headers.get("location", "")
+                say(f"{r.status} {where or r.body.decode(errors='replace')}")
+            elif cmd == "get" and node is not None:
+                d = entries(node)
+                say(f"node {node.id} ({d['role']}): {d['count']} entries")
+                for e in d["entries"][:5]:
+                    say(f"   #{e['id']} {e['message']!r} accepted by {e['node']}")
+            elif cmd:
+                say(HELP)
+        except (ClusterError, OSError, http.client.HTTPException) as e:
+            say(f"error: {e}")
