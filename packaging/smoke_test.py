@@ -126,9 +126,20 @@ def main() -> None:
             )
         )
         proc = subprocess.Popen(
-            ["litefs-py", "run", "--config", str(config), "--",
-             str(venv / "bin/python"), str(tmp / "app.py"), str(APP_WAIT_S)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                "litefs-py",
+                "run",
+                "--config",
+                str(config),
+                "--",
+                str(venv / "bin/python"),
+                str(tmp / "app.py"),
+                str(APP_WAIT_S),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         try:

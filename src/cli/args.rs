@@ -85,7 +85,8 @@ pub enum Command {
     /// Validate and print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Print the litefs-py version and the LiteFS version it expects.
+    /// Print the litefs-py version, the LiteFS version it expects, and the LiteFS `run` would
+    /// start without `litefs.binary` (the wheel's own, or `litefs` on PATH) with its version.
     Version,
 }
 

@@ -88,10 +88,17 @@ pub const BUNDLED_ENV: &str = "LITEFS_PY_BUNDLED_LITEFS";
 /// runs from the Python package; else `litefs` on `$PATH` (a `cargo install` of the binary
 /// alone).
 pub fn litefs_binary(configured: Option<&Path>) -> Result<PathBuf, ProcessError> {
+    choose_binary(configured, std::env::var_os(BUNDLED_ENV))
+}
+
+fn choose_binary(
+    configured: Option<&Path>,
+    bundled: Option<std::ffi::OsString>,
+) -> Result<PathBuf, ProcessError> {
     if let Some(binary) = configured {
         return resolve_binary(binary);
     }
-    if let Some(bundled) = std::env::var_os(BUNDLED_ENV).filter(|v| !v.is_empty()) {
+    if let Some(bundled) = bundled.filter(|v| !v.is_empty()) {
         return resolve_binary(Path::new(&bundled)).map_err(|e| match e {
             ProcessError::Binary { binary, why } => ProcessError::Bundled { binary, why },
             other => other,
@@ -394,6 +401,27 @@ mod tests {
             statfs_with_timeout(dir.path(), Duration::from_secs(5)).map(|r| r.is_ok()),
             Some(true)
         );
+    }
+
+    #[test]
+    fn the_configured_binary_wins_then_the_bundled_one_then_path() {
+        let sh = Some(std::ffi::OsString::from("/bin/sh"));
+        let pick = |c: Option<&str>, b: Option<std::ffi::OsString>| {
+            choose_binary(c.map(Path::new), b).map_err(|e| e.to_string())
+        };
+        assert_eq!(pick(Some("/bin/true"), sh.clone()), Ok("/bin/true".into()));
+        assert_eq!(pick(None, sh), Ok("/bin/sh".into()));
+        let e = pick(None, Some("/nonexistent/_bin/litefs".into())).unwrap_err();
+        assert_eq!(
+            e,
+            "the LiteFS bundled with the Python package, /nonexistent/_bin/litefs, no such file: \
+             reinstall the wheel, or set litefs.binary"
+        );
+        // Neither: `litefs` on PATH, as `execvp` would find it (or the error naming PATH).
+        match pick(None, Some("".into())) {
+            Ok(p) => assert!(p.ends_with("litefs"), "{p:?}"),
+            Err(e) => assert!(e.contains("not found on $PATH"), "{e}"),
+        }
     }
 
     #[test]

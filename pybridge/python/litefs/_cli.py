@@ -18,7 +18,6 @@ from pathlib import Path
 
 from . import _native
 
-
 BUNDLED_ENV = "LITEFS_PY_BUNDLED_LITEFS"
 
 
