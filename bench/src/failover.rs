@@ -167,7 +167,7 @@ pub fn run(args: FailoverArgs, target: &Path, exe_dir: &Path) -> Result<bool> {
     };
     let mut cluster = MountCluster::of_mounts(opts, &NODES)?;
     let effective = cluster.effective("raft")?;
-    let version = crate::first_line_of(&binary, "version");
+    let version = litefs_py_testkit::process::version_line(&binary);
     println!(
         "litefs-py-bench failover ({kills} kills): {version}, kernel {}, {} CPUs; 3 nodes on \
          loopback; raft {}",

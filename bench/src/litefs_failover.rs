@@ -147,8 +147,8 @@ pub fn run(args: LiteFsFailoverArgs, target: &Path, exe_dir: &Path) -> Result<bo
     let mut cluster = RunCluster::create(opts, &litefs, NODES.len() as u64)?;
     let lease = cluster.effective("lease")?;
     let raft = cluster.effective("raft")?;
-    let version = crate::first_line_of(&binary, "version");
-    let litefs_version = litefs_py_testkit::litefs::version(&litefs);
+    let version = litefs_py_testkit::process::version_line(&binary);
+    let litefs_version = litefs_py_testkit::process::version_line(&litefs);
     println!(
         "litefs-py-bench litefs-failover ({kills} kills): {version}, LiteFS {litefs_version}, \
          kernel {}, {} CPUs; 3 `litefs-py run` nodes on loopback; lease ttl {}",

@@ -18,7 +18,6 @@ mod sys;
 mod workloads;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
@@ -153,20 +152,6 @@ fn target_dir() -> Result<PathBuf> {
         .to_path_buf())
 }
 
-fn first_line_of(binary: &Path, arg: &str) -> String {
-    Command::new(binary)
-        .arg(arg)
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Pins this process; threads and children started later inherit the mask.
 fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET bounds-checks against its size.
@@ -219,13 +204,13 @@ fn run(args: Args) -> Result<()> {
         mem_total_mib: sys::mem_total_kib().map(|k| k >> 10),
         bench_dir: tmp.path().display().to_string(),
         bench_dir_fstype: litefs_py_testkit::mount::fstype_of(tmp.path()),
-        litefs_py: first_line_of(&shim_bin, "version"),
+        litefs_py: litefs_py_testkit::process::version_line(&shim_bin),
         litefs_py_binary: shim_bin.display().to_string(),
         sqlite: rusqlite::version().to_string(),
         litefs: litefs_bin
             .as_ref()
             .ok()
-            .map(|b| litefs_py_testkit::litefs::version(b)),
+            .map(|b| litefs_py_testkit::process::version_line(b)),
     };
     println!(
         "litefs-py-bench ({}{}): {}, kernel {}, {} CPUs, {} on {}",

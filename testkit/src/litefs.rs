@@ -83,21 +83,6 @@ pub fn find_binary(explicit: Option<&Path>) -> std::result::Result<PathBuf, Stri
         })
 }
 
-/// The first line `litefs version` prints (development builds name no version).
-pub fn version(binary: &Path) -> String {
-    Command::new(binary)
-        .arg("version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// The PID of the LiteFS a `litefs-py run` started, from the last `LiteFS started ... pid=N`
 /// line of its log, if that process still runs LiteFS with `config` (the litefs.yml that run
 /// generated): only then may it be signalled.

@@ -249,6 +249,22 @@ pub fn touch(path: &Path) -> Result<()> {
         .context(|| format!("creating {}", path.display()))
 }
 
+/// The first line `<binary> version` prints (`litefs-py` and `litefs` both answer it; a LiteFS
+/// built without ldflags says "development build"), or `unknown`.
+pub fn version_line(binary: &Path) -> String {
+    Command::new(binary)
+        .arg("version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
