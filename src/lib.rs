@@ -10,6 +10,7 @@
 
 pub mod config;
 mod poll;
+mod task_set;
 
 mod raft;
 

@@ -18,6 +18,7 @@ const RANKS: &[(&str, u32)] = &[
     // litefs-py.yml, and a helper with no domain knowledge.
     ("config", 0),
     ("poll", 0),
+    ("task_set", 0),
     // Consensus only: storage, state machine, transport, RaftNode, membership.
     ("raft", 1),
     // Everything that knows LiteFS.

@@ -22,7 +22,6 @@ use litefs_py_fuse::{ClusterView, StateHandle};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub(crate) use self::api::paths;
 pub(crate) use self::status::StatusReport;
@@ -36,6 +35,7 @@ use crate::litefs::state::LiteFsState;
 use crate::raft::faults::Faults;
 use crate::raft::{NodeError, NodeSettings, RaftNode};
 use crate::role::{self, Identity, RunInputs};
+use crate::task_set::TaskSet;
 
 /// Whether the node serves the lease API (`lease.addr`) for its LiteFS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +198,7 @@ struct Services {
     state: StateHandle,
     lease: Mutex<Option<LeaseServer>>,
     stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: TaskSet,
 }
 
 async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
@@ -258,7 +258,7 @@ impl Services {
             state: state.clone(),
             lease: Mutex::new(lease_server),
             stop,
-            tasks: Mutex::new(Vec::new()),
+            tasks: TaskSet::default(),
         };
         let rpc =
             crate::raft::server::router(raft.clone(), rpc::router(raft.clone(), handoff.clone()));
@@ -285,7 +285,7 @@ impl Services {
     }
 
     fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.lock().push(tokio::spawn(fut));
+        self.tasks.spawn(fut);
     }
 
     fn failure(&self) -> Option<String> {
@@ -307,15 +307,7 @@ impl Services {
         }
         let _ = self.stop.send(true);
         self.raft.shutdown().await;
-        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
-        for t in tasks {
-            if tokio::time::timeout(Duration::from_secs(1), t)
-                .await
-                .is_err()
-            {
-                tracing::debug!("a node task did not stop within 1s");
-            }
-        }
+        self.tasks.join_within(Duration::from_secs(1), "node").await;
     }
 }
 

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{RaftMetrics, ServerState};
-use parking_lot::Mutex;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::faults::Faults;
 use super::network::{CallError, NetworkFactory, Secret, Transport};
@@ -23,6 +21,7 @@ use super::timing_check::TimingStamp;
 use super::{Node, NodeId, Raft, StateMachineStore, StoreError, TypeConfig, open_storage};
 use crate::config::{Config, ConfigError, RaftTiming};
 use crate::poll::poll_until;
+use crate::task_set::TaskSet;
 
 /// How long a leadership transfer may take (one retry halfway).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6);
@@ -133,7 +132,7 @@ pub struct RaftNode {
     pub peers: Arc<Peers>,
     pub state_machine: StateMachineStore,
     stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: TaskSet,
 }
 
 /// openraft's settings from ours.
@@ -204,7 +203,7 @@ impl RaftNode {
             peers,
             state_machine: sm,
             stop,
-            tasks: Mutex::new(Vec::new()),
+            tasks: TaskSet::default(),
         });
         node.spawn(super::tasks::reconcile_members(
             node.clone(),
@@ -228,7 +227,7 @@ impl RaftNode {
     }
 
     fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.lock().push(tokio::spawn(fut));
+        self.tasks.spawn(fut);
     }
 
     /// Stops the servers and tasks, then raft. Bounded: a stuck task is abandoned.
@@ -240,15 +239,9 @@ impl RaftNode {
         {
             tracing::warn!("raft did not stop within 2s");
         }
-        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
-        for t in tasks {
-            if tokio::time::timeout(Duration::from_secs(1), t)
-                .await
-                .is_err()
-            {
-                tracing::debug!("a node task did not stop within 1s");
-            }
-        }
+        self.tasks
+            .join_within(Duration::from_secs(1), "raft node")
+            .await;
     }
 
     pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
