@@ -58,13 +58,21 @@ def fail(msg: str) -> None:
     sys.exit(f"smoke test: {msg}")
 
 
-def mounts_under(root: Path) -> list[str]:
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split(" ")[4].replace("\\040", " ")
-        if point.startswith(str(root)):
-            points.append(point)
-    return points
+def mounts_under(venv: Path, root: Path) -> list[str]:
+    """The FUSE mounts at or below ``root``, deepest first, read with the installed wheel's own
+    test kit (``litefs.testing``: the one mountinfo reader of the Python side)."""
+    python = venv / "bin/python"
+    if not python.exists():
+        return []  # nothing was installed, so nothing was mounted
+    code = (
+        "import sys\n"
+        "from litefs.testing.mountinfo import fuse_mounts_under\n"
+        "print('\\n'.join(fuse_mounts_under(sys.argv[1])))"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code, str(root)], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in out.splitlines() if line]
 
 
 def main() -> None:
@@ -153,7 +161,7 @@ def main() -> None:
             fail(f"litefs-py run exited {proc.returncode} without the app's SMOKE OK")
         if "LiteFS started" not in out and "litefs" not in out.lower():
             fail("the run's log does not show LiteFS starting")
-        left = mounts_under(tmp)
+        left = mounts_under(venv, tmp)
         if left:
             fail(f"mounts left after a clean stop: {left}")
         print(f"smoke test: ok ({wheel.name})")
@@ -161,9 +169,10 @@ def main() -> None:
         if proc is not None and proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-        for point in reversed(mounts_under(tmp)):
+        venv = tmp / "venv"
+        for point in mounts_under(venv, tmp):
             subprocess.run(["umount", "-l", point], check=False)
-        if not mounts_under(tmp):
+        if not mounts_under(venv, tmp):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
