@@ -54,7 +54,6 @@ class Cluster(RunCluster):
             app=[sys.executable, str(HERE / "start.py")],
             app_cwd=HERE,
             env=env,
-            lease_ttl="3s",
             run_grace="10s",
             # The demo's build (scripts/demo: cargo build --release) first.
             litefs_py=litefs_py_binary(ROOT, ("release", "debug")),
