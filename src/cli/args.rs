@@ -60,7 +60,8 @@ pub enum Command {
     Run(RunArgs),
     /// Run a raft voter only (no LiteFS, no FUSE): the third vote of a two-data-node cluster.
     ///
-    /// A witness votes in elections but never runs for leader. SIGINT or SIGTERM stops it.
+    /// A witness votes and is never primary: if it wins an election (its log the only complete
+    /// one), it hands raft leadership to a data node at once. SIGINT or SIGTERM stops it.
     Witness(WitnessArgs),
     /// Show the cluster as the local node sees it (asks the daemon on node.http-addr).
     Status(StatusArgs),

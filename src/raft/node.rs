@@ -40,7 +40,7 @@ pub struct NodeSettings {
     pub secret: Option<Secret>,
     pub data_dir: PathBuf,
     pub timing: RaftTiming,
-    /// A witness votes but never runs for leader and has no LiteFS.
+    /// A witness votes, is never primary (it hands on any leadership it wins) and has no LiteFS.
     pub witness: bool,
     /// `lease.ttl` on a data node (compared across nodes, see `timing_check`); `None` on a
     /// witness. Not read from the config here: the node layer sets it from the lease API's
