@@ -59,7 +59,7 @@ impl NodeSettings {
         if witness && config.cluster.bootstrap {
             return Err(ConfigError::Invalid {
                 key: "cluster.bootstrap",
-                message: "a witness cannot bootstrap the cluster (it never becomes leader): set \
+                message: "a witness cannot bootstrap the cluster (it hands leadership on and is never primary): set \
                           bootstrap on a data node"
                     .into(),
             });
