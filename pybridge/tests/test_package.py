@@ -90,8 +90,17 @@ def test_errors_name_the_key(text, key, words):
 
 
 def test_dollar_refused_in_litefs_yml():
+    # `$$` is a literal `$` in litefs-py.yml; LiteFS would expand it in litefs.yml: refused.
     with pytest.raises(litefs.ConfigError, match=r"\$"):
-        config.render_litefs_yml(CONFIG.replace("data-dir: /var/lib/litefs", "data-dir: $HOME"))
+        config.render_litefs_yml(CONFIG.replace("data-dir: /var/lib/litefs", "data-dir: $$HOME"))
+
+
+def test_environment_variables_are_expanded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LITEFS_PY_TEST_HOST", "web-7")
+    c = config.validate(CONFIG.replace("hostname: web-1", "hostname: ${LITEFS_PY_TEST_HOST}"))
+    assert c["node"]["hostname"] == "web-7"
+    with pytest.raises(litefs.ConfigError, match=r"LITEFS_PY_TEST_UNSET\} is not set"):
+        config.validate(CONFIG.replace("hostname: web-1", "hostname: ${LITEFS_PY_TEST_UNSET}"))
 
 
 def test_warnings_two_voters():

@@ -41,8 +41,8 @@ pub enum Command {
     /// Starts, in order: this node's raft node and the lease API on lease.addr (required: if it
     /// cannot listen, nothing starts); LiteFS (`litefs.binary mount -config FILE`, with the
     /// litefs.yml that `config litefs` prints, written to FILE = --litefs-config, else
-    /// run.litefs-config, else litefs.yml next to cluster.data-dir, e.g.
-    /// /var/lib/litefs-py/litefs.yml), waiting up to 30 s for its FUSE mount at mount.lower and
+    /// run.litefs-config, else litefs.yml inside cluster.data-dir, e.g.
+    /// /var/lib/litefs-py/raft/litefs.yml), waiting up to 30 s for its FUSE mount at mount.lower and
     /// its HTTP API; the shim at mount.dir over mount.lower; and, once LiteFS is primary or has
     /// caught up with the primary, CMD with LITEFS_DIR=<mount.dir> added to its environment
     /// (stdin, stdout and stderr are passed on).
@@ -120,7 +120,7 @@ pub struct RunArgs {
     pub grace: Option<Duration>,
 
     /// Where to write the generated litefs.yml [default: run.litefs-config, else litefs.yml
-    /// in the parent of cluster.data-dir].
+    /// inside cluster.data-dir].
     #[arg(long, value_name = "FILE")]
     pub litefs_config: Option<PathBuf>,
 

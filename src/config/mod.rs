@@ -12,9 +12,11 @@ use std::time::Duration;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod identity;
 mod litefs_proxy;
 mod raft_timing;
 mod run;
+pub use identity::{Bootstrap, FROM_HOSTNAME, id_from_hostname, system_hostname};
 pub use litefs_proxy::LiteFsProxyConfig;
 pub use raft_timing::RaftTiming;
 pub use run::RunConfig;
@@ -77,11 +79,16 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeConfig {
-    /// Unique in the cluster, > 0.
+    /// Unique in the cluster, > 0; `from-hostname` derives it from the host name's ordinal
+    /// (`app-2` → 3).
+    #[serde(deserialize_with = "identity::node_id")]
     pub id: u64,
-    /// What `.primary` shows on the other nodes.
+    /// What `.primary` shows on the other nodes [default: this machine's host name].
+    #[serde(default = "identity::system_hostname")]
     pub hostname: String,
-    /// `host:port` where peers reach this node's raft RPC.
+    /// `host:port` where peers reach this node's raft RPC [default: this node's entry in
+    /// `cluster.peers`].
+    #[serde(default)]
     pub raft_addr: String,
     /// `host:port` for status JSON and /metrics.
     pub http_addr: String,
@@ -90,9 +97,11 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClusterConfig {
-    /// True on exactly one node, for the cluster's first start.
+    /// Who creates the cluster on its first start: `true` on exactly one node, or `auto` on
+    /// every node (the lowest-id data node creates it, and only once a majority of the peers
+    /// said they belong to no cluster yet).
     #[serde(default)]
-    pub bootstrap: bool,
+    pub bootstrap: Bootstrap,
     /// Voters, this node included: id -> raft address.
     #[serde(default, deserialize_with = "unique_peers")]
     pub peers: BTreeMap<u64, String>,
@@ -106,7 +115,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            bootstrap: false,
+            bootstrap: Bootstrap::Never,
             peers: BTreeMap::new(),
             secret_file: None,
             data_dir: default_raft_dir(),
@@ -293,11 +302,30 @@ impl Config {
         Config::load(&path)
     }
 
+    /// Parses a config's text: `${VAR}` expanded from the environment first, then defaults
+    /// that depend on other keys filled in, then [`Config::validate`].
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        let text = identity::expand_env(text)?;
+        let mut config: Config = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             message: e.to_string(),
         })?;
+        if config.node.raft_addr.is_empty() {
+            config.node.raft_addr = config
+                .cluster
+                .peers
+                .get(&config.node.id)
+                .cloned()
+                .ok_or_else(|| {
+                    invalid(
+                        "node.raft-addr",
+                        format!(
+                            "not set, and cluster.peers has no entry for node.id {}: set one of them",
+                            config.node.id
+                        ),
+                    )
+                })?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -537,7 +565,28 @@ lease:
                 .starts_with("lease.addr:")
         );
         assert!(err(&GOOD.replace("  ttl: 3s", "  ttl: soon")).contains("ttl"));
-        assert!(err("node: {id: 1}").contains("missing field `hostname`"));
+        assert!(err("node: {id: 1}").contains("missing field `http-addr`"));
+        assert!(
+            err("node: {id: 1, http-addr: '127.0.0.1:1'}").starts_with(
+                "node.raft-addr: not set, and cluster.peers has no entry for node.id 1"
+            )
+        );
+        assert!(err(&GOOD.replace("id: 1\n", "id: one\n")).contains("\"one\" is not a node id"));
+    }
+
+    #[test]
+    fn one_file_for_every_node() {
+        // No raft-addr: this node's entry in cluster.peers; no hostname: the machine's.
+        let c = Config::parse(
+            "node: {id: 2, http-addr: '127.0.0.1:20311'}\n\
+             cluster: {bootstrap: auto, peers: {1: 'a:1', 2: 'b:2', 3: 'c:3'}}\n",
+        )
+        .unwrap();
+        assert_eq!(c.node.raft_addr, "b:2");
+        assert_eq!(c.node.hostname, system_hostname());
+        assert_eq!(c.cluster.bootstrap, Bootstrap::Auto);
+        let again = Config::parse(&c.to_yaml()).unwrap();
+        assert_eq!(again.cluster.bootstrap, Bootstrap::Auto);
     }
 
     #[test]

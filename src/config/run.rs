@@ -17,8 +17,8 @@ pub struct RunConfig {
     /// How long the app gets to exit after SIGTERM/SIGINT was passed on to it, before SIGKILL.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub grace: Duration,
-    /// Where `run` writes the litefs.yml it starts LiteFS with [default: litefs.yml next to
-    /// `cluster.data-dir`, e.g. /var/lib/litefs-py/litefs.yml].
+    /// Where `run` writes the litefs.yml it starts LiteFS with [default: litefs.yml inside
+    /// `cluster.data-dir`, e.g. /var/lib/litefs-py/raft/litefs.yml].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub litefs_config: Option<PathBuf>,
 }
@@ -55,15 +55,12 @@ impl RunConfig {
         Ok(())
     }
 
-    /// `run.litefs-config`, else `litefs.yml` in the parent of `data_dir` (the raft dir), else
-    /// in `data_dir` itself when it has no parent.
+    /// `run.litefs-config`, else `litefs.yml` inside `data_dir` (the raft dir): the node's own
+    /// directory, so two nodes whose data dirs are siblings never write the same file.
     pub fn litefs_config_path(&self, data_dir: &Path) -> PathBuf {
-        if let Some(p) = &self.litefs_config {
-            return p.clone();
-        }
-        match data_dir.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.join("litefs.yml"),
-            _ => data_dir.join("litefs.yml"),
+        match &self.litefs_config {
+            Some(p) => p.clone(),
+            None => data_dir.join("litefs.yml"),
         }
     }
 }
@@ -78,11 +75,12 @@ mod tests {
         assert_eq!(r.grace, Duration::from_secs(10));
         assert_eq!(
             r.litefs_config_path(Path::new("/var/lib/litefs-py/raft")),
-            PathBuf::from("/var/lib/litefs-py/litefs.yml")
+            PathBuf::from("/var/lib/litefs-py/raft/litefs.yml")
         );
-        assert_eq!(
-            r.litefs_config_path(Path::new("/")),
-            PathBuf::from("/litefs.yml")
+        // Sibling data dirs (n/raft1, n/raft2) get a file each.
+        assert_ne!(
+            r.litefs_config_path(Path::new("n/raft1")),
+            r.litefs_config_path(Path::new("n/raft2"))
         );
         assert_eq!(
             r.litefs_config_path(Path::new("raft")),

@@ -148,7 +148,7 @@ mod tests {
             hostname: "node-a".into(),
             raft_addr: raft.clone(),
             http_addr: free_addr(),
-            bootstrap: true,
+            bootstrap: crate::config::Bootstrap::This,
             peers: [(1, raft)].into(),
             secret: None,
             data_dir: dir.path().join("raft"),

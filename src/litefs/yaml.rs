@@ -247,7 +247,7 @@ litefs:
 
     #[test]
     fn a_dollar_is_refused_with_its_key() {
-        let c = Config::parse(&BASE.replace("hostname: node-a", "hostname: node-$HOST")).unwrap();
+        let c = Config::parse(&BASE.replace("hostname: node-a", "hostname: node-$$HOST")).unwrap();
         let e = litefs_yaml(&c).unwrap_err().to_string();
         assert!(e.starts_with("node.hostname:"), "{e}");
     }

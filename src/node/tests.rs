@@ -44,7 +44,11 @@ fn settings(base: u16, id: u64, voters: &[u64], dir: &std::path::Path) -> NodeSe
         hostname: format!("host-{id}"),
         raft_addr: raft(id),
         http_addr: format!("127.0.0.1:{}", base + 10 + id as u16),
-        bootstrap: id == 1,
+        bootstrap: if id == 1 {
+            crate::config::Bootstrap::This
+        } else {
+            crate::config::Bootstrap::Never
+        },
         peers: voters.iter().map(|i| (*i, raft(*i))).collect(),
         secret: Some(Secret::new("test-secret")),
         data_dir: dir.join(format!("n{id}")),
@@ -155,7 +159,7 @@ async fn three_nodes_elect_publish_partition_and_change_membership() {
     // Membership: add node 4 through a follower (forwarded to the leader), then remove node 4.
     let n4 = start(
         NodeSettings {
-            bootstrap: false,
+            bootstrap: crate::config::Bootstrap::Never,
             ..settings(base, 4, &[4], dir.path())
         },
         faults[3].clone(),

@@ -25,6 +25,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod bootstrap;
 pub mod faults;
 pub mod log_store;
 pub mod membership;

@@ -97,6 +97,9 @@ pub struct Hello {
     pub id: NodeId,
     pub hostname: String,
     pub witness: bool,
+    /// Whether it belongs to a cluster (`None` from a version that does not say).
+    #[serde(default)]
+    pub initialized: Option<bool>,
 }
 
 /// Why a call to a peer failed.

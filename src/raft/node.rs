@@ -14,18 +14,23 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::{RaftMetrics, ServerState};
 use tokio::sync::watch;
 
+use super::bootstrap::{Answer, Decision};
 use super::faults::Faults;
-use super::network::{CallError, NetworkFactory, Secret, Transport};
+use super::network::{CallError, Hello, NetworkFactory, Secret, Transport, paths};
 use super::peers::Peers;
 use super::timing_check::TimingStamp;
 use super::{Node, NodeId, Raft, StateMachineStore, StoreError, TypeConfig, open_storage};
-use crate::config::{Config, ConfigError, RaftTiming};
+use crate::config::{Bootstrap, Config, ConfigError, RaftTiming};
 use crate::poll::poll_until;
 use crate::task_set::TaskSet;
 
 /// How long a leadership transfer may take (one retry halfway).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6);
 const TRANSFER_POLL: Duration = Duration::from_millis(20);
+/// How often a node that may create the cluster asks its peers again, and how long it waits
+/// for each answer.
+const BOOTSTRAP_RETRY: Duration = Duration::from_millis(500);
+const BOOTSTRAP_ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a node needs from litefs-py.yml, plus the role the command gives it.
 #[derive(Debug, Clone)]
@@ -34,7 +39,7 @@ pub struct NodeSettings {
     pub hostname: String,
     pub raft_addr: String,
     pub http_addr: String,
-    pub bootstrap: bool,
+    pub bootstrap: Bootstrap,
     /// Voters at bootstrap: id -> raft address (this node included).
     pub peers: BTreeMap<NodeId, String>,
     pub secret: Option<Secret>,
@@ -56,7 +61,7 @@ impl NodeSettings {
         witness: bool,
     ) -> Result<NodeSettings, ConfigError> {
         let secret = config.secret()?.map(Secret::new);
-        if witness && config.cluster.bootstrap {
+        if witness && config.cluster.bootstrap == Bootstrap::This {
             return Err(ConfigError::Invalid {
                 key: "cluster.bootstrap",
                 message: "a witness cannot bootstrap the cluster (it hands leadership on and is never primary): set \
@@ -284,23 +289,41 @@ impl RaftNode {
         })
     }
 
-    /// First start of the bootstrap node: make every configured peer a voter. Every other node
-    /// waits for the leader to reach it.
+    /// First start: creates the cluster when this node may (see [`super::bootstrap`]), after
+    /// asking every configured peer whether it already belongs to one. Every other node waits
+    /// for the leader to reach it.
     async fn bootstrap(&self) {
-        let initialized = match self.raft.is_initialized().await {
-            Ok(i) => i,
-            Err(e) => return tracing::error!("raft stopped before bootstrap: {e}"),
-        };
-        if initialized {
-            return;
-        }
-        if !self.settings.bootstrap {
-            tracing::info!(
-                "not initialized and cluster.bootstrap is false: waiting for the leader to add this node"
-            );
-            return;
-        }
         let s = &self.settings;
+        let mut stop = self.stop.subscribe();
+        let mut said = String::new();
+        loop {
+            match self.raft.is_initialized().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => return tracing::error!("raft stopped before bootstrap: {e}"),
+            }
+            if !s.bootstrap.is_enabled() {
+                return tracing::info!(
+                    "not initialized and cluster.bootstrap is false: waiting for the leader to add this node"
+                );
+            }
+            let answers = self.ask_peers().await;
+            match super::bootstrap::decide(s.id, s.witness, s.bootstrap, &answers) {
+                Decision::Initialize => break,
+                Decision::Join(why) => return tracing::info!("not initialized: {why}"),
+                Decision::Wait(why) => {
+                    // Peers start in any order: this is normal at first start, said once.
+                    if why != said {
+                        tracing::info!("not creating the cluster yet: {why}");
+                        said = why;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(BOOTSTRAP_RETRY) => {}
+                _ = stop.changed() => return,
+            }
+        }
         let mut members: BTreeMap<NodeId, Node> = s
             .peers
             .iter()
@@ -316,5 +339,33 @@ impl RaftNode {
             }
             Err(e) => tracing::error!("bootstrap failed: {e}"),
         }
+    }
+
+    /// Every configured peer's `hello`, asked at once; no answer in time is [`Answer::Unknown`].
+    async fn ask_peers(&self) -> BTreeMap<NodeId, Answer> {
+        let asks = self
+            .settings
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != self.settings.id)
+            .map(|(id, addr)| async move {
+                let hello = self
+                    .transport
+                    .call::<(), Hello>(*id, addr, paths::HELLO, None, BOOTSTRAP_ASK_TIMEOUT)
+                    .await;
+                let answer = match hello {
+                    Ok(h) if h.id == *id => match h.initialized {
+                        Some(true) => Answer::Initialized,
+                        Some(false) => Answer::Uninitialized { witness: h.witness },
+                        None => Answer::Unknown,
+                    },
+                    _ => Answer::Unknown,
+                };
+                (*id, answer)
+            });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .collect()
     }
 }

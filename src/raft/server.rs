@@ -246,5 +246,6 @@ async fn hello(State(st): State<RpcState>) -> Response {
         id: s.id,
         hostname: s.hostname.clone(),
         witness: s.witness,
+        initialized: st.node.raft.is_initialized().await.ok(),
     })
 }
