@@ -187,6 +187,10 @@ pub struct HandoffArgs {
     /// The node.id to hand to [default: the data voter furthest along in replication].
     #[arg(long, value_name = "ID")]
     pub to: Option<u64>,
+    /// Hand off only if this node is the primary; elsewhere print why not and exit 0 (for a
+    /// container's stop hook, e.g. Kubernetes preStop, which runs on every node).
+    #[arg(long)]
+    pub if_primary: bool,
     /// The local node's config file (for node.http-addr and the secret) [default:
     /// ./litefs-py.yml, then /etc/litefs-py.yml].
     #[arg(long, value_name = "FILE")]

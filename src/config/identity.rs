@@ -51,8 +51,14 @@ fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
     }
 }
 
-/// This machine's host name (a StatefulSet pod's is its name, e.g. `app-2`).
+/// This machine's host name: `$HOSTNAME` if set (Docker and Kubernetes set it to the
+/// container's; a StatefulSet pod's is its name, e.g. `app-2`), else `gethostname()`.
 pub fn system_hostname() -> String {
+    if let Ok(h) = std::env::var("HOSTNAME")
+        && !h.trim().is_empty()
+    {
+        return h.trim().to_string();
+    }
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it (or
     // truncates, which the search for NUL below handles).

@@ -201,14 +201,42 @@ struct Services {
     tasks: TaskSet,
 }
 
+/// How long a listen address whose host name does not resolve yet is retried: in Kubernetes a
+/// pod's own DNS name (a headless Service's record) appears a few seconds after the pod starts.
+const RESOLVE_WAIT: Duration = Duration::from_secs(30);
+
 async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| NodeError::Bind {
+    let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
+    let mut said = false;
+    loop {
+        // Resolved here, not by `bind`, so that "no such host yet" is told from a port in use.
+        let resolved = tokio::net::lookup_host(addr).await.map(|mut a| a.next());
+        let source = match resolved {
+            Ok(Some(sock)) => match TcpListener::bind(sock).await {
+                Ok(l) => return Ok(l),
+                Err(source) => source,
+            },
+            Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
+                if !said {
+                    tracing::info!(
+                        key,
+                        addr,
+                        "the host name does not resolve yet; retrying for up to 30 s"
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Ok(None) => std::io::Error::other("the host name resolves to no address"),
+            Err(source) => source,
+        };
+        return Err(NodeError::Bind {
             key,
             addr: addr.to_string(),
             source,
-        })
+        });
+    }
 }
 
 impl Services {
