@@ -415,6 +415,26 @@ def test_python_m_litefs_config(tmp_path: Path):
     assert r.returncode == 1 and "bogus" in r.stderr, r.stderr
 
 
+def test_a_misconfigured_node_fails_at_start_up(shim, tmp_path: Path):
+    """On a litefs-py node (the mount answers), a settings check that fails stops any process
+    that sets Django up — a WSGI server's workers included — with the check's message."""
+    settings = {"DJANGO_SETTINGS_MODULE": "djproject.settings"}
+    env = django_env(shim.mnt, DJP_DB=str(tmp_path / "elsewhere.db"), **settings)
+    load_app = "import django; django.setup(); print('served')"
+    r = subprocess.run(
+        [sys.executable, "-c", load_app], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode != 0 and "served" not in r.stdout, r.stdout
+    assert "ImproperlyConfigured" in r.stderr and "litefs.E001" in r.stderr, r.stderr
+    assert "HINT: Put the database directly in" in r.stderr
+    # The same settings with the database in the mount start.
+    env = django_env(shim.mnt, **settings)
+    r = subprocess.run(
+        [sys.executable, "-c", load_app], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0 and "served" in r.stdout, r.stderr
+
+
 def test_database_outside_the_mount_is_plain_sqlite(tmp_path: Path):
     """A database outside the mount (e.g. a developer's local file) is plain SQLite: no state is
     read, writes work though no mount answers. The settings check still flags it (E001)."""

@@ -14,3 +14,5 @@ class LiteFSConfig(AppConfig):
         from . import checks
 
         django_checks.register(checks.check_settings, "litefs")
+        # A misconfigured node must not start serving silently (gunicorn runs no checks).
+        checks.fail_fast()

@@ -16,15 +16,25 @@ backend's validation, so also without the app installed):
 - ``litefs.E010`` this node is not the primary (``migrate`` stops here)
 
 Without ``litefs.django`` in INSTALLED_APPS, the settings checks run with the database checks.
+
+At start-up (``AppConfig.ready``, so under gunicorn, uWSGI, runserver and every management
+command), a process on a litefs-py node — its mount answers — stops with
+``ImproperlyConfigured`` and the checks' messages when a settings check fails: a node that
+would write its database outside the replicated mount, say, must not serve. Elsewhere (a
+developer's machine without a mount, where a database outside the mount is plain SQLite) and
+under ``manage.py check`` (which reports them itself) nothing is raised. Checks listed in
+``SILENCED_SYSTEM_CHECKS`` are skipped.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
 from .._errors import ConfigError, LiteFSError, NotMounted
 from .._state import state as read_state
@@ -214,6 +224,32 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     for alias, spec in litefs_databases().items():
         errors += check_database_settings(alias, spec, mount)
     return errors
+
+
+def _describe(message: Any) -> str:
+    text = f"{message.id}: {message.msg}"
+    return text + (f"\n    HINT: {message.hint}" if message.hint else "")
+
+
+def fail_fast() -> None:
+    """Raises ImproperlyConfigured on a litefs-py node whose settings checks fail (see above)."""
+    from django.conf import settings
+
+    if sys.argv[1:2] == ["check"]:
+        return
+    silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", ()))
+    errors = [e for e in check_settings() if e.is_serious() and e.id not in silenced]
+    if not errors:
+        return
+    mount = litefs_settings.get().mount
+    try:
+        read_state(mount)
+    except LiteFSError:
+        return  # no litefs-py node here: `manage.py check` reports them
+    raise ImproperlyConfigured(
+        f"litefs.django: this process runs on the litefs-py node mounted at {mount}, and its "
+        "settings are not valid for it:\n" + "\n".join(_describe(e) for e in errors)
+    )
 
 
 def check_runtime(alias: str, name: Any) -> list[Any]:
