@@ -59,8 +59,13 @@ impl RaftFacts for NodeFacts {
             match *leadership {
                 Some((term, since)) if term == o.term => Some(since),
                 _ => {
-                    *leadership = Some((o.term, now));
-                    Some(now)
+                    // This node's own vote counts in its election like any voter's, and after a
+                    // restart openraft may campaign before a whole leader lease has passed since
+                    // this process last heard the old leader: count the start from no earlier
+                    // than a lease after this process started (RaftNode::vote_lease_until).
+                    let since = now.max(self.node.vote_lease_until());
+                    *leadership = Some((o.term, since));
+                    Some(since)
                 }
             }
         } else {
