@@ -175,6 +175,9 @@ mod tests {
         // A sole voter leads with a fresh ack; its leadership start stays put while it leads.
         assert!(r.is_leader && r.term >= 1 && r.leader == Some(1));
         assert_eq!(facts.now().leader_since, r.leader_since);
+        // Elected within a leader lease of its start (a sole voter campaigns at once): the
+        // leadership counts from the lease's end, as if this node had just heard an old leader.
+        assert!(r.leader_since.unwrap() >= node.vote_lease_until());
         // Writes go through raft and are read back from the state machine.
         let req = Request::Set {
             key: "k".into(),

@@ -162,6 +162,20 @@ fn a_new_leader_waits_out_the_previous_lease_then_grants() {
 }
 
 #[test]
+fn a_leadership_start_ahead_of_now_is_waited_from() {
+    // A node elected within a leader lease of its process start reports its leadership as
+    // starting at the lease's end (raft_facts): the wait counts from there, not from now.
+    let c = Clock::new();
+    let mut s = LeaseState::new(params());
+    let a = session(&mut s, "a", &c.leader(100, 2, 400));
+    assert_eq!(
+        s.check_acquire(&a, &c.leader(100, 2, 400)),
+        AcquireCheck::WaitUntil(c.at(400 + WAIT))
+    );
+    acquire(&mut s, &a, &c.leader(400 + WAIT, 2, 400)).unwrap();
+}
+
+#[test]
 fn grants_and_renewals_need_a_fresh_quorum_ack() {
     let c = Clock::new();
     let mut s = LeaseState::new(params());
