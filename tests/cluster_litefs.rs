@@ -26,12 +26,11 @@ fn start(litefs: &Path) -> RunCluster {
     RunCluster::start(run_options(), litefs, 3).unwrap()
 }
 
-/// First start: raft elects, the leader waits out a possible previous lease (`lease.ttl`, 2 s
-/// by default, + lock delay 1 s + 0.5 s), LiteFS retries its acquire, the replicas connect and
-/// catch up.
+/// First start: raft elects, the leader waits out a possible previous lease (≈1.5 s with the
+/// default `lease.ttl` of 1 s), LiteFS retries its acquire, the replicas connect and catch up.
 const START: Duration = Duration::from_secs(60);
 /// From the kill (or cut) of the primary to the first write a new primary accepts: raft
-/// failover (< 1 s), the new leader's wait (3.5 s), LiteFS's acquire retry (0.5 s): ~4.3 s.
+/// failover (< 1 s), the new leader's wait (≈1.5 s, an early acquire held until it ends): ~2.3 s.
 const FAILOVER: Duration = Duration::from_secs(15);
 /// A committed write on the primary is readable on every connected replica within this.
 const REPLICATION: Duration = Duration::from_secs(10);

@@ -200,8 +200,8 @@ fn litefs_becomes_primary_through_the_lease_api_on_a_one_node_cluster() {
     rig.start_litefs(&litefs, &generated);
     rig.start_shim(&config);
     let started = Instant::now();
-    // A new leader waits out any previous lease (3 s TTL + 1 s lock delay + 0.5 s), then the
-    // LiteFS that asks is granted.
+    // A new leader waits out any previous lease (LiteFS's 3.5 s hold for a 3 s TTL, less the
+    // 200 ms vote gap, plus margins), then the LiteFS that asks is granted.
     let info = wait_for(Duration::from_secs(30), "LiteFS primary", || {
         assert_running(rig.litefs.as_mut().unwrap());
         litefs::info(&litefs_http).filter(|i| i.is_primary)

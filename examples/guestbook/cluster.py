@@ -36,7 +36,7 @@ ROOT = HERE.parent.parent
 
 class Cluster(RunCluster):
     """``size`` guestbook nodes under ``work`` (a temp dir when None), addresses
-    ``127.0.0.<ip_base+N>``, lease TTL 3 s, ``app_workers`` gunicorn workers each."""
+    ``127.0.0.<ip_base+N>``, the default lease TTL, ``app_workers`` gunicorn workers each."""
 
     def __init__(
         self,

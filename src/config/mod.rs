@@ -179,11 +179,13 @@ fn default_lease_addr() -> SocketAddr {
     "127.0.0.1:20321".parse().expect("valid")
 }
 
-/// 2 s: a failover takes the raft failover plus ttl + 1.5 s (the new leader's wait), so this is
-/// what keeps it under 5 s; LiteFS renews every ttl/2 = 1 s, well within what a loaded host
-/// manages (decisions.md, "Lease timing").
+/// 1 s: a failover takes the raft failover plus the new leader's wait, which follows LiteFS's
+/// demotion rule: 1.5 s after its last renewal with a 1 s TTL (3 s with 2 s), less the 200 ms
+/// vote gap, plus margins, so about 1.5 s and a failover under 2.5 s. LiteFS renews every
+/// ttl/2 = 500 ms; a session expires only after 2 × ttl without one (decisions.md, "Lease
+/// defaults: ttl 1 s").
 fn default_ttl() -> Duration {
-    Duration::from_secs(2)
+    Duration::from_secs(1)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

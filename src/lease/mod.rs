@@ -51,9 +51,24 @@ pub use state::{LeaseParams, RaftNow};
 /// litefs.yml they are written into.
 pub use crate::litefs::yaml::{LEASE_KEY, LOCK_DELAY};
 
-/// Added to a new leader's wait: covers the time between our answer to a renewal and LiteFS
-/// taking it (LiteFS restarts its TTL when it *receives* the answer) and scheduling delays.
-pub const GRANT_MARGIN: Duration = Duration::from_millis(500);
+/// Added to a new leader's wait for scheduling: our answer reaching LiteFS (it restarts its
+/// renewal clock when it *receives* it), LiteFS's timers and its 1 s sleep firing late, and its
+/// failing renewal's own time. 200 ms is generous for a host that keeps up; a LiteFS (or a
+/// daemon) stalled for longer is the fencer's, which kills it `ttl` after the decision, well
+/// before the wait ends (docs/decisions.md, "Lease: a new leader waits from the old leader's
+/// last possible grant").
+pub const GRANT_MARGIN: Duration = Duration::from_millis(200);
+
+/// The largest difference assumed between the rates of two hosts' monotonic clocks, in parts
+/// per million (0.1 %): ten times a typical quartz oscillator's tolerance, and twice the most
+/// NTP ever slews. The new-leader wait adds this share of every interval its argument adds up.
+pub const DRIFT_PPM: u64 = 1000;
+
+/// LiteFS v0.5.14's hard-wired renewal constants (`store.go`, `monitorLeaseAsPrimary`): after a
+/// failed renewal it retries every second, and once the next attempt would come too late it
+/// sleeps one `timeout` (1 s) before demoting. [`state::litefs_hold`] follows them.
+pub const LITEFS_RENEW_RETRY: Duration = Duration::from_secs(1);
+pub const LITEFS_RENEW_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Sessions kept at once. LiteFS has one at a time (a follower's LiteFS creates and destroys
 /// one per attempt, every second); the cap only bounds what a misbehaving client can pile up.

@@ -59,8 +59,13 @@ impl RaftFacts for NodeFacts {
             match *leadership {
                 Some((term, since)) if term == o.term => Some(since),
                 _ => {
-                    *leadership = Some((o.term, now));
-                    Some(now)
+                    // This node's own vote counts in its election like any voter's, and after a
+                    // restart openraft may campaign before a whole leader lease has passed since
+                    // this process last heard the old leader: count the start from no earlier
+                    // than a lease after this process started (RaftNode::vote_lease_until).
+                    let since = now.max(self.node.vote_lease_until());
+                    *leadership = Some((o.term, since));
+                    Some(since)
                 }
             }
         } else {
@@ -170,6 +175,9 @@ mod tests {
         // A sole voter leads with a fresh ack; its leadership start stays put while it leads.
         assert!(r.is_leader && r.term >= 1 && r.leader == Some(1));
         assert_eq!(facts.now().leader_since, r.leader_since);
+        // Elected within a leader lease of its start (a sole voter campaigns at once): the
+        // leadership counts from the lease's end, as if this node had just heard an old leader.
+        assert!(r.leader_since.unwrap() >= node.vote_lease_until());
         // Writes go through raft and are read back from the state machine.
         let req = Request::Set {
             key: "k".into(),

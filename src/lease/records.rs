@@ -5,7 +5,7 @@
 //! `litefs-py handoff` fences the leader of term `t` (no grant, no renewal for the rest of `t`),
 //! waits until its LiteFS has demoted, then writes this record through raft: "term `t` ends with
 //! no LiteFS primary, and none can appear in it". The leader of term `t + 1` may then grant its
-//! first acquire at once instead of waiting `ttl + lock delay + margin`: the wait exists only to
+//! first acquire at once instead of waiting out the new-leader wait: the wait exists only to
 //! outlast a primary the previous leadership may have left, and the record proves there is none.
 //!
 //! Why exactly `t + 1`, and only once the new leader applied an entry of its own term:
@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn a_fence_refuses_grants_and_renewals_for_the_rest_of_the_term() {
         let t0 = Instant::now();
-        let mut s = LeaseState::new(LeaseParams::new(ms(2000)));
+        let mut s = LeaseState::new(LeaseParams::new(ms(2000), &Default::default()));
         // Not before the leader's own wait is over (an older primary may still believe).
         assert_eq!(s.fence(&leader(t0, 100, 4, 0)), Err(Refusal::Waiting));
         let a = session(&mut s, "a", &leader(t0, 3500, 4, 0));
@@ -166,10 +166,10 @@ mod tests {
         let d = session(&mut s, "d", &later);
         assert_eq!(
             s.check_acquire(&d, &later),
-            AcquireCheck::WaitUntil(t0 + ms(18_500))
+            AcquireCheck::WaitUntil(t0 + ms(15_000) + s.params().new_leader_wait())
         );
         // Unfenced (the handoff abandoned, its record withdrawn): grants again at once.
-        let mut u = LeaseState::new(LeaseParams::new(ms(2000)));
+        let mut u = LeaseState::new(LeaseParams::new(ms(2000), &Default::default()));
         let c = session(&mut u, "c", &leader(t0, 3500, 4, 0));
         assert_eq!(u.fence(&leader(t0, 3500, 4, 0)), Ok(4));
         u.unfence();
@@ -182,11 +182,11 @@ mod tests {
     #[test]
     fn a_waived_term_grants_at_once_and_only_that_term() {
         let t0 = Instant::now();
-        let mut s = LeaseState::new(LeaseParams::new(ms(2000)));
+        let mut s = LeaseState::new(LeaseParams::new(ms(2000), &Default::default()));
         let a = session(&mut s, "a", &leader(t0, 10, 8, 0));
         assert_eq!(
             s.check_acquire(&a, &leader(t0, 10, 8, 0)),
-            AcquireCheck::WaitUntil(t0 + ms(3500))
+            AcquireCheck::WaitUntil(t0 + s.params().new_leader_wait())
         );
         s.waive_wait(8);
         assert!(matches!(
@@ -198,7 +198,7 @@ mod tests {
         let b = session(&mut s, "b", &leader(t0, 5000, 9, 5000));
         assert_eq!(
             s.check_acquire(&b, &leader(t0, 5000, 9, 5000)),
-            AcquireCheck::WaitUntil(t0 + ms(8500))
+            AcquireCheck::WaitUntil(t0 + ms(5000) + s.params().new_leader_wait())
         );
     }
 

@@ -314,6 +314,18 @@ impl<F: RaftFacts> LeaseService<F> {
             .await
             .map_err(|e| LeaseError::Unavailable(e.to_string()))?;
         match response.value {
+            // LiteFS sets the cluster id between its acquire and becoming primary, so this
+            // answer starts a primary period like a grant does: given only while this node
+            // is a fresh leader, or the new-leader wait of a successor would not cover it.
+            Some(v) if v == id && !self.facts.now().fresh => {
+                tracing::warn!(
+                    cluster_id = id,
+                    "LiteFS cluster id recorded, but answered as failed: no fresh quorum any more"
+                );
+                Err(LeaseError::Unavailable(
+                    "the cluster id is recorded, but this node is no longer a leader with a fresh quorum".into(),
+                ))
+            }
             Some(v) if v == id => {
                 tracing::info!(cluster_id = id, "LiteFS cluster id recorded");
                 Ok(())

@@ -6,11 +6,15 @@
 //! - An acquire or renew succeeds only while this node is raft leader with a quorum ack younger
 //!   than the lease bound (`RaftNow::fresh`). A leader that loses it stops renewing at once:
 //!   its LiteFS gets 404 and demotes itself at its next renewal.
-//! - A successor can only be elected after the old leader's last ack + election-timeout-max,
-//!   which is after the old leader's last grant. A LiteFS that was last renewed at `r` believes
-//!   it is primary until at most `r + TTL + 1 s` (LiteFS retries failed renewals for up to the
-//!   TTL, then sleeps its 1 s request timeout before demoting). So a new leader grants its first
-//!   acquire only at `leadership start + lease.ttl + lock delay (1 s) + margin`.
+//! - A grant decided at `g` had a quorum ack sent at `s > g - lease bound`; every quorum that
+//!   elects a successor shares a voter with it, and that voter votes only `election-timeout-max`
+//!   after its last contact (`>= s`). So `g` lies at least the vote gap
+//!   ([`LeaseParams::vote_gap`], 200 ms by default) before any successor's leadership starts.
+//! - A LiteFS (v0.5.14) that last heard a grant at `g` believes it is primary until at most
+//!   `g + litefs_hold(ttl)` ([`litefs_hold`]: its renewal and retry schedule, then its 1 s
+//!   sleep), and the fencer kills it by `g + ttl`, earlier. So a new leader grants its first
+//!   acquire at `leadership start + litefs_hold(ttl) - vote gap + margin + drift`
+//!   ([`LeaseParams::new_leader_wait`]; docs/architecture.md, "The lease invariant").
 //! - A session belongs to the leadership (term) in which it acquired the lock: a renewal in a
 //!   later term is 404, even on the same node.
 //! - A planned handoff (`litefs-py handoff`) fences the leader for the rest of its term: no grant,
@@ -24,7 +28,11 @@ use serde::{Deserialize, Serialize};
 
 use super::consul::{SessionEntry, SessionRequest};
 pub use super::records::HolderRecord;
-use super::{GRANT_MARGIN, LOCK_DELAY, LeaseError, MAX_SESSIONS};
+use super::{
+    DRIFT_PPM, GRANT_MARGIN, LITEFS_RENEW_RETRY, LITEFS_RENEW_TIMEOUT, LOCK_DELAY, LeaseError,
+    MAX_SESSIONS,
+};
+use crate::config::RaftTiming;
 use crate::litefs::state::LocalHold;
 use crate::litefs::yaml::go_duration;
 use crate::raft::NodeId;
@@ -34,27 +42,67 @@ use crate::raft::NodeId;
 pub struct LeaseParams {
     /// `lease.ttl`: the longest TTL a session may have (LiteFS's, from the generated litefs.yml).
     pub ttl: Duration,
-    /// Applied after a holder's session is invalidated, and part of a new leader's wait.
+    /// Applied after a holder's session is invalidated (expiry, destroy), as in Consul.
     pub lock_delay: Duration,
-    /// Slack for the time between our answer and LiteFS acting on it.
+    /// Slack for scheduling: between our answer and LiteFS acting on it, LiteFS's timers firing
+    /// late, the fencer's wake-up.
     pub margin: Duration,
+    /// The raft lease bound (`RaftTiming::lease_bound`): a leader grants only within this of a
+    /// quorum ack's send time.
+    pub claim: Duration,
+    /// `raft.election-timeout-max`: a voter grants no vote for this long after its last
+    /// contact with the leader (openraft's leader lease).
+    pub vote_lease: Duration,
     pub max_sessions: usize,
 }
 
+/// How long a LiteFS v0.5.14 may go on believing it is primary after the last answer that
+/// granted or renewed its lease, if no later renewal succeeds (its `monitorLeaseAsPrimary`):
+/// it renews `ttl / 2` after that answer; a 404 demotes it at once; any other failure is retried
+/// every 1 s until `time since the answer + 1 s > ttl`, and then it sleeps 1 s and demotes. So
+/// the last failed attempt is at the first offset `ttl / 2 + k × 1 s` (k = 0, 1, ...) beyond
+/// `ttl - 1 s`, and demotion 1 s later: 1.5 s for a 1 s TTL, 3 s for 2 s, 3.5 s for 3 s, ttl + 1 s
+/// from there. Scheduling delays only add (they are the margin's), and a hung request is the
+/// fencer's.
+pub fn litefs_hold(ttl: Duration) -> Duration {
+    let mut last_attempt = ttl / 2;
+    while last_attempt + LITEFS_RENEW_TIMEOUT <= ttl {
+        last_attempt += LITEFS_RENEW_RETRY;
+    }
+    last_attempt + LITEFS_RENEW_TIMEOUT
+}
+
 impl LeaseParams {
-    pub fn new(ttl: Duration) -> LeaseParams {
+    pub fn new(ttl: Duration, raft: &RaftTiming) -> LeaseParams {
         LeaseParams {
             ttl,
             lock_delay: LOCK_DELAY,
             margin: GRANT_MARGIN,
+            claim: raft.lease_bound(),
+            vote_lease: raft.election_timeout_max,
             max_sessions: MAX_SESSIONS,
         }
     }
 
-    /// How long a new leader waits before its first grant: by then any primary the previous
-    /// leader renewed has demoted itself.
+    /// How much earlier than any successor's leadership start the previous leader's last grant
+    /// lay: `election-timeout-max - lease bound` (docs/decisions.md, "Lease: a new leader waits
+    /// from the old leader's last possible grant").
+    pub fn vote_gap(&self) -> Duration {
+        self.vote_lease.saturating_sub(self.claim)
+    }
+
+    /// How long a new leader waits, from its leadership start, before its first grant: by then
+    /// every LiteFS an earlier leadership granted has demoted itself or been killed by its
+    /// fencer. `litefs_hold(ttl) - vote gap + margin`, plus [`DRIFT_PPM`] of every interval the
+    /// argument adds up on different hosts' clocks.
     pub fn new_leader_wait(&self) -> Duration {
-        self.ttl + self.lock_delay + self.margin
+        let hold = litefs_hold(self.ttl);
+        let base = (hold + self.margin).saturating_sub(self.vote_gap());
+        let spans = hold + self.claim + self.vote_lease + base;
+        let drift_ns = spans.as_nanos() * u128::from(DRIFT_PPM) / 1_000_000;
+        // Rounded up to whole milliseconds: the drift allowance is never less than computed.
+        let drift = Duration::from_millis(drift_ns.div_ceil(1_000_000) as u64);
+        base + drift
     }
 }
 
@@ -70,7 +118,8 @@ pub struct RaftNow {
     /// ...and a quorum acknowledged it within the lease bound: the rule `.role` uses for
     /// `primary` (a cut-off leader keeps openraft's Leader state, so `is_leader` is not enough).
     pub fresh: bool,
-    /// When this node's leadership in `term` began, as first observed.
+    /// When this node's leadership in `term` began, as first observed, but never before a
+    /// leader lease after this process started (so it can lie in the future).
     pub leader_since: Option<Instant>,
 }
 
@@ -253,7 +302,9 @@ impl LeaseState {
     pub fn sync(&mut self, r: &RaftNow) {
         if r.is_leader {
             if self.epoch.map(|e| e.term) != Some(r.term) {
-                let observed = r.leader_since.unwrap_or(r.now).min(r.now);
+                // May lie ahead of `now`: a leadership won within a leader lease of this
+                // process's start counts from the lease's end (`RaftNode::vote_lease_until`).
+                let observed = r.leader_since.unwrap_or(r.now);
                 let since = self.last_loss.map_or(observed, |l| observed.max(l));
                 self.epoch = Some(Epoch {
                     term: r.term,

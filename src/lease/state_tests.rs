@@ -4,8 +4,10 @@ use std::time::{Duration, Instant};
 
 use super::consul::{Behavior, SessionRequest};
 use super::state::{
-    AcquireCheck, HolderRecord, LeaseParams, LeaseState, Lost, RaftNow, Refusal, record_is_current,
+    AcquireCheck, HolderRecord, LeaseParams, LeaseState, Lost, RaftNow, Refusal, litefs_hold,
+    record_is_current,
 };
+use crate::config::RaftTiming;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -16,9 +18,15 @@ fn params() -> LeaseParams {
         ttl: ms(3000),
         lock_delay: ms(1000),
         margin: ms(500),
+        claim: ms(200),
+        vote_lease: ms(400),
         max_sessions: 4,
     }
 }
+
+/// The new-leader wait of [`params`], in ms: 3.5 s (LiteFS's hold for a 3 s TTL) - 0.2 s (the
+/// vote gap) + 0.5 s, plus 0.1 % of 7.9 s for drift, rounded up.
+const WAIT: u64 = 3808;
 
 fn req() -> SessionRequest {
     SessionRequest {
@@ -83,22 +91,88 @@ fn acquire(s: &mut LeaseState, id: &str, r: &RaftNow) -> Result<(), AcquireCheck
 }
 
 #[test]
+fn litefs_holds_on_by_its_own_renewal_rule() {
+    // LiteFS v0.5.14: renew at ttl/2; on failure retry every 1 s while `since + 1 s <= ttl`,
+    // then sleep 1 s and demote. The last attempt, and 1 s after it:
+    for (ttl, hold) in [
+        (500, 1250),  // 250 (250 + 1000 > 500) -> 1250
+        (1000, 1500), // 500 -> 1500
+        (1500, 1750), // 750 -> 1750
+        (2000, 3000), // 1000 (1000 + 1000 = 2000, not beyond: retried) -> 2000 -> 3000
+        (3000, 3500), // 1500 -> 2500 -> 3500 (measured: demoted at r + 3.5 s)
+        (10_000, 11_000),
+        (60_000, 61_000),
+    ] {
+        assert_eq!(litefs_hold(ms(ttl)), ms(hold), "ttl {ttl} ms");
+        // Never shorter than the TTL: the fencer (which kills at grant + ttl) is no later.
+        assert!(litefs_hold(ms(ttl)) >= ms(ttl));
+    }
+}
+
+#[test]
+fn the_wait_is_litefs_hold_less_the_vote_gap_plus_margins() {
+    // The defaults: ttl 1 s, heartbeat 100 ms, election timeout 300-400 ms, so the old leader's
+    // last grant lies at least 400 - 200 = 200 ms before our leadership start, and its LiteFS
+    // believes for at most 1.5 s after it: 1.5 - 0.2 + 0.2 (margin) + 4 ms (0.1 % of 3.6 s).
+    let p = LeaseParams::new(ms(1000), &RaftTiming::default());
+    assert_eq!(p.vote_gap(), ms(200));
+    assert_eq!(p.new_leader_wait(), ms(1504));
+    assert_eq!(params().new_leader_wait(), ms(WAIT));
+    // The old rule (ttl + 1 s + 0.5 s from the leadership start) was 2.5 s here.
+    assert!(p.new_leader_wait() < ms(2500));
+    // A longer TTL waits out LiteFS's longer hold: 3 s for 2 s.
+    let two = LeaseParams::new(ms(2000), &RaftTiming::default());
+    assert_eq!(two.new_leader_wait(), ms(3007));
+    // Wider raft timing widens the gap: 1 s max against a 500 ms claim (600 min - 100 hb).
+    let slow = RaftTiming {
+        heartbeat_interval: ms(100),
+        election_timeout_min: ms(600),
+        election_timeout_max: ms(1000),
+    };
+    let p = LeaseParams::new(ms(1000), &slow);
+    assert_eq!(p.vote_gap(), ms(500));
+    // 1.5 - 0.5 + 0.2 s, plus 0.1 % of 4.2 s (rounded up to 5 ms).
+    assert_eq!(p.new_leader_wait(), ms(1205));
+    // A gap longer than the hold leaves only the drift allowance (0.1 % of 63.5 s): the old
+    // leader's LiteFS gave up before this leadership began.
+    let odd = LeaseParams {
+        claim: ms(0),
+        vote_lease: ms(60_000),
+        ..params()
+    };
+    assert_eq!(odd.vote_gap(), ms(60_000));
+    assert_eq!(odd.new_leader_wait(), ms(64));
+}
+
+#[test]
 fn a_new_leader_waits_out_the_previous_lease_then_grants() {
     let c = Clock::new();
     let mut s = LeaseState::new(params());
-    let wait = params().new_leader_wait();
-    assert_eq!(wait, ms(4500));
     // LiteFS creates its session right before it acquires.
-    let a = session(&mut s, "a", &c.leader(4000, 5, 0));
+    let a = session(&mut s, "a", &c.leader(WAIT - 500, 5, 0));
     // Before the wait is over: told when to come back, not refused outright.
     assert_eq!(
-        s.check_acquire(&a, &c.leader(4499, 5, 0)),
-        AcquireCheck::WaitUntil(c.at(4500))
+        s.check_acquire(&a, &c.leader(WAIT - 1, 5, 0)),
+        AcquireCheck::WaitUntil(c.at(WAIT))
     );
-    acquire(&mut s, &a, &c.leader(4500, 5, 0)).unwrap();
-    assert_eq!(s.holder(&c.leader(4500, 5, 0)).unwrap().term, 5);
+    acquire(&mut s, &a, &c.leader(WAIT, 5, 0)).unwrap();
+    assert_eq!(s.holder(&c.leader(WAIT, 5, 0)).unwrap().term, 5);
     // Re-acquiring with the holder's own session (LiteFS's AcquireExisting) is fine.
-    acquire(&mut s, &a, &c.leader(4600, 5, 0)).unwrap();
+    acquire(&mut s, &a, &c.leader(WAIT + 100, 5, 0)).unwrap();
+}
+
+#[test]
+fn a_leadership_start_ahead_of_now_is_waited_from() {
+    // A node elected within a leader lease of its process start reports its leadership as
+    // starting at the lease's end (raft_facts): the wait counts from there, not from now.
+    let c = Clock::new();
+    let mut s = LeaseState::new(params());
+    let a = session(&mut s, "a", &c.leader(100, 2, 400));
+    assert_eq!(
+        s.check_acquire(&a, &c.leader(100, 2, 400)),
+        AcquireCheck::WaitUntil(c.at(400 + WAIT))
+    );
+    acquire(&mut s, &a, &c.leader(400 + WAIT, 2, 400)).unwrap();
 }
 
 #[test]
@@ -148,7 +222,7 @@ fn renewals_fail_after_leadership_is_lost_or_changes_term() {
     assert_eq!(s.renew(&a, &c.leader(7000, 6, 7000)), Err(Lost::NotHolder));
     assert_eq!(
         s.check_acquire(&a, &c.leader(7000, 6, 7000)),
-        AcquireCheck::WaitUntil(c.at(11_500))
+        AcquireCheck::WaitUntil(c.at(7000 + WAIT))
     );
     // The wait counts from when the loss was seen, even if raft reports an earlier start.
     let mut s = LeaseState::new(params());
@@ -156,7 +230,7 @@ fn renewals_fail_after_leadership_is_lost_or_changes_term() {
     s.sync(&c.follower(1000, 4, 2));
     assert_eq!(
         s.check_acquire(&a, &c.leader(2000, 5, 500)),
-        AcquireCheck::WaitUntil(c.at(5500))
+        AcquireCheck::WaitUntil(c.at(1000 + WAIT))
     );
 }
 

@@ -148,11 +148,15 @@ pub const BODY: &str = r#"{"hostname":"node-a","advertise-url":"http://node-a:20
 pub const SESSION: &str =
     r#"{"Behavior":"delete","LockDelay":"1000ms","Name":"litefs","NodeChecks":[],"TTL":"2s"}"#;
 
+/// A new-leader wait of about 2.3 s (LiteFS's 3 s hold for a 2 s TTL - a 0.8 s vote gap +
+/// 0.1 s, plus 7 ms of drift): long enough to tell "refused" from "held" (half a TTL).
 pub fn params() -> LeaseParams {
     LeaseParams {
         ttl: Duration::from_secs(2),
         lock_delay: Duration::from_millis(200),
         margin: Duration::from_millis(100),
+        claim: Duration::from_millis(200),
+        vote_lease: Duration::from_millis(1000),
         max_sessions: 8,
     }
 }

@@ -19,16 +19,17 @@ use crate::config::Config;
 pub const LEASE_KEY: &str = "litefs/primary";
 
 /// The lock delay written into litefs.yml and applied by the lease API: how long after a
-/// holder's session is invalidated the lock stays unavailable, and part of a new leader's wait.
-/// One second is LiteFS's fixed renew timeout: a primary whose renewals fail keeps believing it
-/// is primary for up to that long past its TTL (it sleeps 1 s before demoting itself), so less
-/// would be unsafe and more would only slow failover down.
+/// holder's session is invalidated (expired, destroyed) the lock stays unavailable, as in
+/// Consul. One second is LiteFS's fixed renew timeout: a primary whose renewals fail keeps
+/// believing it is primary for up to that long past its last attempt (it sleeps 1 s before
+/// demoting itself). A new leader's wait does not use it: it follows LiteFS's whole renewal
+/// rule (`crate::lease::state::litefs_hold`).
 pub const LOCK_DELAY: Duration = Duration::from_secs(1);
 
 /// LiteFS's `lease.reconnect-delay`: its pause between attempts to acquire the lease or reach
 /// the primary (LiteFS's default is 1 s). Half a second keeps an attempt inside the window in
 /// which a new leader holds an early acquire (lease.ttl / 2, at least 250 ms with ttl >= 500 ms
-/// ... so with the default 2 s ttl always), and lets replicas reconnect to a new primary
+/// ... so with the default 1 s ttl always), and lets replicas reconnect to a new primary
 /// sooner; each attempt is a few loopback calls to the lease API.
 pub const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 

@@ -84,7 +84,7 @@ impl NodeBuilder<'_> {
     fn parts(self) -> anyhow::Result<Parts> {
         let config = self.config;
         let mut settings = NodeSettings::from_config(config, self.hostname, self.witness)?;
-        let params = LeaseParams::new(config.lease.ttl);
+        let params = LeaseParams::new(config.lease.ttl, &config.raft);
         settings.lease_ttl = (!self.witness).then_some(params.ttl);
         let lease = match (self.witness, self.litefs.is_some()) {
             (true, _) => LeaseApi::Off,

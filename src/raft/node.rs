@@ -133,6 +133,11 @@ pub enum TransferError {
 pub struct RaftNode {
     pub raft: Raft,
     pub settings: NodeSettings,
+    /// Taken before openraft starts: every contact this process had with a leader is later,
+    /// every contact an earlier process of this node had is earlier. openraft forgets its
+    /// leader lease across a restart, so the lease rules count one from here
+    /// ([`RaftNode::vote_lease_until`]).
+    pub started: Instant,
     pub transport: Arc<Transport>,
     pub peers: Arc<Peers>,
     pub state_machine: StateMachineStore,
@@ -175,6 +180,7 @@ impl RaftNode {
     /// Opens storage, starts raft and the leader's background duties. Raft RPC reaches it once
     /// the caller serves [`super::server::router`] on `node.raft-addr`.
     pub async fn start(settings: NodeSettings, faults: Faults) -> Result<Arc<RaftNode>, NodeError> {
+        let started = Instant::now();
         let dir = settings.data_dir.clone();
         let id = settings.id;
         let (log, sm) = tokio::task::spawn_blocking(move || open_storage(&dir, id))
@@ -204,6 +210,7 @@ impl RaftNode {
         let node = Arc::new(RaftNode {
             raft,
             settings,
+            started,
             transport,
             peers,
             state_machine: sm,
@@ -247,6 +254,17 @@ impl RaftNode {
         self.tasks
             .join_within(Duration::from_secs(1), "raft node")
             .await;
+    }
+
+    /// Until when this process must grant no vote, and not count itself as a leader's voter:
+    /// `election-timeout-max` after it started. openraft grants no vote for that long after
+    /// the last heartbeat it accepted (its leader lease), but it starts with the lease expired,
+    /// so a node restarted right after acknowledging a leader could otherwise vote for a
+    /// successor at once; the new-leader wait of the lease API relies on that vote coming at
+    /// least `election-timeout-max` after the voter's last contact with the old leader
+    /// (docs/architecture.md, "The lease invariant").
+    pub fn vote_lease_until(&self) -> Instant {
+        self.started + self.settings.timing.election_timeout_max
     }
 
     pub fn metrics(&self) -> RaftMetrics<TypeConfig> {

@@ -204,7 +204,12 @@ async fn append(State(st): State<RpcState>, body: Bytes) -> Response {
 
 async fn vote(State(st): State<RpcState>, body: Bytes) -> Response {
     match parse::<VoteRequest<TypeConfig>>(&body) {
-        Ok(req) => respond(st.node.raft.vote(req).await),
+        Ok(req) => {
+            // A restarted node has forgotten when it last heard a leader: it votes only once
+            // a whole leader lease has passed since it started (RaftNode::vote_lease_until).
+            tokio::time::sleep_until(st.node.vote_lease_until().into()).await;
+            respond(st.node.raft.vote(req).await)
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -18,8 +18,8 @@ from litefs.testing import request
 
 pytestmark = pytest.mark.litefs
 
-#: From kill -9 to a write accepted by the new primary: raft (≈0.8 s) + the lease wait (TTL 3 s
-#: + 1 s + 0.5 s) + LiteFS's acquire; measured ≈4-6 s here. Generous for a loaded CI machine.
+#: From kill -9 to a write accepted by the new primary: raft (≈0.8 s) + the lease wait (≈1.5 s
+#: with the default TTL of 1 s) + LiteFS's acquire; ≈2.5 s. Generous for a loaded CI machine.
 FAILOVER_BOUND_S = 20.0
 
 
