@@ -8,7 +8,7 @@ use super::args::HandoffArgs;
 
 pub fn run(args: HandoffArgs) -> anyhow::Result<()> {
     let config = Config::find_and_load(args.config.as_deref())?;
-    let client = DaemonClient::new(&config.node.http_addr, config.secret()?)?;
+    let client = DaemonClient::new(&config.node.http_addr, config.secret()?, config.tls()?)?;
     let outcome = client.handoff(args.to)?;
     println!("{}", outcome.message);
     let steps: Vec<String> = outcome
