@@ -120,7 +120,7 @@ impl LeaseToken {
                 }
                 write_private(path, format!("{}\n", token.0).as_bytes())
                     .map_err(|e| invalid(KEY, format!("writing {}: {e}", path.display())))?;
-                tracing::info!(path = %path.display(), "wrote a new lease API token");
+                tracing::debug!(path = %path.display(), "wrote a new lease API token");
                 Ok(token)
             }
             Err(e) => Err(invalid(KEY, format!("{}: {e}", path.display()))),

@@ -6,7 +6,7 @@
 use crate::config::{CONSUL_TOKEN_ENV, LeaseToken, SECRET_ENV};
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write as _};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -270,7 +270,9 @@ fn pass_through(stream: Box<dyn Read + Send>, lines: &Mutex<VecDeque<String>>) {
         if line.is_empty() {
             continue;
         }
-        eprintln!("litefs: {line}");
+        // Not eprintln!, which panics when stderr is gone (EPIPE: `run ... | head` ended):
+        // the lines are still kept for the error messages, and LiteFS's pipe still drained.
+        let _ = writeln!(std::io::stderr().lock(), "litefs: {line}");
         let mut kept = lines.lock();
         if kept.len() == KEEP_LINES {
             kept.pop_front();
