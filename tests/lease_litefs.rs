@@ -1,6 +1,8 @@
 //! The lease API with the real LiteFS (v0.5.14): LiteFS accepts the litefs.yml that
 //! `litefs-py config litefs` generates, and on a one-node cluster it becomes primary through
-//! `litefs-py mount`'s lease API, with the shim mounted over LiteFS's FUSE dir.
+//! `litefs-py mount`'s lease API, with the shim mounted over LiteFS's FUSE dir. LiteFS is
+//! started by hand, as docs/operations.md tells a `mount` user to: with `$CONSUL_HTTP_TOKEN`
+//! from `lease.token-file`, without which the lease API refuses every call.
 //!
 //! Needs root, /dev/fuse and a `litefs` binary (`$LITEFS`, else `litefs` on PATH, else
 //! `~/go/bin/litefs`; without one the test says so and passes, unless `CI=true`: then it fails).
@@ -22,6 +24,10 @@ use litefs_py_testkit::ports::Block;
 use litefs_py_testkit::process::{self, Options, Proc};
 use litefs_py_testkit::wait::wait_for;
 use litefs_py_testkit::{http, litefs, prereq};
+
+/// The lease API's token, in `lease.token-file` (written here, mode 0600, before the shim
+/// starts and reads it).
+const TOKEN: &str = "lease-token-of-the-lease-litefs-test";
 
 /// Panics with its log if `p` exited.
 fn assert_running(p: &mut Proc) {
@@ -84,6 +90,19 @@ impl Rig {
             l.binary = None;
             l.advertise_url = None;
         }
+        let token_file = self.path("raft/lease.token");
+        config = config.set("lease.token-file", token_file.to_str().unwrap());
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&token_file)
+                .unwrap();
+            writeln!(f, "{TOKEN}").unwrap();
+        }
         let path = self.path("litefs-py.yml");
         config.write(&path).unwrap();
         (path, ports.lease, ports.litefs)
@@ -107,7 +126,10 @@ impl Rig {
 
     fn start_litefs(&mut self, litefs: &Path, config: &Path) {
         let mut cmd = Command::new(litefs);
-        cmd.arg("mount").arg("-config").arg(config);
+        cmd.arg("mount")
+            .arg("-config")
+            .arg(config)
+            .env("CONSUL_HTTP_TOKEN", TOKEN);
         let log = self.path("litefs.log");
         self.litefs = Some(Proc::spawn("litefs", cmd, &log, Options::default()).unwrap());
         let lower = self.path("lower");
@@ -211,13 +233,26 @@ fn litefs_becomes_primary_through_the_lease_api_on_a_one_node_cluster() {
         started.elapsed()
     );
     // The lease API names the primary, and the cluster id LiteFS chose is in raft.
-    let http::Response { status, body } = http::get(&lease_addr, "/v1/kv/litefs/primary").unwrap();
+    // Only with the token; the answer names no session.
+    let primary = "/v1/kv/litefs/primary";
+    let refused = http::get(&lease_addr, primary).unwrap();
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(refused.body.contains("missing lease token"), "{refused:?}");
+    let http::Response { status, body } =
+        http::request("GET", &lease_addr, primary, Some(TOKEN), None).unwrap();
     assert_eq!(status, 200, "{body}\n{}", rig.logs());
-    assert!(body.contains("\"Session\""), "{body}");
+    assert!(!body.contains("Session"), "{body}");
     let http::Response {
         status,
         body: cluster_id,
-    } = http::get(&lease_addr, "/v1/kv/litefs/primary/clusterid?raw").unwrap();
+    } = http::request(
+        "GET",
+        &lease_addr,
+        "/v1/kv/litefs/primary/clusterid?raw",
+        Some(TOKEN),
+        None,
+    )
+    .unwrap();
     assert_eq!(status, 200);
     assert!(
         info.cluster_id

@@ -77,12 +77,18 @@ fn run_starts_litefs_shim_and_app_in_order_and_stops_them_in_reverse() {
         let h = health(&mnt)?;
         if h["role"] == "primary" {
             // Primary only once LiteFS holds the lease: the lease API names a holder.
-            let lease = http::get(&r.ports.lease, "/litefs-py/lease").unwrap().body;
+            let token = r.lease_token().expect("LiteFS runs with a lease token");
+            let lease = http::request(
+                "GET",
+                &r.ports.lease,
+                "/litefs-py/lease",
+                Some(&token),
+                None,
+            )
+            .unwrap()
+            .body;
             let lease: serde_json::Value = serde_json::from_str(&lease).unwrap();
-            assert!(
-                lease["holder"].is_string(),
-                "primary without a holder: {lease}"
-            );
+            assert_eq!(lease["held"], true, "primary without a holder: {lease}");
             return Some(());
         }
         saw_gate |= h["role"] == "electing" && h["quorum_ok"] == true && h["leader_id"] == 1;

@@ -27,14 +27,28 @@ pub struct DaemonClient {
 }
 
 impl DaemonClient {
-    /// `http_addr` is the node's `node.http-addr`.
-    pub fn new(http_addr: &str, secret: Option<String>) -> anyhow::Result<DaemonClient> {
+    /// `http_addr` is the node's `node.http-addr`; with `tls` (`cluster.tls`), HTTPS with the
+    /// node's own certificate as client certificate and the cluster CA as the only roots.
+    pub fn new(
+        http_addr: &str,
+        secret: Option<String>,
+        tls: Option<crate::config::Tls>,
+    ) -> anyhow::Result<DaemonClient> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let http = reqwest::Client::builder().no_proxy().build()?;
+        let mut builder = crate::config::client_builder().no_proxy();
+        let scheme = match tls {
+            Some(tls) => {
+                builder =
+                    builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&tls.client));
+                "https"
+            }
+            None => "http",
+        };
+        let http = builder.build()?;
         Ok(DaemonClient {
-            base: format!("http://{http_addr}"),
+            base: format!("{scheme}://{http_addr}"),
             secret,
             rt,
             http,

@@ -22,7 +22,7 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
 /// A client of the local node, with the secret membership changes need.
 fn client(config: Option<&Path>) -> anyhow::Result<DaemonClient> {
     let config = Config::find_and_load(config)?;
-    DaemonClient::new(&config.node.http_addr, config.secret()?)
+    DaemonClient::new(&config.node.http_addr, config.secret()?, config.tls()?)
 }
 
 fn print_outcome(o: &MembershipOutcome) {

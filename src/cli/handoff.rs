@@ -8,7 +8,7 @@ use super::args::HandoffArgs;
 
 pub fn run(args: HandoffArgs) -> anyhow::Result<()> {
     let config = Config::find_and_load(args.config.as_deref())?;
-    let client = DaemonClient::new(&config.node.http_addr, config.secret()?)?;
+    let client = DaemonClient::new(&config.node.http_addr, config.secret()?, config.tls()?)?;
     if args.if_primary {
         // Not atomic with the handoff: a primary that changes in between is moved by the
         // leader's own handoff rules, or by a failover; a stop hook needs no more.

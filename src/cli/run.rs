@@ -10,7 +10,7 @@ use super::args::RunArgs;
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let config = Config::find_and_load(args.config.as_deref())?;
     config.secret()?;
-    let mut opts = RunOptions::new(config, args.command);
+    let mut opts = RunOptions::new(config, args.command)?;
     if let Some(grace) = args.grace {
         opts.grace = grace;
     }

@@ -8,7 +8,7 @@ use super::args::StatusArgs;
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let config = Config::find_and_load(args.config.as_deref())?;
-    let client = DaemonClient::new(&config.node.http_addr, None)?;
+    let client = DaemonClient::new(&config.node.http_addr, None, config.tls()?)?;
     let status = client.status()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);

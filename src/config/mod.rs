@@ -16,10 +16,16 @@ mod identity;
 mod litefs_proxy;
 mod raft_timing;
 mod run;
+mod security;
+mod tls;
 pub use identity::{Bootstrap, FROM_HOSTNAME, id_from_hostname, system_hostname};
 pub use litefs_proxy::LiteFsProxyConfig;
 pub use raft_timing::RaftTiming;
 pub use run::RunConfig;
+pub use security::{
+    CONSUL_TOKEN_ENV, LeaseToken, MIN_SECRET_LEN, check_hostname, check_private, write_private,
+};
+pub use tls::{Tls, TlsConfig, client_builder};
 
 /// Where `--config` is looked for when not given, in order.
 pub const DEFAULT_PATHS: [&str; 2] = ["./litefs-py.yml", "/etc/litefs-py.yml"];
@@ -110,6 +116,10 @@ pub struct ClusterConfig {
     pub secret_file: Option<PathBuf>,
     #[serde(default = "default_raft_dir")]
     pub data_dir: PathBuf,
+    /// Mutual TLS for `node.raft-addr` and `node.http-addr` (unset: plain HTTP, for loopback
+    /// clusters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ClusterConfig {
@@ -119,6 +129,7 @@ impl Default for ClusterConfig {
             peers: BTreeMap::new(),
             secret_file: None,
             data_dir: default_raft_dir(),
+            tls: None,
         }
     }
 }
@@ -164,6 +175,11 @@ pub struct LeaseConfig {
     pub addr: SocketAddr,
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+    /// Under `litefs-py mount`: the file holding the lease API's token, created (mode 0600) if
+    /// missing; default `<cluster.data-dir>/lease.token`. `run` ignores it: it makes a new
+    /// token each run and gives it to the LiteFS it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for LeaseConfig {
@@ -171,6 +187,7 @@ impl Default for LeaseConfig {
         LeaseConfig {
             addr: default_lease_addr(),
             ttl: default_ttl(),
+            token_file: None,
         }
     }
 }
@@ -227,6 +244,18 @@ fn default_litefs_http() -> String {
     ":20202".to_string()
 }
 
+/// Whether a `host:port` names a loopback address (`localhost`, 127.0.0.0/8, `[::1]`).
+fn is_loopback_addr(addr: &str) -> bool {
+    let Some((host, _)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A YAML mapping silently keeps the last of two equal keys; a duplicated peer id must be an
 /// error instead.
 fn unique_peers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
@@ -264,7 +293,7 @@ fn check_host_port(key: &'static str, value: &str) -> Result<(), ConfigError> {
             )
         })?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.contains(char::is_whitespace) {
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
         return Err(invalid(
             key,
             format!("{value:?}: missing or malformed host"),
@@ -338,6 +367,15 @@ impl Config {
         }
         if self.node.hostname.trim().is_empty() {
             return Err(invalid("node.hostname", "must not be empty"));
+        }
+        security::check_hostname("node.hostname", &self.node.hostname)?;
+        if let Some(url) = &self.litefs.advertise_url
+            && url.contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "litefs.advertise-url",
+                format!("{url:?} contains a space or a control character"),
+            ));
         }
         check_host_port("node.raft-addr", &self.node.raft_addr)?;
         check_host_port("node.http-addr", &self.node.http_addr)?;
@@ -425,7 +463,46 @@ impl Config {
                     .to_string(),
             );
         }
+        let plain = self.cluster.tls.is_none();
+        if plain && self.cluster.peers.values().any(|a| !is_loopback_addr(a)) {
+            out.push(
+                "cluster.peers: peers on other hosts without cluster.tls: the cluster secret \
+                 and raft traffic travel in clear; set cluster.tls (docs/operations.md, \
+                 \"Security\")"
+                    .to_string(),
+            );
+        }
+        if plain && !is_loopback_addr(&self.node.http_addr) {
+            out.push(format!(
+                "node.http-addr {} is not a loopback address: /status and /metrics answer \
+                 anyone who can reach it, without the cluster secret (roles, addresses, lag); \
+                 firewall the port or set cluster.tls (docs/operations.md, \"Security\")",
+                self.node.http_addr
+            ));
+        }
         out
+    }
+
+    /// `cluster.tls`, loaded (its files read and checked), if set.
+    pub fn tls(&self) -> Result<Option<Tls>, ConfigError> {
+        self.cluster.tls.as_ref().map(TlsConfig::load).transpose()
+    }
+
+    /// `https` with `cluster.tls`, else `http`: how peers and the CLI reach this node.
+    pub fn scheme(&self) -> &'static str {
+        if self.cluster.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `lease.token-file`, or its default `<cluster.data-dir>/lease.token`.
+    pub fn lease_token_file(&self) -> PathBuf {
+        self.lease
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.cluster.data_dir.join("lease.token"))
     }
 
     /// Number of voters (this node alone when no peers are listed).
@@ -436,22 +513,25 @@ impl Config {
     /// The shared secret: `cluster.secret-file`, else `$LITEFS_PY_SECRET`. A multi-node cluster
     /// must have one; a one-node cluster does not need it.
     pub fn secret(&self) -> Result<Option<String>, ConfigError> {
+        const KEY: &str = "cluster.secret-file";
         let secret = match &self.cluster.secret_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid("cluster.secret-file", format!("{}: {e}", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid(KEY, format!("{}: {e}", path.display())))?;
                 let s = text.trim().to_string();
                 if s.is_empty() {
-                    return Err(invalid(
-                        "cluster.secret-file",
-                        format!("{} is empty", path.display()),
-                    ));
+                    return Err(invalid(KEY, format!("{} is empty", path.display())));
                 }
+                security::check_private(KEY, path)?;
+                security::check_secret(KEY, &path.display().to_string(), &s)?;
                 Some(s)
             }
             None => match std::env::var(SECRET_ENV) {
-                Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Ok(s) if !s.trim().is_empty() => {
+                    let s = s.trim().to_string();
+                    security::check_secret(KEY, &format!("${SECRET_ENV}"), &s)?;
+                    Some(s)
+                }
                 Ok(_) => {
                     return Err(invalid(
                         "cluster.secret-file",
@@ -574,6 +654,14 @@ lease:
             )
         );
         assert!(err(&GOOD.replace("id: 1\n", "id: one\n")).contains("\"one\" is not a node id"));
+        assert!(
+            err(&GOOD.replace("hostname: node-a", "hostname: \"node-a\\e[2J\""))
+                .starts_with("node.hostname:")
+        );
+        assert!(
+            err(&GOOD.replace("    2: 127.0.0.1:20302", "    2: \"bad\\nhost:20302\""))
+                .starts_with("cluster.peers:")
+        );
     }
 
     #[test]
@@ -592,13 +680,41 @@ lease:
     }
 
     #[test]
+    fn a_status_port_off_loopback_is_warned_about() {
+        let c = Config::parse(GOOD).unwrap();
+        assert!(c.warnings().iter().all(|w| !w.contains("node.http-addr")));
+        let c =
+            Config::parse(&GOOD.replace("http-addr: 127.0.0.1:20311", "http-addr: 0.0.0.0:20311"))
+                .unwrap();
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.starts_with("node.http-addr 0.0.0.0:20311 is not a loopback")),
+            "{:?}",
+            c.warnings()
+        );
+        assert!(is_loopback_addr("localhost:1") && is_loopback_addr("[::1]:1"));
+        assert!(!is_loopback_addr("node-a:1"));
+        assert_eq!(c.lease_token_file(), PathBuf::from("/tmp/raft/lease.token"));
+    }
+
+    #[test]
     fn secrets() {
         let mut c = Config::parse(GOOD).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("secret");
-        std::fs::write(&f, "  s3cret\n").unwrap();
+        security::write_private(&f, b"  s3cret-s3cret-s3cret\n").unwrap();
         c.cluster.secret_file = Some(f.clone());
-        assert_eq!(c.secret().unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(c.secret().unwrap().as_deref(), Some("s3cret-s3cret-s3cret"));
+        // Too short, or readable by others: refused, saying what to do.
+        security::write_private(&f, b"s3cret\n").unwrap();
+        let e = c.secret().unwrap_err().to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        security::write_private(&f, b"s3cret-s3cret-s3cret\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = c.secret().unwrap_err().to_string();
+        assert!(e.contains(&format!("chmod 600 {}", f.display())), "{e}");
         std::fs::write(&f, "\n").unwrap();
         assert!(
             c.secret()

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::freshest::{PeerLiteFs, Survey};
 use super::records::{HANDOFF_KEY, HandoffRecord};
-use super::test_support::{BODY, Fake, SESSION, params};
+use super::test_support::{ADVERTISE, BODY, Fake, SESSION, params};
 use super::{LEASE_KEY, LeaseService};
 use crate::litefs::positions::{Pos, Positions};
 
@@ -40,7 +40,7 @@ impl Node {
     fn leading(term: u64) -> Node {
         let fake = Fake::leader();
         fake.lead(term, Instant::now() - Duration::from_secs(60));
-        let service = LeaseService::new(fake.clone(), params())
+        let service = LeaseService::new(fake.clone(), params(), ADVERTISE.into())
             .with_silent_peer_wait(Duration::from_millis(300));
         let session = service.create_session(SESSION.as_bytes()).unwrap().id;
         Node {

@@ -159,6 +159,7 @@ mod tests {
             data_dir: dir.path().join("raft"),
             timing: Default::default(),
             witness: false,
+            tls: None,
             lease_ttl: None,
         };
         let node = RaftNode::start(settings, Faults::default()).await.unwrap();

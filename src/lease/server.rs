@@ -10,10 +10,16 @@
 //! | `GET /v1/kv/<key>` | `[KV pair]` (value: base64 of LiteFS's JSON) or 404 |
 //! | `GET`/`PUT /v1/kv/<key>/clusterid` | `[KV pair]` (`?raw`: the id) or 404 / `true` |
 //! | `PUT /v1/catalog/register` | `true` |
-//! | `GET /litefs-py/lease` | this API's state, JSON (not Consul's) |
+//! | `GET /litefs-py/lease` | this API's state, JSON (not Consul's), without session ids |
+//!
+//! Every request must carry this node's lease token, as `X-Consul-Token` (what LiteFS's Consul
+//! client sends, from `$CONSUL_HTTP_TOKEN`) or `Authorization: Bearer`; without it the answer is
+//! 403 and says what is missing. Any local process could otherwise release the lease or take it
+//! for an advertise URL of its own (docs/architecture.md, "LiteFS's Consul client").
 //!
 //! A malformed body, id or query is 400; an unknown route is 404 and a log line; nothing a
-//! client sends can panic the daemon.
+//! client sends can panic the daemon. No answer carries a session id: a KV pair's `Session` is
+//! left out (LiteFS reads only the value).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,17 +28,24 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::consul::KvPair;
 use super::{LEASE_KEY, LeaseError, LeaseService, RaftFacts};
-use crate::raft::network::LogLimiter;
+use crate::config::{CONSUL_TOKEN_ENV, LeaseToken};
+use crate::raft::network::{LogLimiter, Secret};
+use crate::raft::serve::{self, Limits};
+
+/// The header LiteFS's Consul client puts its token in.
+pub const TOKEN_HEADER: &str = "x-consul-token";
 
 /// Bodies are a few hundred bytes; anything near this is not LiteFS.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -43,6 +56,7 @@ impl IntoResponse for LeaseError {
             LeaseError::BadRequest(_) => StatusCode::BAD_REQUEST,
             LeaseError::TooManySessions(_) => StatusCode::TOO_MANY_REQUESTS,
             LeaseError::Conflict(_) => StatusCode::CONFLICT,
+            LeaseError::Forbidden(_) => StatusCode::FORBIDDEN,
             LeaseError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -77,23 +91,66 @@ fn boolean(b: bool) -> Response {
 }
 
 fn kv_answer(pair: Option<KvPair>, raw: bool) -> Response {
-    let Some(pair) = pair else {
+    let Some(mut pair) = pair else {
         return StatusCode::NOT_FOUND.into_response();
     };
     if raw {
         return (StatusCode::OK, pair.raw_value().unwrap_or_default()).into_response();
     }
+    // The holder's session id is the lease's handle: it stays with the holder.
+    pair.session = None;
     let mut r = json(serde_json::to_string(&[&pair]).expect("plain struct"));
     r.headers_mut()
         .insert("X-Consul-Index", HeaderValue::from(pair.modify_index));
     r
 }
 
-/// The router for `lease.addr`.
-pub fn router<F: RaftFacts>(service: Arc<LeaseService<F>>) -> Router {
+/// Which token a request presented, if any.
+fn presented(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(TOKEN_HEADER)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        })
+}
+
+/// Refuses every request without this node's token (403, saying what is missing).
+async fn require_token(State(guard): State<Arc<TokenGuard>>, req: Request, next: Next) -> Response {
+    let why = match presented(req.headers()) {
+        Some(t) if guard.token.matches(t) => return next.run(req).await,
+        Some(_) => "wrong lease token",
+        None => "missing lease token",
+    };
+    if guard.refusals.should_log(why) {
+        tracing::warn!(
+            "lease API: refused {} {}: {why} (403); only the LiteFS this node starts (or one given ${CONSUL_TOKEN_ENV}) may call it",
+            req.method(),
+            req.uri().path()
+        );
+    }
+    let body = format!(
+        "403: {why}: send this node's lease token as X-Consul-Token (LiteFS reads it from ${CONSUL_TOKEN_ENV}; `litefs-py run` sets it for the LiteFS it starts, `litefs-py mount` keeps it in lease.token-file)\n"
+    );
+    (StatusCode::FORBIDDEN, body).into_response()
+}
+
+struct TokenGuard {
+    token: Secret,
+    refusals: LogLimiter,
+}
+
+/// The router for `lease.addr`: every route behind `token`.
+pub fn router<F: RaftFacts>(service: Arc<LeaseService<F>>, token: &LeaseToken) -> Router {
     let api = Arc::new(Api {
         service,
         unknown: LogLimiter::default(),
+    });
+    let guard = Arc::new(TokenGuard {
+        token: Secret::new(token.as_str()),
+        refusals: LogLimiter::default(),
     });
     Router::new()
         .route("/v1/session/create", put(session_create::<F>))
@@ -106,6 +163,7 @@ pub fn router<F: RaftFacts>(service: Arc<LeaseService<F>>) -> Router {
         .method_not_allowed_fallback(not_allowed::<F>)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(api)
+        .layer(middleware::from_fn_with_state(guard, require_token))
 }
 
 async fn session_create<F: RaftFacts>(State(api): St<F>, body: Bytes) -> Response {
@@ -241,8 +299,30 @@ async fn catalog_register() -> Response {
     boolean(true)
 }
 
+/// `GET /litefs-py/lease`: the state without the session ids.
+#[derive(Debug, Serialize)]
+struct PublicStatus {
+    leader_term: Option<u64>,
+    grant_in_ms: Option<u64>,
+    /// A session holds the lease (through this node, its leader).
+    held: bool,
+    /// LiteFS's primary info (hostname, advertise URL) of the holder.
+    holder_value: Option<String>,
+    sessions: usize,
+    handing_off: bool,
+}
+
 async fn status<F: RaftFacts>(State(api): St<F>) -> Response {
-    json(serde_json::to_string(&api.service.status()).expect("plain struct"))
+    let s = api.service.status();
+    let public = PublicStatus {
+        leader_term: s.leader_term,
+        grant_in_ms: s.grant_in_ms,
+        held: s.holder.is_some(),
+        holder_value: s.holder_value,
+        sessions: s.sessions.len(),
+        handing_off: s.handing_off,
+    };
+    json(serde_json::to_string(&public).expect("plain struct"))
 }
 
 fn log_unknown<F>(api: &Api<F>, method: &Method, path: &str) -> Response {
@@ -279,20 +359,25 @@ pub struct LeaseServer {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Binds `addr` (loopback only) and serves the lease API from `facts`.
+/// Binds `addr` (loopback only) and serves the lease API from `facts`, for LiteFS at
+/// `advertise_url`, behind `token`.
 #[cfg(test)]
 pub async fn start<F: RaftFacts>(
     facts: F,
     params: super::LeaseParams,
     addr: SocketAddr,
+    advertise_url: &str,
+    token: &LeaseToken,
 ) -> Result<(LeaseServer, Arc<LeaseService<F>>), LeaseError> {
-    start_service(LeaseService::new(facts, params), addr).await
+    let service = LeaseService::new(facts, params, advertise_url.to_string());
+    start_service(service, addr, token).await
 }
 
-/// Binds `addr` (loopback only) and serves `service`, built by the caller.
+/// Binds `addr` (loopback only) and serves `service`, built by the caller, behind `token`.
 pub async fn start_service<F: RaftFacts>(
     service: LeaseService<F>,
     addr: SocketAddr,
+    token: &LeaseToken,
 ) -> Result<(LeaseServer, Arc<LeaseService<F>>), LeaseError> {
     let params = service.params();
     if !addr.ip().is_loopback() {
@@ -306,18 +391,17 @@ pub async fn start_service<F: RaftFacts>(
         .map_err(|source| LeaseError::Bind { addr, source })?;
     let service = Arc::new(service);
     let (stop, _) = watch::channel(false);
-    let app = router(service.clone());
-    let mut rx = stop.subscribe();
-    let http = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!("lease API stopped: {e}");
-        }
-    });
+    let app = router(service.clone(), token);
+    let rx = stop.subscribe();
+    // LiteFS keeps one connection; the limit only bounds what other local processes can hold.
+    let http = tokio::spawn(serve::serve(
+        listener,
+        app,
+        Limits::LOOPBACK,
+        None,
+        "lease.addr",
+        rx,
+    ));
     let s = service.clone();
     let rx = stop.subscribe();
     let background = tokio::spawn(async move { s.run(rx).await });

@@ -47,10 +47,13 @@ pub struct LeaseService<F> {
     /// The current term's freshness check (see [`LeaseService::freshest_here`]).
     pub(super) freshness: Mutex<Option<Freshness>>,
     pub(super) silent_peer_wait: Duration,
+    /// This node's LiteFS's advertise URL (litefs.yml's): the only one an acquire may name,
+    /// since raft hands it to every replica as the primary to stream from.
+    advertise_url: String,
 }
 
 impl<F: RaftFacts> LeaseService<F> {
-    pub fn new(facts: F, params: LeaseParams) -> LeaseService<F> {
+    pub fn new(facts: F, params: LeaseParams, advertise_url: String) -> LeaseService<F> {
         LeaseService {
             facts,
             state: Mutex::new(LeaseState::new(params)),
@@ -60,6 +63,7 @@ impl<F: RaftFacts> LeaseService<F> {
             litefs: None,
             freshness: Mutex::new(None),
             silent_peer_wait: WAIT_FOR_SILENT_PEERS,
+            advertise_url,
         }
     }
 
@@ -121,6 +125,17 @@ impl<F: RaftFacts> LeaseService<F> {
     async fn try_acquire(&self, id: &str, body: &[u8]) -> Result<bool, LeaseError> {
         consul::check_session_id(id)?;
         let (info, raw) = consul::parse_primary_info(body)?;
+        if info.advertise_url != self.advertise_url {
+            tracing::warn!(
+                advertise_url = %info.advertise_url,
+                "acquire refused: not this node's LiteFS advertise URL ({})",
+                self.advertise_url
+            );
+            return Err(LeaseError::Forbidden(format!(
+                "advertise-url {:?} is not this node's ({:?}, litefs.advertise-url): regenerate litefs.yml with `litefs-py config litefs`",
+                info.advertise_url, self.advertise_url
+            )));
+        }
         let max_hold = self.state.lock().params().ttl / 2;
         let mut held = false;
         loop {

@@ -145,6 +145,13 @@ impl RaftFacts for Fake {
 }
 
 pub const BODY: &str = r#"{"hostname":"node-a","advertise-url":"http://node-a:20202"}"#;
+/// The advertise URL in [`BODY`]: the test node's own.
+pub const ADVERTISE: &str = "http://node-a:20202";
+pub const TOKEN: &str = "test-lease-token-0123456789";
+
+pub fn token() -> crate::config::LeaseToken {
+    crate::config::LeaseToken::new(TOKEN)
+}
 pub const SESSION: &str =
     r#"{"Behavior":"delete","LockDelay":"1000ms","Name":"litefs","NodeChecks":[],"TTL":"2s"}"#;
 
@@ -172,10 +179,12 @@ pub struct Api {
 impl Api {
     pub async fn start(fake: Fake) -> Api {
         let addr = "127.0.0.1:0".parse().unwrap();
-        let (server, service) = server::start(fake.clone(), params(), addr).await.unwrap();
+        let (server, service) = server::start(fake.clone(), params(), addr, ADVERTISE, &token())
+            .await
+            .unwrap();
         Api {
             base: format!("http://{}", server.addr),
-            http: reqwest::Client::new(),
+            http: crate::config::client_builder().build().unwrap(),
             fake,
             server: Some(server),
             _service: service,
@@ -187,6 +196,7 @@ impl Api {
         let resp = self
             .http
             .request(method, format!("{}{path}", self.base))
+            .header(server::TOKEN_HEADER, TOKEN)
             .body(body.to_string())
             .timeout(Duration::from_secs(10))
             .send()

@@ -25,7 +25,9 @@ async fn litefs_becomes_primary_renews_and_releases() {
     // Every node can now name the primary: the record went through raft.
     let pair = api.primary().await.unwrap();
     assert_eq!(pair.key, LEASE_KEY);
-    assert_eq!(pair.session.as_deref(), Some(id.as_str()));
+    // The pair names no session: the id is the holder's alone.
+    assert_eq!(pair.session, None);
+    assert_eq!(pair.lock_index, 1);
     assert_eq!(pair.raw_value().unwrap(), BODY.as_bytes());
     let record = api.fake.record().unwrap();
     assert_eq!(
@@ -242,17 +244,96 @@ async fn malformed_requests_are_400_and_unknown_routes_404() {
     let (status, body) = api.call("GET", "/litefs-py/lease", "").await;
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["holder"], id.as_str());
+    assert_eq!(v["held"], true);
+    assert_eq!(v["sessions"], 1);
+    // No answer names a session: neither the state nor the KV pair.
+    assert!(!body.contains(&id), "{body}");
+    let (status, body) = api.call("GET", &key, "").await;
+    assert_eq!(status, 200);
+    assert!(!body.contains(&id) && !body.contains("Session"), "{body}");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn every_route_needs_the_token() {
+    let api = Api::start(Fake::leader()).await;
+    let id = api.session().await;
+    let key = format!("/v1/kv/{LEASE_KEY}");
+    let routes = [
+        ("PUT", "/v1/session/create".to_string(), SESSION),
+        ("PUT", format!("/v1/session/renew/{id}"), ""),
+        ("PUT", format!("/v1/session/destroy/{id}"), ""),
+        ("PUT", format!("{key}?acquire={id}"), BODY),
+        ("PUT", format!("{key}?release={id}"), ""),
+        ("GET", key.clone(), ""),
+        ("GET", format!("{key}/clusterid?raw"), ""),
+        ("GET", "/litefs-py/lease".to_string(), ""),
+        ("GET", "/v1/agent/self".to_string(), ""),
+    ];
+    for (token, what) in [
+        (None, "missing lease token"),
+        (Some("wrong"), "wrong lease token"),
+    ] {
+        for (method, path, body) in &routes {
+            let mut req = api
+                .http
+                .request(method.parse().unwrap(), format!("{}{path}", api.base))
+                .body(body.to_string());
+            if let Some(t) = token {
+                req = req.header(server::TOKEN_HEADER, t);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 403, "{method} {path}");
+            let text = resp.text().await.unwrap();
+            assert!(text.contains(what), "{method} {path}: {text}");
+            assert!(text.contains("X-Consul-Token"), "{text}");
+        }
+    }
+    // The refused calls changed nothing: the session still exists and can take the lease.
+    assert_eq!(api.acquire(&id).await.1, "true");
+    // `Authorization: Bearer` is accepted too (Consul's other spelling).
+    let resp = api
+        .http
+        .get(format!("{}/litefs-py/lease", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn an_acquire_for_another_advertise_url_is_refused() {
+    let api = Api::start(Fake::leader()).await;
+    let id = api.session().await;
+    let other = r#"{"hostname":"node-a","advertise-url":"http://evil:20202"}"#;
+    let (status, body) = api
+        .call("PUT", &format!("/v1/kv/{LEASE_KEY}?acquire={id}"), other)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("http://evil:20202") && body.contains(ADVERTISE),
+        "{body}"
+    );
+    assert!(api.primary().await.is_none());
+    assert_eq!(api.acquire(&id).await.1, "true");
     api.stop().await;
 }
 
 #[tokio::test]
 async fn the_api_listens_on_loopback_only() {
     for addr in ["0.0.0.0:0", "10.1.2.3:20321"] {
-        let err = server::start(Fake::leader(), params(), addr.parse().unwrap())
-            .await
-            .err()
-            .expect("refused");
+        let err = server::start(
+            Fake::leader(),
+            params(),
+            addr.parse().unwrap(),
+            ADVERTISE,
+            &token(),
+        )
+        .await
+        .err()
+        .expect("refused");
         assert!(matches!(err, LeaseError::NotLoopback(_)), "{err}");
     }
 }
@@ -273,7 +354,7 @@ async fn the_waiver_reads_the_applied_term_before_the_handoff_record() {
         r.kv.insert(HANDOFF_KEY.into(), serde_json::to_string(&record).unwrap());
         r.applied_term = Some(8);
     });
-    let service = LeaseService::new(fake.clone(), params());
+    let service = LeaseService::new(fake.clone(), params(), ADVERTISE.into());
     fake.set(|r| r.reads.clear());
     assert_eq!(service.status().grant_in_ms, Some(0));
     let reads = fake.0.lock().reads.clone();

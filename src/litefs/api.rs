@@ -47,7 +47,7 @@ fn litefs_err(what: String) -> impl FnOnce(reqwest::Error) -> LiteFsError {
 
 impl LiteFsApi {
     pub fn new(lower: PathBuf, http: SocketAddr) -> Result<LiteFsApi, LiteFsError> {
-        let client = reqwest::Client::builder()
+        let client = crate::config::client_builder()
             .no_proxy()
             .build()
             .map_err(|e| LiteFsError(format!("http client: {e}")))?;

@@ -78,7 +78,7 @@ pub async fn get(client: &reqwest::Client, http_addr: &str) -> Result<Info, Info
 /// A client for LiteFS's loopback API: no proxy (an `http_proxy` in the environment must not
 /// catch loopback calls), every request bounded by `timeout`.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    crate::config::client_builder()
         .no_proxy()
         .connect_timeout(timeout)
         .timeout(timeout)

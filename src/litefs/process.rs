@@ -3,9 +3,10 @@
 //! error messages, and its FUSE mount at `mount.lower` told apart from anything mounted there
 //! before it started.
 
+use crate::config::{CONSUL_TOKEN_ENV, LeaseToken, SECRET_ENV};
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write as _};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -122,11 +123,20 @@ pub fn litefs_version(binary: &Path) -> Option<String> {
 }
 
 impl LiteFs {
-    /// Starts `binary mount -config config`.
-    pub fn spawn(binary: &Path, config: &Path, lower: &Path) -> Result<LiteFs, ProcessError> {
+    /// Starts `binary mount -config config`, with the lease API's `token` in its environment
+    /// (the only place it is given: LiteFS's Consul client sends it with every call) and
+    /// without the cluster secret, which LiteFS has no use for.
+    pub fn spawn(
+        binary: &Path,
+        config: &Path,
+        lower: &Path,
+        token: &LeaseToken,
+    ) -> Result<LiteFs, ProcessError> {
         let mounts_before = mount_ids_at(lower);
         let mut cmd = Command::new(binary);
-        cmd.arg("mount")
+        cmd.env_remove(SECRET_ENV)
+            .env(CONSUL_TOKEN_ENV, token.as_str())
+            .arg("mount")
             .arg("-config")
             .arg(config)
             .stdin(Stdio::null())
@@ -260,7 +270,9 @@ fn pass_through(stream: Box<dyn Read + Send>, lines: &Mutex<VecDeque<String>>) {
         if line.is_empty() {
             continue;
         }
-        eprintln!("litefs: {line}");
+        // Not eprintln!, which panics when stderr is gone (EPIPE: `run ... | head` ended):
+        // the lines are still kept for the error messages, and LiteFS's pipe still drained.
+        let _ = writeln!(std::io::stderr().lock(), "litefs: {line}");
         let mut kept = lines.lock();
         if kept.len() == KEEP_LINES {
             kept.pop_front();

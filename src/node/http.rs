@@ -1,6 +1,8 @@
 //! HTTP at the node's edge: serving a router, and the one place where domain errors and
 //! answers become HTTP statuses and bodies (the layers below return plain errors).
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
@@ -11,21 +13,18 @@ use crate::handoff::{HandoffError, HandoffOutcome};
 use crate::raft::NodeError;
 use crate::raft::membership::MembershipOutcome;
 
-/// Serves `router` on `listener` (with the caller's address, for the 401 log) until `stop`.
+/// Serves `router` on `listener` (with the caller's address, for the 401 log) until `stop`,
+/// within the peers' connection limits and timeouts, over mutual TLS with `cluster.tls`.
+/// `what`: the address's config key, for the logs.
 pub(super) async fn serve(
     listener: TcpListener,
     router: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    what: &'static str,
+    stop: watch::Receiver<bool>,
 ) {
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!("http server stopped: {e}");
-    }
+    use crate::raft::serve::{Limits, serve};
+    serve(listener, router, Limits::PEERS, tls, what, stop).await;
 }
 
 fn node_status(e: &NodeError) -> StatusCode {

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 pub(crate) use self::api::paths;
 pub(crate) use self::status::StatusReport;
-use crate::config::Config;
+use crate::config::{Config, LeaseToken};
 use crate::handoff::{self, Handoff};
 use crate::lease::raft_facts::NodeFacts;
 use crate::lease::records::HolderRecord;
@@ -56,9 +56,17 @@ pub struct NodeBuilder<'a> {
     hostname: Option<String>,
     witness: bool,
     litefs: Option<LiteFsState>,
+    lease_token: Option<LeaseToken>,
 }
 
 impl NodeBuilder<'_> {
+    /// The lease API's token (`run`: a new one per run, which it gives its LiteFS). Without
+    /// it, the one in `lease.token-file` (created if missing), for a LiteFS started by hand.
+    pub fn lease_token(mut self, token: LeaseToken) -> Self {
+        self.lease_token = Some(token);
+        self
+    }
+
     /// Overrides `node.hostname` (`mount --hostname`).
     pub fn hostname(mut self, hostname: Option<String>) -> Self {
         self.hostname = hostname;
@@ -84,6 +92,11 @@ impl NodeBuilder<'_> {
     fn parts(self) -> anyhow::Result<Parts> {
         let config = self.config;
         let mut settings = NodeSettings::from_config(config, self.hostname, self.witness)?;
+        let token = match (self.witness, self.lease_token) {
+            (true, _) => None,
+            (false, Some(t)) => Some(t),
+            (false, None) => Some(LeaseToken::load_or_create(&config.lease_token_file())?),
+        };
         let params = LeaseParams::new(config.lease.ttl, &config.raft);
         settings.lease_ttl = (!self.witness).then_some(params.ttl);
         let lease = match (self.witness, self.litefs.is_some()) {
@@ -109,11 +122,16 @@ impl NodeBuilder<'_> {
             settings,
             // The test fault layer, as `LITEFS_PY_TEST_FAULTS` says.
             faults: Faults::from_env(),
-            lease: (lease != LeaseApi::Off).then_some(LeaseParts {
-                params,
-                addr: config.lease.addr,
-                required: lease == LeaseApi::Required,
-            }),
+            lease: token
+                .filter(|_| lease != LeaseApi::Off)
+                .map(|token| LeaseParts {
+                    params,
+                    addr: config.lease.addr,
+                    required: lease == LeaseApi::Required,
+                    // What the generated litefs.yml tells LiteFS to advertise.
+                    advertise_url: config.litefs_advertise_url(),
+                    token,
+                }),
             run,
         })
     }
@@ -141,6 +159,8 @@ struct LeaseParts {
     params: LeaseParams,
     addr: SocketAddr,
     required: bool,
+    advertise_url: String,
+    token: LeaseToken,
 }
 
 /// Under `litefs-py run`: the local LiteFS.
@@ -171,6 +191,7 @@ impl Node {
             hostname: None,
             witness: false,
             litefs: None,
+            lease_token: None,
         }
     }
 
@@ -250,6 +271,7 @@ impl Services {
             run,
         } = parts;
         let state = StateHandle::new(initial_view(&settings));
+        let tls = settings.tls.as_ref().map(|t| t.server.clone());
         let raft_listener = bind("node.raft-addr", &settings.raft_addr).await?;
         let http_listener = bind("node.http-addr", &settings.http_addr).await?;
         let raft = RaftNode::start(settings, faults).await?;
@@ -257,9 +279,9 @@ impl Services {
             None => None,
             Some(l) => {
                 let facts = NodeFacts::new(raft.clone(), run.as_ref().map(|r| r.api.clone()));
-                let service = LeaseService::new(facts, l.params)
+                let service = LeaseService::new(facts, l.params, l.advertise_url)
                     .with_litefs_state(run.as_ref().map(|r| r.state.clone()));
-                match server::start_service(service, l.addr).await {
+                match server::start_service(service, l.addr, &l.token).await {
                     Ok(started) => Some(started),
                     Err(e @ LeaseError::Bind { .. }) if !l.required => {
                         tracing::error!(
@@ -291,8 +313,20 @@ impl Services {
         let rpc =
             crate::raft::server::router(raft.clone(), rpc::router(raft.clone(), handoff.clone()));
         let api = api::router(raft.clone(), state.clone(), handoff);
-        services.spawn(http::serve(raft_listener, rpc, services.stop.subscribe()));
-        services.spawn(http::serve(http_listener, api, services.stop.subscribe()));
+        services.spawn(http::serve(
+            raft_listener,
+            rpc,
+            tls.clone(),
+            "node.raft-addr",
+            services.stop.subscribe(),
+        ));
+        services.spawn(http::serve(
+            http_listener,
+            api,
+            tls,
+            "node.http-addr",
+            services.stop.subscribe(),
+        ));
         let inputs = run.map(|r| {
             let sm = raft.state_machine.clone();
             RunInputs {

@@ -54,6 +54,7 @@ fn settings(base: u16, id: u64, voters: &[u64], dir: &std::path::Path) -> NodeSe
         data_dir: dir.join(format!("n{id}")),
         timing: RaftTiming::default(),
         witness: false,
+        tls: None,
         lease_ttl: Some(Duration::from_secs(2)),
     }
 }

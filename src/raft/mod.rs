@@ -32,6 +32,7 @@ pub mod membership;
 pub mod network;
 pub mod node;
 pub mod peers;
+pub mod serve;
 pub mod server;
 pub mod state_machine;
 pub mod store;

@@ -190,26 +190,40 @@ pub struct Transport {
     /// This node's timing settings, sent on every RPC and compared with every peer's.
     pub timing: TimingStamp,
     timing_header: String,
+    /// `https` with `cluster.tls`, else `http`.
+    scheme: &'static str,
     client: reqwest::Client,
     warnings: LogLimiter,
 }
 
 impl Transport {
+    #[allow(clippy::too_many_arguments)] // Each is a separate setting of the node.
     pub fn new(
         me: NodeId,
         hostname: String,
         witness: bool,
         secret: Option<Secret>,
+        tls: Option<Arc<rustls::ClientConfig>>,
         faults: Faults,
         peers: Arc<Peers>,
         timing: TimingStamp,
     ) -> Result<Arc<Transport>, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let mut builder = crate::config::client_builder()
             // Peers are on the LAN; an HTTP(S)_PROXY meant for the app must not catch them.
             .no_proxy()
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
+            // Below the servers' idle timeout (`serve::Limits::PEERS`): the pool drops a
+            // connection before the peer does.
+            .pool_idle_timeout(Duration::from_secs(15));
+        let scheme = match tls {
+            Some(tls) => {
+                // Our cluster CA and client certificate (`cluster.tls`), nothing from the system.
+                builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&tls));
+                "https"
+            }
+            None => "http",
+        };
+        let client = builder.build()?;
         Ok(Arc::new(Transport {
             me,
             hostname,
@@ -219,6 +233,7 @@ impl Transport {
             peers,
             timing,
             timing_header: timing.header(),
+            scheme,
             client,
             warnings: LogLimiter::default(),
         }))
@@ -286,7 +301,7 @@ impl Transport {
             return Err(CallError::Blocked);
         }
         let secret = self.secret.as_ref().ok_or(CallError::NoSecret)?;
-        let url = format!("http://{addr}{path}");
+        let url = format!("{}://{addr}{path}", self.scheme);
         let request = match body {
             Some(body) => self.client.post(&url).json(body),
             None => self.client.get(&url),

@@ -47,6 +47,8 @@ pub struct NodeSettings {
     pub timing: RaftTiming,
     /// A witness votes, is never primary (it hands on any leadership it wins) and has no LiteFS.
     pub witness: bool,
+    /// `cluster.tls`, loaded: raft and admin traffic over mutual TLS.
+    pub tls: Option<crate::config::Tls>,
     /// `lease.ttl` on a data node (compared across nodes, see `timing_check`); `None` on a
     /// witness. Not read from the config here: the node layer sets it from the lease API's
     /// parameters, so that the TTL reaches everyone one way.
@@ -61,6 +63,9 @@ impl NodeSettings {
         witness: bool,
     ) -> Result<NodeSettings, ConfigError> {
         let secret = config.secret()?.map(Secret::new);
+        if let Some(h) = &hostname {
+            crate::config::check_hostname("--hostname", h)?;
+        }
         if witness && config.cluster.bootstrap == Bootstrap::This {
             return Err(ConfigError::Invalid {
                 key: "cluster.bootstrap",
@@ -80,6 +85,7 @@ impl NodeSettings {
             data_dir: config.cluster.data_dir.clone(),
             timing: config.raft,
             witness,
+            tls: config.tls()?,
             // Set by the node builder, from the lease API's parameters (one route for lease.ttl).
             lease_ttl: None,
         })
@@ -193,6 +199,7 @@ impl RaftNode {
             settings.hostname.clone(),
             settings.witness,
             settings.secret.clone(),
+            settings.tls.as_ref().map(|t| t.client.clone()),
             faults,
             peers.clone(),
             TimingStamp::new(&settings.timing, settings.lease_ttl),

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -17,6 +17,15 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::SignalsInfo;
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::low_level::siginfo::Cause;
+
+use crate::config::{CONSUL_TOKEN_ENV, SECRET_ENV};
+
+/// The app's environment: ours without the cluster secret (`$LITEFS_PY_SECRET`, if litefs-py
+/// read it from there) and without a lease token: the app needs neither, and anything it runs
+/// would inherit them. LiteFS gets the token alone ([`crate::litefs::process::LiteFs::spawn`]).
+pub fn app_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove(SECRET_ENV).env_remove(CONSUL_TOKEN_ENV)
+}
 
 /// Signals passed on to the app as they come. SIGTERM and SIGINT also stop everything.
 pub const FORWARDED: [i32; 5] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2];
@@ -144,6 +153,25 @@ pub fn signal_name(signal: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_app_gets_no_secret_and_no_token() {
+        let mut cmd = Command::new("true");
+        cmd.env(SECRET_ENV, "s")
+            .env(CONSUL_TOKEN_ENV, "t")
+            .env("KEEP", "1");
+        app_env(&mut cmd);
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert!(envs.contains(&(SECRET_ENV.as_ref(), None)), "{envs:?}");
+        assert!(
+            envs.contains(&(CONSUL_TOKEN_ENV.as_ref(), None)),
+            "{envs:?}"
+        );
+        assert!(
+            envs.contains(&("KEEP".as_ref(), Some("1".as_ref()))),
+            "{envs:?}"
+        );
+    }
 
     #[test]
     fn codes_and_descriptions() {

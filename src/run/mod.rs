@@ -29,7 +29,7 @@ use litefs_py_fuse::MountError;
 
 use self::children::Events;
 use self::supervisor::Supervisor;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LeaseToken};
 use crate::litefs::process::{ProcessError, clear_leftover_mounts, is_mount_point, litefs_binary};
 use crate::litefs::state::LiteFsState;
 use crate::litefs::yaml::{self, LiteFsConfigError};
@@ -98,18 +98,23 @@ pub struct RunOptions {
     pub litefs_config: PathBuf,
     /// FUSE `allow_other` on the shim (an app running as another user).
     pub allow_other: bool,
+    /// This run's lease API token, new each run: the lease API and the LiteFS it starts share
+    /// it, nothing else has it.
+    pub lease_token: LeaseToken,
 }
 
 impl RunOptions {
-    /// The options `config` gives (its `run:` section).
-    pub fn new(config: Config, command: Vec<OsString>) -> RunOptions {
-        RunOptions {
+    /// The options `config` gives (its `run:` section), and a new lease token.
+    pub fn new(config: Config, command: Vec<OsString>) -> Result<RunOptions, RunError> {
+        let lease_token = LeaseToken::generate().map_err(io("making the lease API token"))?;
+        Ok(RunOptions {
             grace: config.run.grace,
             litefs_config: config.run.litefs_config_path(&config.cluster.data_dir),
             config,
             command,
             allow_other: false,
-        }
+            lease_token,
+        })
     }
 }
 
@@ -131,6 +136,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let state = LiteFsState::new();
     let daemon = Node::builder(&opts.config)
         .litefs(state.clone())
+        .lease_token(opts.lease_token.clone())
         .start()
         .map_err(RunError::Daemon)?;
     let mut sup = Supervisor::new(opts, events, state, daemon, current_umask());
@@ -173,10 +179,10 @@ fn write_litefs_config(path: &std::path::Path, yaml: &str) -> Result<(), RunErro
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io(format!("{}", parent.display())))?;
     }
-    // Written whole then renamed: a LiteFS started by hand meanwhile never reads half a file.
-    let tmp = path.with_extension("yml.tmp");
-    std::fs::write(&tmp, yaml).map_err(io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io(format!("writing {}", path.display())))?;
+    // Mode 0600 from its creation (it names the data dir and the lease API), written whole
+    // then renamed: a LiteFS started by hand meanwhile never reads half a file.
+    crate::config::write_private(path, yaml.as_bytes())
+        .map_err(io(format!("writing {}", path.display())))?;
     tracing::info!(path = %path.display(), "wrote LiteFS's config");
     Ok(())
 }

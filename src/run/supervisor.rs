@@ -185,7 +185,12 @@ impl Supervisor {
     pub(super) fn start_and_watch(&mut self, binary: &std::path::Path) -> Result<i32, RunError> {
         let config = self.opts.config.clone();
         let lower = config.mount.lower.clone();
-        self.litefs = Some(LiteFs::spawn(binary, &self.opts.litefs_config, &lower)?);
+        self.litefs = Some(LiteFs::spawn(
+            binary,
+            &self.opts.litefs_config,
+            &lower,
+            &self.opts.lease_token,
+        )?);
         let http = crate::litefs::local_http_addr(&config.litefs.http_addr);
         self.probe = Some(Probe::start(self.state.clone(), lower.clone(), http));
 
@@ -290,7 +295,8 @@ impl Supervisor {
         let (program, args) = self.opts.command.split_first().expect("checked in run");
         let umask = self.umask;
         let mut cmd = Command::new(program);
-        cmd.args(args)
+        super::children::app_env(&mut cmd)
+            .args(args)
             .env("LITEFS_DIR", &self.opts.config.mount.dir);
         // SAFETY: umask is async-signal-safe and touches nothing of the parent.
         unsafe {

@@ -133,7 +133,8 @@ impl MountCluster {
             .map_err(Error::io("resolving the mountpoint"))?;
         let secret = spec.secret.as_deref().unwrap_or(&self.opts.secret);
         let secret_file = dir.join("secret");
-        std::fs::write(&secret_file, format!("{secret}\n"))
+        // Mode 0600: litefs-py refuses a secret file others can read.
+        litefs_py::config::write_private(&secret_file, format!("{secret}\n").as_bytes())
             .map_err(Error::io("writing the secret"))?;
         let ports = self.ports.node(id);
         let peers = spec
@@ -165,6 +166,17 @@ impl MountCluster {
         };
         self.nodes.insert(id, node);
         Ok(())
+    }
+
+    /// Sets `dotted` (e.g. `cluster.tls.ca-file`) in node `id`'s config and rewrites it; before
+    /// the node starts.
+    pub fn set_config(&mut self, id: u64, dotted: &str, value: &str) -> Result<()> {
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| Error::failed(format!("no node {id}")))?;
+        node.config = node.config.clone().set(dotted, value);
+        node.config.write(&node.dir.join("litefs-py.yml"))
     }
 
     fn node(&self, id: u64) -> &Node {

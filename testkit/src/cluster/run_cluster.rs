@@ -32,7 +32,8 @@ impl RunCluster {
             .canonicalize()
             .map_err(Error::io("resolving the temp dir"))?;
         let secret = root.join("secret");
-        std::fs::write(&secret, format!("{}\n", opts.secret))
+        // Mode 0600: litefs-py refuses a secret file others can read.
+        litefs_py::config::write_private(&secret, format!("{}\n", opts.secret).as_bytes())
             .map_err(Error::io("writing the secret"))?;
         let block = Block::for_cluster().map_err(Error::io("reserving loopback ports"))?;
         let peers: BTreeMap<u64, String> = (1..=n).map(|id| (id, block.node(id).raft)).collect();

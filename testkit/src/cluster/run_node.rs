@@ -249,6 +249,17 @@ impl RunNode {
         litefs::pid_from_run_log(&self.log(), &self.path("litefs.yml"))
     }
 
+    /// The lease API token this run gave its LiteFS, read from LiteFS's environment
+    /// (`/proc/<pid>/environ`: the run hands it to nobody else).
+    pub fn lease_token(&self) -> Option<String> {
+        let pid = self.litefs_pid()?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        environ.split(|b| *b == 0).find_map(|kv| {
+            let v = kv.strip_prefix(b"CONSUL_HTTP_TOKEN=")?;
+            String::from_utf8(v.to_vec()).ok()
+        })
+    }
+
     /// What this node's LiteFS says on `/info`.
     pub fn info(&self) -> Option<Info> {
         litefs::info(&self.ports.litefs)
