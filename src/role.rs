@@ -156,6 +156,7 @@ pub fn compute(me: &Identity, timing: &RaftTiming, o: &Observed, now: Instant) -
         last_leader_contact: None,
         lag_ms: None,
         litefs: None,
+        primary_until: None,
     };
     if o.is_leader {
         let fresh = o.sole_voter
@@ -172,6 +173,9 @@ pub fn compute(me: &Identity, timing: &RaftTiming, o: &Observed, now: Instant) -
             .is_none_or(|l| l.local.is_some_and(|h| h.valid(o.term, now)));
         if fresh && o.is_voter && !o.leader_is_witness && litefs_holds {
             view.primary = Primary::ThisNode;
+            // The answer carries its own end (docs/architecture.md, "Virtual files"): readers
+            // see `electing` past it even if this publisher stalls and publishes nothing more.
+            view.primary_until = expires(timing, o, now);
         }
         return view;
     }
@@ -349,11 +353,14 @@ mod tests {
         assert_eq!(v.primary, Primary::ThisNode);
         assert!(v.quorum_ok);
         assert_eq!(v.last_quorum_ack, Some(now - ms(50)));
+        // The answer carries its end: the lease bound after the ack.
+        assert_eq!(v.primary_until, Some(now - ms(50) + t.lease_bound()));
         // Cut off: openraft still says Leader, the ack ages past the bound.
         o.quorum_ack_age = Some(t.lease_bound());
         let v = compute(&me(), &t, &o, now);
         assert_eq!(v.role(), Role::Electing);
         assert!(!v.quorum_ok);
+        assert_eq!(v.primary_until, None);
         // Just removed itself from the voters: leads a moment longer, but is not primary.
         o.quorum_ack_age = Some(ms(50));
         o.is_voter = false;
@@ -364,7 +371,9 @@ mod tests {
         assert_eq!(compute(&me(), &t, &o, now).primary, Primary::Unknown);
         // Alone in the cluster: always fresh.
         o.sole_voter = true;
-        assert_eq!(compute(&me(), &t, &o, now).primary, Primary::ThisNode);
+        let v = compute(&me(), &t, &o, now);
+        assert_eq!(v.primary, Primary::ThisNode);
+        assert_eq!(v.primary_until, None, "no time bound");
         assert_eq!(expires(&t, &o, now), None);
         // The publisher wakes exactly when the lease runs out.
         o.sole_voter = false;

@@ -8,8 +8,8 @@ same run; the configurations take turns (``--rounds``) so that drift hits them a
     the database in a plain directory (outside any mount: the backend is plain SQLite, WAL,
     ``BEGIN IMMEDIATE``).
 ``shim``
-    ``litefs-py mount --lower <plain dir> <mnt>`` (a one-node cluster, primary): the database
-    through the shim, the backend reading ``.role`` as in production.
+    ``litefs-py mount --config`` over a plain dir (a one-node raft cluster, primary): the
+    database through the shim, the backend reading ``.role`` as in production.
 ``litefs``
     (with a LiteFS binary) one node of ``litefs-py run``: the shim over the real LiteFS, the
     production stack (a one-node cluster, so no replication traffic).
@@ -21,7 +21,13 @@ same run; the configurations take turns (``--rounds``) so that drift hits them a
 Workloads: ``read`` = ``GET /api/entries?limit=20`` (a page of rows and a count, as JSON);
 ``write`` = ``POST /api/entries`` (one INSERT transaction). The load is ``--clients`` processes,
 each sending one request at a time on a new connection (gunicorn's sync workers close it).
-Prints a table and writes JSON (``--out``, default ``target/bench/guestbook-<time>.json``).
+Prints a table with the ratio to ``plain`` and to ``litefs-direct`` (LiteFS alone), and the FUSE
+requests per HTTP request that reach the shim, by operation (from its ``/metrics``, read before
+and after each measurement): ``served`` counts the requests the shim answered, ``forwarded`` the
+syscalls it made on its lower dir for them (over LiteFS each is a round trip into LiteFS's own
+FUSE server), ``role`` the opens of ``.role``/``.health``/``.primary`` (the backend's role
+checks that reached the shim). Writes JSON (``--out``, default
+``target/bench/guestbook-<time>.json``).
 
     sudo examples/guestbook/.venv/bin/python examples/guestbook/bench.py [--quick]
 """
@@ -109,11 +115,67 @@ def measure(host: str, port: int, workload: str, clients: int, duration: float) 
     }
 
 
+def scrape(addr: str | None) -> dict[str, float]:
+    """The shim's FUSE counters from ``http://<addr>/metrics``: ``served:<op>``,
+    ``forwarded:<op>`` and ``role:<file>``; empty without an address."""
+    if addr is None:
+        return {}
+    host, port = addr.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    keys = {
+        "litefs_py_fuse_requests_total": ("served", "op"),
+        "litefs_py_fuse_lower_calls_total": ("forwarded", "op"),
+        "litefs_py_fuse_virtual_opens_total": ("role", "file"),
+    }
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or "{" not in line:
+            continue
+        name, rest = line.split("{", 1)
+        if name not in keys:
+            continue
+        kind, label = keys[name]
+        value = rest.split(f'{label}="', 1)[1].split('"', 1)[0]
+        out[f"{kind}:{value}"] = float(rest.rsplit(" ", 1)[1])
+    return out
+
+
+def per_request(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """The counters' growth divided by ``n`` HTTP requests (only those that grew)."""
+    if not n:
+        return {}
+    return {
+        k: round((after[k] - before.get(k, 0.0)) / n, 2)
+        for k in sorted(after)
+        if after[k] - before.get(k, 0.0) > 0
+    }
+
+
+def fuse_line(counts: dict[str, float]) -> str:
+    """``served 12.0 (lookup 3.0 ...) forwarded 9.0 (...) role 1.0``: one line per cell."""
+    if not counts:
+        return ""
+    parts = []
+    for kind in ("served", "forwarded", "role"):
+        items = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith(kind + ":")}
+        total = sum(v for op, v in items.items() if op != "forget")
+        detail = " ".join(f"{op} {v:g}" for op, v in sorted(items.items(), key=lambda x: -x[1]))
+        parts.append(f"{kind} {total:.1f}" + (f" ({detail})" if detail else ""))
+    return "FUSE per request: " + "; ".join(parts)
+
+
 class Server:
     """start.py (migrate, then gunicorn) in a session of its own, stopped by PID."""
 
     def __init__(self, name: str, bind: str, env: dict[str, str], workers: int, log: Path):
         self.name, self.bind = name, bind
+        #: The shim's node.http-addr (its /metrics), when the app runs on a shim.
+        self.metrics_addr: str | None = None
         self.host, port = bind.rsplit(":", 1)
         self.port = int(port)
         full = {
@@ -180,7 +242,6 @@ def main() -> int:
     servers: list[Server] = []
     shims: testing.MountFactory | None = None
     cluster: Cluster | None = None
-    mnt = work / "mnt"
     try:
         host = "127.0.0.1"
         # plain
@@ -196,11 +257,13 @@ def main() -> int:
         )
         servers[-1].wait_ready()
         # shim over a plain dir
-        (work / "lower").mkdir()
-        mnt.mkdir()
         shims = testing.MountFactory(work, testing.litefs_py_binary(ROOT, ("release", "debug")))
-        shim = shims.start(work / "lower", mnt, wait=False)
-        shim.wait_ready(timeout=20)
+        # A one-node raft cluster: the role comes from raft as in production, and the shim
+        # serves /metrics on node.http-addr.
+        (work / "shimc").mkdir()
+        (shim_node,) = testing.mount_cluster(shims, work / "shimc", [1], ready_timeout=20)
+        testing.wait_mount_roles([shim_node], timeout=30)
+        mnt = shim_node.mnt
         servers.append(
             Server(
                 "shim",
@@ -210,6 +273,7 @@ def main() -> int:
                 work / "shim-app.log",
             )
         )
+        servers[-1].metrics_addr = http_addr(shim_node.config)
         servers[-1].wait_ready()
         # litefs-py run with the real LiteFS
         if not args.no_litefs and litefs_binary() is not None:
@@ -221,6 +285,7 @@ def main() -> int:
             s = Server.__new__(Server)
             port = node.ports.app
             s.name, s.bind, s.host, s.port = "litefs", f"{node.ip}:{port}", node.ip, port
+            s.metrics_addr = f"{node.ip}:{node.ports.status}"
             servers.append(s)
             # The same LiteFS without the shim: the app on LiteFS's own mount (its lower dir).
             servers.append(
@@ -244,13 +309,19 @@ def main() -> int:
         for rnd in range(args.rounds):
             for w in ("read", "write"):
                 for s in servers:
+                    before = scrape(s.metrics_addr)
                     m = measure(s.host, s.port, w, args.clients, args.duration)
+                    m["fuse_per_request"] = per_request(
+                        before, scrape(s.metrics_addr), m["requests"] + m["errors"]
+                    )
                     results[s.name][w].append(m)
                     print(
                         f"round {rnd + 1}/{args.rounds} {w:<5} {s.name:<14} {m['rps']:>8.1f} req/s"
                         f"  p50 {m['p50_ms']} ms  p99 {m['p99_ms']} ms  errors {m['errors']}",
                         flush=True,
                     )
+                    if m["fuse_per_request"]:
+                        print(f"    {fuse_line(m['fuse_per_request'])}", flush=True)
     finally:
         for s in servers:
             if hasattr(s, "proc"):
@@ -274,25 +345,42 @@ def main() -> int:
                 "p50_ms_median": statistics.median(m["p50_ms"] for m in ms),
                 "p99_ms_median": statistics.median(m["p99_ms"] for m in ms),
                 "errors": sum(m["errors"] for m in ms),
+                # The last round's counts (they barely move between rounds).
+                "fuse_per_request": ms[-1].get("fuse_per_request", {}),
             }
     print(
         f"\nguestbook, gunicorn --workers {args.workers}, {args.clients} clients, "
-        f"{args.rounds} x {args.duration:g} s per cell (median; ratio to plain)"
+        f"{args.rounds} x {args.duration:g} s per cell (median; ratios to plain and to LiteFS "
+        "alone, litefs-direct, measured in the same run)"
     )
-    print(f"{'config':<14} {'read req/s':>12} {'ratio':>6} {'write req/s':>12} {'ratio':>6}")
+    print(
+        f"{'config':<14} {'read req/s':>10} {'/plain':>7} {'/LiteFS':>7}"
+        f" {'write req/s':>11} {'/plain':>7} {'/LiteFS':>7}"
+    )
     base = summary["plain"]
+    alone = summary.get("litefs-direct")
 
-    def ratio(cells: dict, w: str) -> str:
-        b = base[w]["rps_median"]
-        return f"{cells[w]['rps_median'] / b:>6.2f}" if b else f"{'-':>6}"
+    def ratio(cells: dict, w: str, against: dict | None) -> float | None:
+        b = against[w]["rps_median"] if against else 0
+        return round(cells[w]["rps_median"] / b, 3) if b else None
+
+    def cell(x: float | None) -> str:
+        return f"{x:>7.2f}" if x is not None else f"{'-':>7}"
 
     for name, cells in summary.items():
-        r, w = cells["read"]["rps_median"], cells["write"]["rps_median"]
-        print(f"{name:<14} {r:>12.1f} {ratio(cells, 'read')} {w:>12.1f} {ratio(cells, 'write')}")
-        for k, v in summary[name].items():
-            v["ratio_to_plain"] = (
-                round(v["rps_median"] / base[k]["rps_median"], 3) if base[k]["rps_median"] else None
-            )
+        for k, v in cells.items():
+            v["ratio_to_plain"] = ratio(cells, k, base)
+            v["ratio_to_litefs_alone"] = ratio(cells, k, alone)
+        r, w = cells["read"], cells["write"]
+        print(
+            f"{name:<14} {r['rps_median']:>10.1f} {cell(r['ratio_to_plain'])}"
+            f" {cell(r['ratio_to_litefs_alone'])} {w['rps_median']:>11.1f}"
+            f" {cell(w['ratio_to_plain'])} {cell(w['ratio_to_litefs_alone'])}"
+        )
+    for name, cells in summary.items():
+        for w in ("read", "write"):
+            if cells[w]["fuse_per_request"]:
+                print(f"{name:<7} {w:<5} {fuse_line(cells[w]['fuse_per_request'])}")
     out = args.out or ROOT / "target/bench" / time.strftime("guestbook-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -323,6 +411,15 @@ def main() -> int:
     print(f"JSON: {out}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def http_addr(config: Path) -> str:
+    """``node.http-addr`` of a litefs-py.yml the test kit wrote."""
+    for line in config.read_text().splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "http-addr":
+            return value.strip().strip("'\"")
+    raise ValueError(f"{config}: no http-addr")
 
 
 if __name__ == "__main__":

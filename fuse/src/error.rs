@@ -32,6 +32,8 @@ pub enum FsError {
     TooManyWaiters(usize),
     #[error("interrupted")]
     Interrupted,
+    #[error("write lock refused: this node is not the primary")]
+    NotPrimary,
     #[error("invalid argument")]
     InvalidArgument,
 }
@@ -54,6 +56,9 @@ impl FsError {
             FsError::TooManyWaiters(_) => Errno::ENOLCK,
             FsError::Interrupted => Errno::EINTR,
             FsError::InvalidArgument => Errno::EINVAL,
+            // SQLite maps a failed WAL lock to SQLITE_BUSY whatever the errno; in rollback mode
+            // EROFS becomes SQLITE_IOERR_LOCK at once rather than a busy wait (EACCES/EAGAIN).
+            FsError::NotPrimary => Errno::EROFS,
         }
     }
 
@@ -93,6 +98,7 @@ impl FsError {
             | FsError::IsDirectory
             | FsError::NotSupported
             | FsError::Interrupted
+            | FsError::NotPrimary
             | FsError::InvalidArgument => true,
             FsError::UnknownInode(_) | FsError::UnknownHandle(_) | FsError::TooManyWaiters(_) => {
                 false

@@ -84,6 +84,16 @@ pub struct ShimFs {
     pub(crate) waiters: crate::waiters::Waiters,
     started: SystemTime,
     metrics: Arc<FuseMetrics>,
+    /// The shared state page this mount attached (closed when the shim goes away).
+    page: Option<Arc<crate::state_page::StatePage>>,
+}
+
+impl Drop for ShimFs {
+    fn drop(&mut self) {
+        if let Some(page) = &self.page {
+            self.state.detach_page(page);
+        }
+    }
 }
 
 fn time_from(secs: i64, nsecs: i64) -> SystemTime {
@@ -185,7 +195,10 @@ impl ShimFs {
             shadow_warned: Default::default(),
             waiters: crate::waiters::Waiters::default(),
             started: SystemTime::now(),
+            page: None,
         };
+        let mut fs = fs;
+        fs.page = fs.state.attach_page(&fs.lower_path);
         for f in VirtualFile::ALL {
             let root = fs.inodes.root();
             if with_name(OsStr::new(f.name()), |c| sys::stat_at(root.fd(), c)).is_ok() {

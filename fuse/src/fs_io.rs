@@ -126,6 +126,7 @@ impl ShimFs {
         if wants_write(flags) || flags & libc::O_TRUNC != 0 {
             return Err(FsError::ReadOnlyVirtual(f.name()));
         }
+        self.metrics().virtual_open(f);
         let contents = self
             .state
             .load()
@@ -327,12 +328,51 @@ impl ShimFs {
 
     pub fn setlk(&self, ino: u64, owner: u64, range: LockRange) -> FsResult<()> {
         let inode = self.lock_inode(ino)?;
+        self.write_gate(range)?;
         inode.locks.setlk(owner, range, &self.lock_opener(&inode))
+    }
+
+    /// The write gate (docs/architecture.md, "Data-path modes"): SQLite's write locks pass
+    /// through the shim in passthrough mode, so the shim refuses them while this node's
+    /// `primary` answer does not hold and its LiteFS may not have demoted yet (up to
+    /// [`GATE_WINDOW`](crate::virtual_files::GATE_WINDOW_NS) after that answer ended). A node
+    /// frozen and thawed after another became primary then starts no write transaction through
+    /// the mount, whatever its LiteFS still believes: nothing races a kill. A node that was
+    /// never primary (or not for a long time) is left to LiteFS, which refuses a replica's
+    /// writes itself, so its readers can still take the WAL write lock for a recovery.
+    ///
+    /// The locks: the WAL write lock (byte 120 of `-shm`) and, in rollback mode, RESERVED
+    /// (0x40000001) and EXCLUSIVE (the SHARED range from 0x40000002) of the database.
+    fn write_gate(&self, range: LockRange) -> FsResult<()> {
+        const WAL_WRITE: u64 = 120;
+        const RESERVED: u64 = 0x4000_0001;
+        const SHARED_FIRST: u64 = 0x4000_0002;
+        if range.typ != libc::F_WRLCK {
+            return Ok(());
+        }
+        let covers = |b: u64| range.start <= b && b <= range.end;
+        let gated =
+            (covers(WAL_WRITE) && range.end < 128) || covers(RESERVED) || covers(SHARED_FIRST);
+        if !gated {
+            return Ok(());
+        }
+        let snapshot = self.state.load();
+        if snapshot.write_allowed() {
+            return Ok(());
+        }
+        tracing::debug!(
+            role = snapshot.role().as_str(),
+            start = range.start,
+            "write lock refused: this node's primary answer ended and its LiteFS may not have \
+             demoted yet; the app must write on the primary"
+        );
+        Err(FsError::NotPrimary)
     }
 
     /// A blocking lock request, to be waited for off the FUSE worker (see `waiters.rs`).
     pub fn prepare_wait(&self, ino: u64, owner: u64, range: LockRange) -> FsResult<PendingWait> {
         let inode = self.lock_inode(ino)?;
+        self.write_gate(range)?;
         inode
             .locks
             .prepare_wait(owner, range, &self.lock_opener(&inode))

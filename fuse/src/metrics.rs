@@ -16,6 +16,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::virtual_files::VirtualFile;
+
 /// Declares [`Op`] with its metric label (the FUSE operation's name, as fuser names it).
 macro_rules! ops {
     ($($variant:ident => $name:literal,)*) => {
@@ -91,12 +93,17 @@ struct Counters {
     requests: AtomicU64,
     errors: AtomicU64,
     nanos: AtomicU64,
+    /// Syscalls the shim made on the lower dir while serving these requests.
+    lower: AtomicU64,
 }
 
 /// The counters of every FUSE operation, shared by the FUSE workers (writers) and whoever
 /// reports them (readers).
 pub struct FuseMetrics {
     ops: [Counters; N_OPS],
+    /// Opens of each virtual file ([`VirtualFile::ALL`] order): the role checks that reach the
+    /// shim (a reader of the shared state page makes none).
+    virtual_opens: [AtomicU64; 3],
 }
 
 /// One operation's totals at the time of a [`FuseMetrics::snapshot`].
@@ -109,12 +116,16 @@ pub struct OpStats {
     pub errors: u64,
     /// Total time from receiving the request to sending the answer, in nanoseconds.
     pub nanos: u64,
+    /// Syscalls the shim made on the lower dir to serve them ("forwarded"): over LiteFS, each
+    /// is at least one request to LiteFS's own FUSE server. Closing descriptors is not counted.
+    pub lower_calls: u64,
 }
 
 impl Default for FuseMetrics {
     fn default() -> Self {
         FuseMetrics {
             ops: std::array::from_fn(|_| Counters::default()),
+            virtual_opens: Default::default(),
         }
     }
 }
@@ -150,6 +161,11 @@ impl FuseMetrics {
     pub fn record(&self, op: Op, elapsed: Duration, failed: bool) {
         let c = &self.ops[op as usize];
         c.requests.fetch_add(1, Ordering::Relaxed);
+        // The lower calls this thread made since its last request: this request's.
+        let lower = crate::sys::take_lower_calls();
+        if lower > 0 {
+            c.lower.fetch_add(u64::from(lower), Ordering::Relaxed);
+        }
         if failed {
             c.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -167,7 +183,24 @@ impl FuseMetrics {
             requests: c.requests.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             nanos: c.nanos.load(Ordering::Relaxed),
+            lower_calls: c.lower.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts one open of a virtual file.
+    #[inline]
+    pub(crate) fn virtual_open(&self, f: VirtualFile) {
+        self.virtual_opens[f as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Opens of each virtual file so far, by name.
+    pub fn virtual_opens(&self) -> [(&'static str, u64); 3] {
+        VirtualFile::ALL.map(|f| {
+            (
+                f.name(),
+                self.virtual_opens[f as usize].load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Every operation's totals, in [`Op::ALL`] order, including those never requested.
@@ -192,6 +225,15 @@ impl FuseMetrics {
                 let _ = writeln!(out, "{name}{{op=\"{}\"}} {}", s.op, (family.value)(s));
             }
         }
+        let name = "litefs_py_fuse_virtual_opens_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Opens of the shim's virtual files (role checks that reached the shim)."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (file, n) in self.virtual_opens() {
+            let _ = writeln!(out, "{name}{{file=\"{file}\"}} {n}");
+        }
     }
 }
 
@@ -202,7 +244,7 @@ struct Family {
     value: fn(&OpStats) -> f64,
 }
 
-const FAMILIES: [Family; 3] = [
+const FAMILIES: [Family; 4] = [
     Family {
         name: "litefs_py_fuse_requests_total",
         help: "FUSE requests served by the litefs-py shim, by operation.",
@@ -217,6 +259,12 @@ const FAMILIES: [Family; 3] = [
         name: "litefs_py_fuse_request_seconds_total",
         help: "Total time the litefs-py shim spent serving FUSE requests, by operation.",
         value: |s| s.nanos as f64 / 1e9,
+    },
+    Family {
+        name: "litefs_py_fuse_lower_calls_total",
+        help: "Syscalls the litefs-py shim made on its lower dir (over LiteFS: requests to \
+               LiteFS's FUSE server) while serving FUSE requests, by operation.",
+        value: |s| s.lower_calls as f64,
     },
 ];
 
@@ -301,7 +349,8 @@ mod tests {
                 op: "read",
                 requests: 0,
                 errors: 0,
-                nanos: 0
+                nanos: 0,
+                lower_calls: 0
             }
         );
     }
@@ -365,13 +414,16 @@ mod tests {
         ] {
             assert!(lines.contains(&needle), "missing {needle:?} in:\n{out}");
         }
-        // One sample per op and family, each family's HELP and TYPE before its samples.
+        // One sample per op and family (and one per virtual file), each family's HELP and
+        // TYPE before its samples.
         let samples = lines.iter().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 3 * N_OPS);
+        assert_eq!(samples, 4 * N_OPS + 3);
         for family in [
             "litefs_py_fuse_requests_total",
             "litefs_py_fuse_errors_total",
             "litefs_py_fuse_request_seconds_total",
+            "litefs_py_fuse_lower_calls_total",
+            "litefs_py_fuse_virtual_opens_total",
         ] {
             let at = |p: &dyn Fn(&str) -> bool| lines.iter().position(|l| p(l)).unwrap();
             let help = at(&|l| l.starts_with(&format!("# HELP {family} ")));

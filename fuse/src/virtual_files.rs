@@ -5,13 +5,15 @@
 //! bytes into the file handle (one atomic increment), so a read never blocks, never touches the
 //! network, and a reader that reads in small pieces still sees one complete rendering.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
 use crate::metrics::FuseMetrics;
+use crate::state_page::{self, StatePage};
 
 /// Inode numbers of the virtual files: at the top of the id space, far from lower inodes.
 pub const PRIMARY_INO: u64 = u64::MAX - 1;
@@ -118,6 +120,12 @@ pub struct ClusterView {
     pub last_leader_contact: Option<Instant>,
     pub lag_ms: Option<i64>,
     pub litefs: Option<LiteFsStatus>,
+    /// How long the `primary` answer holds (docs/architecture.md, "Virtual files"): until the
+    /// lease bound after the last quorum ack, or the end of LiteFS's hold, whichever comes
+    /// first. `None`: no time bound (a sole voter, or a mount without a cluster). Past it,
+    /// readers see `electing` even if nothing published since: a stalled daemon cannot leave
+    /// `primary` up behind it.
+    pub primary_until: Option<Instant>,
 }
 
 impl ClusterView {
@@ -135,6 +143,7 @@ impl ClusterView {
             last_leader_contact: None,
             lag_ms: Some(0),
             litefs: None,
+            primary_until: None,
         }
     }
 
@@ -173,6 +182,11 @@ struct Health<'a> {
     ms_since_leader_contact: Option<u64>,
     lag_ms: Option<i64>,
     litefs: Option<LiteFsStatus>,
+    /// On the primary: how long its `primary` answer still holds without a new publish (ms);
+    /// `null` when it has no time bound or this node is not primary.
+    primary_valid_ms: Option<u64>,
+    /// The read-only shared page that mirrors `.role` (see `state_page`), if there is one.
+    state_page: Option<&'a str>,
     version: &'static str,
 }
 
@@ -184,10 +198,50 @@ pub struct Snapshot {
     primary: Option<Arc<[u8]>>,
     role: Arc<[u8]>,
     published: SystemTime,
+    /// `view.primary_until` on CLOCK_BOOTTIME (ns), for a primary view with a time bound.
+    primary_until_boot: Option<u64>,
+    /// For a view that is not primary: when this node's last `primary` answer ended
+    /// (CLOCK_BOOTTIME ns), carried over from the snapshots before it. The write gate uses it.
+    primary_ended_boot: Option<u64>,
+    state_page: Option<Arc<str>>,
+}
+
+/// How long after this node's `primary` answer ended the write gate still refuses write locks:
+/// its LiteFS believes it is primary for up to `lease.ttl` + 1 s (lock delay) after its last
+/// renewal, which this node granted while its answer held. `lease.ttl` is at most 60 s (the
+/// config check refuses more), so 62 s covers every allowed setting.
+pub const GATE_WINDOW_NS: u64 = 62_000_000_000;
+
+/// CLOCK_BOOTTIME now, in nanoseconds.
+///
+/// Deadlines that outlive the moment they were computed (the `primary` validity, read by the
+/// shim's FUSE workers and, through the shared page, by other processes) are kept on this clock:
+/// unlike CLOCK_MONOTONIC it keeps counting while the machine is suspended, as the other nodes'
+/// clocks do, so a node resumed after a suspend longer than its lease sees it expired.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_BOOTTIME exists on every Linux the shim runs on.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `until` (CLOCK_MONOTONIC, as `Instant` is) moved onto CLOCK_BOOTTIME: the time left now,
+/// added to BOOTTIME now. A deadline already past is "now".
+fn to_boottime(until: Instant) -> u64 {
+    let left = until.saturating_duration_since(Instant::now());
+    boottime_ns().saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl Snapshot {
-    fn render(view: ClusterView) -> Self {
+    fn render(view: ClusterView, state_page: Option<Arc<str>>) -> Self {
+        let primary_until_boot = match view.role() {
+            Role::Primary => view.primary_until.map(to_boottime),
+            _ => None,
+        };
         let primary = match &view.primary {
             Primary::ThisNode => None,
             Primary::Other { hostname } if !hostname.is_empty() => {
@@ -203,7 +257,45 @@ impl Snapshot {
             primary,
             role,
             published: SystemTime::now(),
+            primary_until_boot,
+            primary_ended_boot: None,
+            state_page,
         }
+    }
+
+    /// Whether a write lock may pass the shim's write gate now (`fs_io`, "write_gate"): while
+    /// this snapshot's `primary` holds, or once the last one ended more than [`GATE_WINDOW_NS`]
+    /// ago (or never), when LiteFS has surely demoted and refuses a replica's writes itself.
+    pub fn write_allowed(&self) -> bool {
+        let now = boottime_ns();
+        let ended = match self.view.role() {
+            Role::Primary => match self.primary_until_boot {
+                Some(until) if now >= until => Some(until),
+                _ => return true,
+            },
+            _ => self.primary_ended_boot,
+        };
+        ended.is_none_or(|t| now.saturating_sub(t) >= GATE_WINDOW_NS)
+    }
+
+    /// Whether this snapshot's `primary` answer has run out (it then reads as `electing`).
+    pub fn expired(&self) -> bool {
+        self.primary_until_boot
+            .is_some_and(|until| boottime_ns() >= until)
+    }
+
+    /// The role as of now: the published one, or `electing` once a `primary` has run out.
+    pub fn role(&self) -> Role {
+        if self.expired() {
+            Role::Electing
+        } else {
+            self.view.role()
+        }
+    }
+
+    /// The `primary` deadline on CLOCK_BOOTTIME (ns), if this snapshot says primary with one.
+    pub fn primary_until_boot(&self) -> Option<u64> {
+        self.primary_until_boot
     }
 
     /// When this state was published (the virtual files' mtime).
@@ -217,13 +309,21 @@ impl Snapshot {
 
     pub fn exists(&self, file: VirtualFile) -> bool {
         match file {
-            VirtualFile::Primary => self.primary.is_some(),
+            VirtualFile::Primary => self.primary.is_some() || self.expired(),
             VirtualFile::Role | VirtualFile::Health => true,
         }
     }
 
     /// The file's contents as of now, or `None` if it does not exist.
     pub fn contents(&self, file: VirtualFile, now: Instant) -> Option<Arc<[u8]>> {
+        if self.expired() {
+            // The primary answer ran out and nothing published since: no primary known.
+            return match file {
+                VirtualFile::Primary => Some(Arc::from(&b""[..])),
+                VirtualFile::Role => Some(Arc::from(&b"electing\n"[..])),
+                VirtualFile::Health => Some(self.render_health(now).into()),
+            };
+        }
         match file {
             VirtualFile::Primary => self.primary.clone(),
             VirtualFile::Role => Some(self.role.clone()),
@@ -236,11 +336,16 @@ impl Snapshot {
         let v = &self.view;
         let age =
             |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_millis() as u64);
+        let expired = self.expired();
+        let primary_valid_ms = match self.primary_until_boot {
+            Some(until) if !expired => Some(until.saturating_sub(boottime_ns()) / 1_000_000),
+            _ => None,
+        };
         let health = Health {
-            role: v.role(),
+            role: self.role(),
             node_id: v.node_id,
             hostname: &v.hostname,
-            primary: v.primary_hostname(),
+            primary: if expired { None } else { v.primary_hostname() },
             term: v.term,
             leader_id: v.leader_id,
             quorum_ok: v.quorum_ok,
@@ -248,6 +353,8 @@ impl Snapshot {
             ms_since_leader_contact: age(v.last_leader_contact),
             lag_ms: v.lag_ms,
             litefs: v.litefs,
+            primary_valid_ms,
+            state_page: self.state_page.as_deref(),
             version: env!("CARGO_PKG_VERSION"),
         };
         let mut out = serde_json::to_vec(&health).expect("health serialises");
@@ -264,13 +371,48 @@ impl Snapshot {
 pub struct StateHandle {
     inner: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<FuseMetrics>,
+    /// The shared page mirroring `.role` (`state_page`), once a mount attached one.
+    page: Arc<ArcSwapOption<StatePage>>,
 }
 
 impl StateHandle {
     pub fn new(view: ClusterView) -> Self {
         StateHandle {
-            inner: Arc::new(ArcSwap::from_pointee(Snapshot::render(view))),
+            inner: Arc::new(ArcSwap::from_pointee(Snapshot::render(view, None))),
             metrics: Arc::new(FuseMetrics::new()),
+            page: Arc::new(ArcSwapOption::empty()),
+        }
+    }
+
+    /// Creates the shared state page for a shim over `lower` and writes the current state
+    /// into it. Without one (no `/dev/shm`, say) everything works, through the mount.
+    pub(crate) fn attach_page(&self, lower: &Path) -> Option<Arc<StatePage>> {
+        let path = state_page::path_for(lower);
+        match StatePage::create(&path) {
+            Ok(page) => {
+                let page = Arc::new(page);
+                self.page.store(Some(page.clone()));
+                self.publish(self.load().view().clone());
+                Some(page)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "no shared state page: litefs.is_primary() will read .role through the mount"
+                );
+                None
+            }
+        }
+    }
+
+    /// Marks `page` closed and removes it, if it is still this handle's (the mount that
+    /// attached it is going away; a newer mount's page is left alone).
+    pub(crate) fn detach_page(&self, page: &Arc<StatePage>) {
+        let current = self.page.load_full();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, page)) {
+            self.page.store(None);
+            page.close();
         }
     }
 
@@ -282,7 +424,30 @@ impl StateHandle {
 
     /// Replaces the state; readers see either the old or the new rendering, never a mix.
     pub fn publish(&self, view: ClusterView) {
-        self.inner.store(Arc::new(Snapshot::render(view)));
+        let page = self.page.load_full();
+        let path = page
+            .as_ref()
+            .map(|p| Arc::from(p.path().to_string_lossy().as_ref()));
+        let mut snapshot = Snapshot::render(view, path);
+        if snapshot.view.role() != Role::Primary {
+            // When the last `primary` ended: the previous snapshot's end, or, if it was still
+            // primary, its deadline or now, whichever came first.
+            let prev = self.inner.load();
+            snapshot.primary_ended_boot = if prev.view.role() == Role::Primary {
+                let now = boottime_ns();
+                Some(prev.primary_until_boot.map_or(now, |u| u.min(now)))
+            } else {
+                prev.primary_ended_boot
+            };
+        }
+        // The page follows the snapshot (written after it, so a reader of the page never
+        // sees a state the mount does not show yet).
+        let role = snapshot.view.role();
+        let until = snapshot.primary_until_boot;
+        self.inner.store(Arc::new(snapshot));
+        if let Some(page) = page {
+            page.write(role, until, false);
+        }
     }
 
     pub fn load(&self) -> Arc<Snapshot> {

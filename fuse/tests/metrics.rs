@@ -27,6 +27,7 @@ fn deltas(before: &[OpStats], after: &[OpStats]) -> Vec<OpStats> {
                 requests: a.requests - b.requests,
                 errors: a.errors - b.errors,
                 nanos: a.nanos - b.nanos,
+                lower_calls: a.lower_calls - b.lower_calls,
             }
         })
         .collect()
@@ -155,6 +156,19 @@ fn a_known_sequence_moves_the_counters_by_known_amounts() {
     }
     let errors: u64 = d.iter().map(|s| s.errors).sum();
     assert_eq!(errors, lookup.errors, "{d:?}");
+    // Forwarded: db's lookup and open reach the lower dir; .role's open does not.
+    assert!(lookup.lower_calls >= 2, "{lookup:?}");
+    assert!(of(&d, Op::Open).lower_calls >= 1, "{d:?}");
+    assert_eq!(
+        metrics
+            .virtual_opens()
+            .iter()
+            .find(|(f, _)| *f == ".role")
+            .unwrap()
+            .1,
+        1,
+        "one open of .role"
+    );
 
     // The Prometheus rendering shows the same totals.
     let mut text = String::new();
@@ -164,6 +178,14 @@ fn a_known_sequence_moves_the_counters_by_known_amounts() {
         text.contains(&format!(
             "litefs_py_fuse_requests_total{{op=\"lookup\"}} {total}\n"
         )),
+        "{text}"
+    );
+    assert!(
+        text.contains("litefs_py_fuse_virtual_opens_total{file=\".role\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("litefs_py_fuse_lower_calls_total{op=\"open\"}"),
         "{text}"
     );
     drop(shim);

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import litefs
-from litefs import testing
+from litefs import _native, testing
 
 REPO = Path(__file__).resolve().parents[2]
 SLICES = 5
@@ -65,6 +65,9 @@ def cases(mount: str, plain_file: str) -> dict[str, Callable[[], object]]:
         "os.path.exists(<mount>/.primary)": lambda: os.path.exists(primary_file),
         "open(<mount>/.role).read()": read_role,
         "litefs.is_primary()": lambda: litefs.is_primary(mount),
+        # What is_primary() did before the shared page (and does without one): .role through
+        # the mount, in Rust without the GIL.
+        "is_primary through the mount (.role)": lambda: _native.read_role(mount) == "primary",
         "litefs.state()": lambda: litefs.state(mount),
     }
 

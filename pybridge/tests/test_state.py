@@ -9,12 +9,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 import litefs
 from conftest import Cluster
+from litefs import testing
+from litefs._state import read_role
 
 
 def test_single_node_is_primary(shim, monkeypatch):
@@ -192,3 +195,39 @@ def test_state_pickles_and_deep_copies(shim):
         assert dict(again.raw) == dict(s.raw) and again.raw["role"] == "primary"
         with pytest.raises(TypeError):
             again.raw["role"] = "replica"  # type: ignore[index]
+
+
+def _role_opens(node: testing.MountNode) -> float:
+    """``.role`` opens the node's shim has served, from its /metrics."""
+    addr = next(
+        line.split(":", 1)[1].strip().strip("'\"")
+        for line in node.config.read_text().splitlines()
+        if line.strip().startswith("http-addr:")
+    )
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    prefix = 'litefs_py_fuse_virtual_opens_total{file=".role"} '
+    return next(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_is_primary_reads_the_shared_page_not_the_mount(cluster: Cluster):
+    """After the first call (which finds the page through .health), ``is_primary()`` opens no
+    ``.role``: the role comes from the shim's shared page, and says the same as ``.role``."""
+    for node, expected in ((cluster.primary, True), (cluster.replica, False)):
+        assert litefs.is_primary(node.mnt) is expected
+        before = _role_opens(node)
+        for _ in range(200):
+            assert litefs.is_primary(node.mnt) is expected
+        assert _role_opens(node) == before, "is_primary() went through the mount"
+        page = litefs.state(node.mnt).raw["state_page"]
+        assert page and Path(page).stat().st_mode & 0o022 == 0
+    # The primary stops: its page is closed and removed, and the replica's page follows the
+    # replica to "electing" as .role does.
+    cluster.primary.mount.stop()
+    with pytest.raises(litefs.NotMounted):
+        litefs.is_primary(cluster.primary.mnt)
+    deadline = time.monotonic() + 10
+    while read_role(str(cluster.replica.mnt)) != "electing":
+        assert time.monotonic() < deadline, "the page never said electing"
+        time.sleep(0.05)
+    assert litefs.state(cluster.replica.mnt).role == "electing"

@@ -34,6 +34,7 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Re
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
     // SAFETY: valid fd.
     let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    super::note_lower_call();
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

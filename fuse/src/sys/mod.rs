@@ -8,6 +8,7 @@
 //! the shim never needs to know a file's path. Names coming from the kernel are copied into a
 //! stack buffer to get their NUL terminator: no heap allocation on the metadata hot path.
 
+use std::cell::Cell;
 use std::ffi::{CStr, OsStr};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -31,7 +32,30 @@ pub use path::{
 /// `NAME_MAX` + 1: a file name and its terminator.
 const NAME_BUF: usize = 256;
 
+thread_local! {
+    /// Syscalls this thread made on the lower dir since the last [`take_lower_calls`].
+    static LOWER_CALLS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Counts one syscall on the lower dir. Over LiteFS each is at least one request to LiteFS's
+/// own FUSE server (a round trip into its Go daemon), which is what issue 10 counts; the
+/// request that caused it takes the count ([`take_lower_calls`]) when it is recorded.
+#[inline]
+pub(super) fn note_lower_call() {
+    LOWER_CALLS.with(|c| c.set(c.get().wrapping_add(1)));
+}
+
+/// The syscalls on the lower dir this thread made since the last call, and resets the count.
+/// Closing a descriptor is not counted (it happens in `Drop`s all over the shim).
+#[inline]
+pub fn take_lower_calls() -> u32 {
+    LOWER_CALLS.with(|c| c.replace(0))
+}
+
+// Every wrapper below passes its syscall's result through `cvt` or `cvt_size`: that is where
+// the lower calls are counted.
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    note_lower_call();
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -40,6 +64,7 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    note_lower_call();
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {

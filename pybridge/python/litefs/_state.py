@@ -1,15 +1,25 @@
 """The node's view of the cluster, read from the shim's virtual files.
 
-Every call reads the mount afresh (a few microseconds: the shim answers from memory, and the read
-runs in Rust with the GIL released); nothing is cached, so a role change is seen at the next
-call. The mount is the ``mount`` argument, else ``$LITEFS_DIR``, else ``/litefs`` (looked up at
-each call, never at import).
+Every call reads the current state; nothing is cached, so a role change is seen at the next call.
+The role (``is_primary()``, the Django backend's checks) comes from the shim's shared state page
+when there is one: a read-only page of memory that the shim rewrites whenever it publishes, found
+once per process through ``.health`` (``state_page``), and read with a seqlock: no FUSE round trip
+per call. Its ``primary`` carries the same deadline as ``.role``: past it, the page says
+``electing`` even if the daemon is stopped. Without a page (a shim that has none, a closed page
+after the daemon stopped, a CPU that orders loads weakly) the role is read from ``.role``
+through the mount (a few microseconds: the shim answers from memory, and the read runs in Rust
+with the GIL released). Everything else reads ``.health``. The mount is the ``mount`` argument,
+else ``$LITEFS_DIR``, else ``/litefs`` (looked up at each call, never at import).
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import platform
+import stat
+import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -165,10 +175,103 @@ def state(mount: Mount | None = None) -> State:
     return State.from_health(path, health)
 
 
+# The shared state page (the shim's `state_page` module): magic, seqlock counter, version,
+# flags, role, padding, `primary` deadline on CLOCK_BOOTTIME (0: none).
+_PAGE_MAGIC = int.from_bytes(b"LFPYROLE", "little")
+_PAGE_VERSION = 1
+_PAGE_SIZE = 4096
+_PAGE_SEQ = struct.Struct("<Q")
+_PAGE_BODY = struct.Struct("<IIIxxxxQ")
+_PAGE_ROLES = ("primary", "replica", "electing", "witness")
+#: How often a process checks, through the mount, that its page is still the mount's.
+_PAGE_RECHECK_S = 1.0
+# A seqlock read in Python is three copies in program order: correct where the CPU keeps loads
+# in order (x86); elsewhere the role is read through the mount.
+_PAGE_OK = platform.machine() in ("x86_64", "AMD64", "i386", "i686")
+
+
+class _Page:
+    __slots__ = ("mm",)
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self.mm = mm
+
+    def role(self) -> str | None:
+        """The role as of now, or None: not a page of this version, closed, or busy."""
+        mm = self.mm
+        if _PAGE_SEQ.unpack_from(mm, 0)[0] != _PAGE_MAGIC:
+            return None
+        for _ in range(1000):
+            (s1,) = _PAGE_SEQ.unpack_from(mm, 8)
+            if s1 & 1:
+                continue
+            version, flags, role, until = _PAGE_BODY.unpack_from(mm, 16)
+            if _PAGE_SEQ.unpack_from(mm, 8)[0] != s1:
+                continue
+            if version != _PAGE_VERSION or flags & 1 or role >= len(_PAGE_ROLES):
+                return None
+            if role == 0 and until and time.clock_gettime_ns(time.CLOCK_BOOTTIME) >= until:
+                return "electing"
+            return _PAGE_ROLES[role]
+        return None
+
+
+#: Per mount: when it was last checked through the mount, and its page (None: it has none).
+_pages: dict[str, tuple[float, _Page | None]] = {}
+
+
+def _open_page(mount: str) -> _Page | None:
+    """Maps the page ``<mount>/.health`` names, if it is one the reader can trust: a regular
+    file owned by root or by this user, writable by nobody else (one FUSE read)."""
+    try:
+        path = json.loads(_native.read_health(mount)).get("state_page")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_mode & 0o022
+            or st.st_uid not in (0, os.geteuid())
+            or st.st_size < _PAGE_SIZE
+        ):
+            return None
+        return _Page(mmap.mmap(fd, _PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_role(mount: str) -> str:
+    """``.role`` of ``mount`` (without its newline): from the shared page when there is one,
+    else through the mount. Raises :class:`NotMounted` if no litefs-py mount answers there."""
+    if _PAGE_OK:
+        now = time.monotonic()
+        checked, page = _pages.get(mount, (0.0, None))
+        if now - checked > _PAGE_RECHECK_S:
+            # First use in this process, or time to check that the page is still the mount's (a
+            # remount over another lower dir has another page): one read of .health.
+            page = _open_page(mount)
+            _pages[mount] = (now, page)
+        if page is not None:
+            role = page.role()
+            if role is not None:
+                return role
+            _pages.pop(mount, None)
+    return _native.read_role(mount)
+
+
 def is_primary(mount: Mount | None = None) -> bool:
     """Whether this node is the primary (its ``.role`` says ``primary``): the one node where
     writes succeed. Raises :class:`NotMounted` if no litefs-py mount answers there."""
-    return _native.read_role(mount_path(mount)) == "primary"
+    return read_role(mount_path(mount)) == "primary"
 
 
 def primary(mount: Mount | None = None) -> str | None:

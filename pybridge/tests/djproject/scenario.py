@@ -180,13 +180,13 @@ def role_reads() -> dict[str, Any]:
     from litefs.django import mixin
 
     calls = {"n": 0}
-    real = mixin._native.read_role
+    real = mixin.read_role
 
     def counting(mount: Any) -> str:
         calls["n"] += 1
         return real(mount)
 
-    mixin._native.read_role = counting  # type: ignore[assignment]
+    mixin.read_role = counting  # type: ignore[assignment]
     out = []
     for _ in range(3):
         calls["n"] = 0
@@ -221,18 +221,18 @@ def commit_refused() -> dict[str, Any]:
     from litefs.django import mixin
 
     connection.ensure_connection()
-    real = mixin._native.read_role
+    real = mixin.read_role
 
     def txn() -> None:
         with transaction.atomic():
             Entry.objects.create(name="demoted")
-            mixin._native.read_role = lambda mount: "replica"  # type: ignore[assignment]
+            mixin.read_role = lambda mount: "replica"  # type: ignore[assignment]
             connection.connection = _RefusingCommit(connection.connection)
 
     try:
         result = outcome(txn)
     finally:
-        mixin._native.read_role = real  # type: ignore[assignment]
+        mixin.read_role = real  # type: ignore[assignment]
         if isinstance(connection.connection, _RefusingCommit):
             connection.connection = connection.connection._conn
     return result
@@ -274,7 +274,7 @@ def read_ioerror() -> dict[str, Any]:
     from litefs.django import mixin
 
     connection.ensure_connection()
-    real_role, real_execute = mixin._native.read_role, SQLiteCursorWrapper.execute
+    real_role, real_execute = mixin.read_role, SQLiteCursorWrapper.execute
 
     def failing(self: Any, query: str, params: Any = None) -> Any:
         if query.lstrip().upper().startswith("SELECT"):
@@ -283,12 +283,12 @@ def read_ioerror() -> dict[str, Any]:
             raise sqlite3.OperationalError("disk I/O error")
         return real_execute(self, query, params)
 
-    mixin._native.read_role = lambda mount: "replica"  # type: ignore[assignment]
+    mixin.read_role = lambda mount: "replica"  # type: ignore[assignment]
     SQLiteCursorWrapper.execute = failing  # type: ignore[method-assign]
     try:
         return {"count": outcome(Entry.objects.count)}
     finally:
-        mixin._native.read_role = real_role  # type: ignore[assignment]
+        mixin.read_role = real_role  # type: ignore[assignment]
         SQLiteCursorWrapper.execute = real_execute  # type: ignore[method-assign]
 
 

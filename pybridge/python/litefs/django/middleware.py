@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 
-from .. import _native
 from .._errors import LiteFSError, _NotPrimaryBase
+from .._state import read_role
 from .._state import state as read_state
 from . import settings as litefs_settings
 
@@ -82,7 +82,7 @@ class ReplicaWriteMiddleware:
             s = litefs_settings.get()
             if s.replica_writes is not None:
                 try:
-                    if _native.read_role(s.mount) != "primary":
+                    if read_role(s.mount) != "primary":
                         return divert(request, read_state(s.mount).primary)
                 except LiteFSError as e:
                     return _unavailable(str(e))

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 from django.db.backends.sqlite3.base import SQLiteCursorWrapper
 from django.db.utils import DatabaseError as DjangoDatabaseError
 
-from .. import _native
 from .._errors import LiteFSError, _not_primary_class
+from .._state import read_role
 from .._state import state as read_state
 from . import settings as litefs_settings
 
@@ -365,7 +365,7 @@ class LiteFSMixin:
 
     def _litefs_read_role(self) -> bool:
         assert self._litefs_mount is not None
-        primary = _native.read_role(self._litefs_mount) == "primary"
+        primary = read_role(self._litefs_mount) == "primary"
         self._litefs_primary = primary
         return primary
 
