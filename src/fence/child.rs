@@ -252,6 +252,11 @@ unsafe fn check(plan: &Plan, st: &mut State) {
         if now < st.deadline.saturating_sub(plan.lead_ns) {
             return; // a newer deadline arrived meanwhile; its timer is set
         }
+        if !alive(plan) {
+            // LiteFS exited (`run` is stopping it, or it died): nothing to fence.
+            st.armed = false;
+            return;
+        }
         if now >= st.deadline {
             // Woken after the deadline: this process did not run in time (frozen, suspended):
             // no time left to ask.
@@ -308,13 +313,7 @@ unsafe fn check(plan: &Plan, st: &mut State) {
 unsafe fn fence(plan: &Plan, connection: Option<u64>) {
     // SAFETY: async-signal-safe calls on the plan's descriptors and stack buffers.
     unsafe {
-        let alive = libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            plan.pidfd,
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0u32,
-        ) == 0;
+        let alive = alive(plan);
         // Told first: `run` may reap LiteFS the instant it dies, and must know why.
         let b = [REPORT_FENCED];
         libc::write(plan.report, b.as_ptr().cast(), 1);
@@ -331,6 +330,21 @@ unsafe fn fence(plan: &Plan, connection: Option<u64>) {
                 b") was already gone"
             })
             .emit();
+    }
+}
+
+/// Whether LiteFS still runs (signal 0 by pidfd). Once `run` has reaped it (within ~100 ms of its
+/// exit) this is false; an unreaped zombie still counts, which costs only a needless kill.
+unsafe fn alive(plan: &Plan) -> bool {
+    // SAFETY: a syscall on our pidfd; signal 0 only checks.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            plan.pidfd,
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        ) == 0
     }
 }
 
