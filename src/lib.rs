@@ -15,6 +15,8 @@ mod task_set;
 mod raft;
 
 pub mod litefs;
+// The fencer: kills LiteFS when its lease runs out unrenewed (under `run`).
+mod fence;
 
 mod role;
 

@@ -23,6 +23,8 @@ const RANKS: &[(&str, u32)] = &[
     ("raft", 1),
     // Everything that knows LiteFS.
     ("litefs", 2),
+    // The fencer `run` forks: kills LiteFS when its lease runs out unrenewed.
+    ("fence", 2),
     // Who says primary: raft facts + lease holder + LiteFS hold -> the view.
     ("role", 3),
     // The Consul-compatible lease API, its rules and records, the freshest-node check.

@@ -30,5 +30,5 @@ mod waiters;
 pub use error::{FsError, FsResult};
 pub use fs::{DataPath, PassthroughState, ShimFs};
 pub use metrics::{FuseMetrics, Op, OpStats};
-pub use mount::{MountError, MountOptions, MountedShim, mount};
+pub use mount::{FSNAME, MountError, MountOptions, MountedShim, mount};
 pub use virtual_files::{ClusterView, LiteFsStatus, Primary, Role, StateHandle, boottime_ns};

@@ -468,8 +468,11 @@ impl LeaseState {
         self.holder.clone()
     }
 
-    /// The holder as `.role` needs it under `run`: the term it was granted in and until when
-    /// its LiteFS may believe it (its last grant or renewal + its session's TTL). Call after an
+    /// The holder as `.role` and the fencer need it under `run`: the term it was granted in and
+    /// until when its LiteFS may believe it: its last grant or renewal + [`litefs_hold`] of its
+    /// session's TTL, LiteFS's own bound (1.5 s for a 1 s TTL). Not + TTL: with the 1 s default a
+    /// renewal 250 ms late would make the fencer kill a healthy LiteFS; the new leader's wait
+    /// already covers `litefs_hold` (docs/decisions.md, "The fencer's deadline"). Call after an
     /// operation (they all sync first).
     pub fn local_hold(&self) -> Option<LocalHold> {
         self.epoch?;
@@ -477,7 +480,7 @@ impl LeaseState {
         let s = self.sessions.get(&h.session)?;
         Some(LocalHold {
             term: h.term,
-            until: s.renewed + s.req.ttl,
+            until: s.renewed + litefs_hold(s.req.ttl),
         })
     }
 

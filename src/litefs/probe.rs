@@ -171,9 +171,14 @@ fn look_at_fs(lower: &Path) -> FsLook {
     FsLook { mounted, lag_ms }
 }
 
-/// LiteFS's `.lag`: `%+010d\n`, milliseconds.
+/// LiteFS's `.lag`: `%+010d\n`, milliseconds. LiteFS writes `i32::MAX` when it does not know
+/// (a replica before its first contact with a primary, or cut off from it): that is `None`
+/// here, so that `.health` says `null` rather than a lag of 2147483647 ms.
 pub fn parse_lag(s: &str) -> Option<i64> {
-    s.trim().parse().ok()
+    s.trim()
+        .parse()
+        .ok()
+        .filter(|&ms: &i64| ms != i64::from(i32::MAX))
 }
 
 #[cfg(test)]
@@ -183,7 +188,7 @@ mod tests {
     #[test]
     fn lag() {
         assert_eq!(parse_lag("+0000000000\n"), Some(0));
-        assert_eq!(parse_lag("+2147483647\n"), Some(i64::from(i32::MAX)));
+        assert_eq!(parse_lag("+2147483647\n"), None, "LiteFS's 'unknown'");
         assert_eq!(parse_lag("-0000000012\n"), Some(-12));
         assert_eq!(parse_lag("x"), None);
     }

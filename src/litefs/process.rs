@@ -6,13 +6,12 @@
 use crate::config::{CONSUL_TOKEN_ENV, LeaseToken, SECRET_ENV};
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write as _};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use litefs_py_fuse::mountinfo;
 use parking_lot::Mutex;
@@ -27,13 +26,10 @@ pub enum ProcessError {
         binary.display()
     )]
     Bundled { binary: PathBuf, why: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
+    /// The cause is in the message and not exposed as `source()`: printed as a chain, it would
+    /// repeat itself.
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
 }
 
 /// Lines of LiteFS's output kept for error messages.
@@ -164,9 +160,9 @@ impl LiteFs {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|source| ProcessError::Io {
+        let mut child = cmd.spawn().map_err(|error| ProcessError::Io {
             what: format!("starting {}", binary.display()),
-            source,
+            error,
         })?;
         let pid = child.id() as i32;
         let lines = Arc::new(Mutex::new(VecDeque::new()));
@@ -185,7 +181,7 @@ impl LiteFs {
         .flatten()
         {
             let lines = lines.clone();
-            if let Err(source) = std::thread::Builder::new()
+            if let Err(error) = std::thread::Builder::new()
                 .name("litefs-log".into())
                 .spawn(move || pass_through(stream, &lines))
             {
@@ -194,7 +190,7 @@ impl LiteFs {
                 let _ = child.wait();
                 return Err(ProcessError::Io {
                     what: "starting a thread to read LiteFS's output (LiteFS was stopped)".into(),
-                    source,
+                    error,
                 });
             }
         }
@@ -213,6 +209,16 @@ impl LiteFs {
         mount_ids_at(&self.lower)
             .iter()
             .any(|id| !self.mounts_before.contains(id))
+    }
+
+    /// The device (`major:minor`, mountinfo's third field) of LiteFS's mount, once it is up.
+    pub fn mount_dev(&self) -> Option<String> {
+        mountinfo::at(&self.lower)
+            .ok()?
+            .into_iter()
+            .rev()
+            .find(|m| !self.mounts_before.contains(&m.id))
+            .map(|m| m.dev)
     }
 
     /// Detaches LiteFS's mount if one is left (LiteFS killed: the kernel keeps the mount, and
@@ -270,8 +276,8 @@ fn pass_through(stream: Box<dyn Read + Send>, lines: &Mutex<VecDeque<String>>) {
         if line.is_empty() {
             continue;
         }
-        // Not eprintln!, which panics when stderr is gone (EPIPE: `run ... | head` ended):
-        // the lines are still kept for the error messages, and LiteFS's pipe still drained.
+        // Not `eprintln!`, which panics when stderr is gone (EPIPE: a closed pipe or terminal);
+        // the line is still kept for error messages.
         let _ = writeln!(std::io::stderr().lock(), "litefs: {line}");
         let mut kept = lines.lock();
         if kept.len() == KEEP_LINES {
@@ -291,81 +297,6 @@ pub fn mount_ids_at(path: &Path) -> BTreeSet<u64> {
 }
 
 pub use mountinfo::is_mount_point;
-
-/// How long a `statfs` of a FUSE mount left at `mount.lower` may take at start-up.
-const LEFTOVER_STAT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Clears what an earlier LiteFS left at `mount.lower` before a new one starts: a FUSE mount
-/// whose daemon is gone (a `litefs-py run` killed -9 leaves its LiteFS orphaned; LiteFS then
-/// dies on its next log line, its mount stays, every access fails with ENOTCONN).
-///
-/// Why here and not left to LiteFS, which unmounts such a mount itself when it starts: the
-/// kernel may give LiteFS's new mount the very mount id the dead one had (ids are reused), and
-/// [`LiteFs::mount_appeared`] tells LiteFS's mount apart by id, so it would never see it and
-/// start-up would time out. A FUSE mount there that still answers is a LiteFS still running
-/// (two on one data dir must not be): refused, with what to do.
-pub fn clear_leftover_mounts(lower: &Path) -> Result<(), ProcessError> {
-    if fuse_mount_ids_at(lower).is_empty() {
-        return Ok(());
-    }
-    let shown = lower.display();
-    match statfs_with_timeout(lower, LEFTOVER_STAT_TIMEOUT) {
-        Some(Err(e)) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
-        Some(Ok(())) => {
-            return Err(ProcessError::Invalid(format!(
-                "mount.lower {shown} is already a FUSE mount that answers: a LiteFS from an earlier run still runs? Stop it first"
-            )));
-        }
-        Some(Err(e)) => {
-            return Err(ProcessError::Invalid(format!(
-                "mount.lower {shown} is a FUSE mount left by an earlier run and cannot be checked ({e}): `umount -l {shown}`"
-            )));
-        }
-        None => {
-            return Err(ProcessError::Invalid(format!(
-                "mount.lower {shown} is a FUSE mount that does not answer within {LEFTOVER_STAT_TIMEOUT:?}: `umount -l {shown}`"
-            )));
-        }
-    }
-    let c = CString::new(lower.as_os_str().as_bytes())
-        .map_err(|_| ProcessError::Invalid(format!("mount.lower {shown}: a NUL in the path")))?;
-    // Stacked dead mounts (several killed runs in a row) go one by one; bounded all the same.
-    for _ in 0..16 {
-        if fuse_mount_ids_at(lower).is_empty() {
-            return Ok(());
-        }
-        // SAFETY: a valid path. MNT_DETACH: works on a dead FUSE mount, busy or not.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            return Err(ProcessError::Io {
-                what: format!("detaching the dead FUSE mount left at mount.lower {shown}"),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        tracing::warn!(
-            lower = %shown,
-            "detached a dead FUSE mount left at mount.lower by an earlier run (its LiteFS was killed)"
-        );
-    }
-    Err(ProcessError::Invalid(format!(
-        "mount.lower {shown}: FUSE mounts keep appearing there"
-    )))
-}
-
-/// `statfs` on a thread of its own: a hung FUSE daemon can block it forever. `None`: no answer
-/// in time (the thread is left behind; it ends when the call returns, or with the process).
-/// `statfs`, not `stat`: the kernel answers `stat` of a FUSE root from cached attributes (for
-/// up to a minute after the daemon died), while every `statfs` goes to the daemon.
-fn statfs_with_timeout(path: &Path, timeout: Duration) -> Option<std::io::Result<()>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
-    std::thread::Builder::new()
-        .name("litefs-leftover".into())
-        .spawn(move || {
-            let _ = tx.send(statfs_c(&c));
-        })
-        .ok()?;
-    rx.recv_timeout(timeout).ok()
-}
 
 /// `statfs(path)`: on a FUSE mount, always a request to its daemon (see above). Blocks while
 /// the daemon does not answer.
@@ -388,31 +319,15 @@ fn statfs_c(c: &CString) -> std::io::Result<()> {
     }
 }
 
-/// Mount ids of the FUSE mounts (type `fuse` or `fuse.*`) at exactly `path`.
-/// Mount ids of the FUSE mounts at exactly `path`.
-fn fuse_mount_ids_at(path: &Path) -> BTreeSet<u64> {
-    mountinfo::at(path)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.is_fuse())
-        .map(|m| m.id)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_plain_lower_dir_needs_no_clearing() {
+    fn statfs_answers_for_a_dir_and_fails_for_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        clear_leftover_mounts(dir.path()).unwrap();
         statfs(dir.path()).unwrap();
         assert!(statfs(&dir.path().join("missing")).is_err());
-        assert_eq!(
-            statfs_with_timeout(dir.path(), Duration::from_secs(5)).map(|r| r.is_ok()),
-            Some(true)
-        );
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub struct LiteFsProbe {
     pub is_primary: bool,
     /// `/info` named a primary (itself or another node).
     pub primary_known: bool,
-    /// LiteFS's `.lag` in milliseconds (0 on the primary; `i32::MAX` until a replica finished
-    /// its initial replication), if it could be read in time.
+    /// LiteFS's `.lag` in milliseconds (0 on the primary), if it could be read in time and
+    /// LiteFS knows it (`None` while LiteFS says "unknown": `i32::MAX` in its file, until a
+    /// replica has heard from a primary).
     pub lag_ms: Option<i64>,
 }
 
@@ -52,8 +53,24 @@ impl LiteFsProbe {
     /// LiteFS is primary, or a replica that has caught up with a primary: what LiteFS itself
     /// waits for before it starts an `exec` command.
     pub fn ready(&self) -> bool {
-        self.is_primary
-            || (self.primary_known && self.lag_ms.is_some_and(|l| l < i64::from(i32::MAX)))
+        self.is_primary || (self.primary_known && self.lag_ms.is_some())
+    }
+}
+
+/// Told every new [`LocalHold`] synchronously, before the lease API answers LiteFS (the
+/// fencer's feed under `run`).
+pub type HoldObserver = Box<dyn Fn(Option<LocalHold>) + Send + Sync>;
+
+#[derive(Default)]
+struct Observer(parking_lot::Mutex<Option<HoldObserver>>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.lock().is_some() {
+            "Observer(set)"
+        } else {
+            "Observer(none)"
+        })
     }
 }
 
@@ -61,6 +78,7 @@ impl LiteFsProbe {
 struct Inner {
     hold: watch::Sender<Option<LocalHold>>,
     probe: watch::Sender<Option<LiteFsProbe>>,
+    observer: Observer,
 }
 
 /// The shared state; cloning shares it.
@@ -81,17 +99,29 @@ impl LiteFsState {
             inner: Arc::new(Inner {
                 hold: watch::Sender::new(None),
                 probe: watch::Sender::new(None),
+                observer: Observer::default(),
             }),
         }
     }
 
-    /// Set by the lease API after every decision (`None`: the local LiteFS holds nothing).
+    /// Set by the lease API after every decision (`None`: the local LiteFS holds nothing),
+    /// before it answers LiteFS. A change reaches the observer before this returns.
     pub fn set_hold(&self, hold: Option<LocalHold>) {
-        self.inner.hold.send_if_modified(|h| {
+        // Held across both, so that the observer sees the changes in the order they were made.
+        let observer = self.inner.observer.0.lock();
+        let changed = self.inner.hold.send_if_modified(|h| {
             let changed = *h != hold;
             *h = hold;
             changed
         });
+        if changed && let Some(observe) = observer.as_ref() {
+            observe(hold);
+        }
+    }
+
+    /// Sets the one observer of [`Self::set_hold`]'s changes (replacing any earlier one).
+    pub fn set_hold_observer(&self, observer: HoldObserver) {
+        *self.inner.observer.0.lock() = Some(observer);
     }
 
     pub fn hold(&self) -> Option<LocalHold> {
@@ -171,7 +201,7 @@ mod tests {
         };
         assert!(!p.ready());
         p.primary_known = true;
-        p.lag_ms = Some(i64::from(i32::MAX));
+        p.lag_ms = None;
         assert!(!p.ready(), "a replica still in its initial replication");
         p.lag_ms = Some(40);
         assert!(p.ready());

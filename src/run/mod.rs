@@ -19,6 +19,7 @@
 //! the shim and the app.
 
 pub mod children;
+mod leftovers;
 mod supervisor;
 
 use std::ffi::OsString;
@@ -28,9 +29,10 @@ use std::time::Duration;
 use litefs_py_fuse::MountError;
 
 use self::children::Events;
+use self::leftovers::{LeftoverError, Owner};
 use self::supervisor::Supervisor;
 use crate::config::{Config, ConfigError, LeaseToken};
-use crate::litefs::process::{ProcessError, clear_leftover_mounts, is_mount_point, litefs_binary};
+use crate::litefs::process::{ProcessError, is_mount_point, litefs_binary};
 use crate::litefs::state::LiteFsState;
 use crate::litefs::yaml::{self, LiteFsConfigError};
 use crate::node::Node;
@@ -48,6 +50,9 @@ pub mod exit {
     pub const SHIM_GONE: i32 = 71;
     /// This node's raft stopped (a fatal error) or its lease API stopped serving.
     pub const RAFT_STOPPED: i32 = 72;
+    /// LiteFS was fenced: its primary lease ran out with no renewal granted (this process was
+    /// stalled), so the fencer killed it; or the fencer itself ended. Restart `run`.
+    pub const FENCED: i32 = 73;
     /// The app's command is not executable.
     pub const APP_NOT_EXECUTABLE: i32 = 126;
     /// The app's command was not found.
@@ -64,11 +69,9 @@ pub enum RunError {
     LiteFs(#[from] ProcessError),
     #[error("{0:#}")]
     Daemon(anyhow::Error),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    /// The cause is in the message, not in `source()`: printed as a chain it would repeat.
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
     #[error("{0}")]
     Invalid(String),
     #[error("LiteFS did not come up within {timeout:?}: {missing}; {tail}")]
@@ -77,13 +80,22 @@ pub enum RunError {
         missing: String,
         tail: String,
     },
+    /// Not `#[from]` (which would make the mount error the `source()` too, printed twice).
     #[error("mounting the shim: {0}")]
-    Mount(#[from] MountError),
+    Mount(MountError),
+    #[error(transparent)]
+    Leftover(#[from] LeftoverError),
+}
+
+impl From<MountError> for RunError {
+    fn from(e: MountError) -> RunError {
+        RunError::Mount(e)
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let what = what.into();
-    move |source| RunError::Io { what, source }
+    move |error| RunError::Io { what, error }
 }
 
 /// What `run` is told to do.
@@ -156,7 +168,11 @@ fn preflight(config: &Config) -> Result<(), RunError> {
         )));
     }
     // First: a dead mount there makes even `create_dir_all` fail (ENOTCONN, then EEXIST).
-    clear_leftover_mounts(&m.lower)?;
+    // LiteFS would unmount a dead mount at mount.lower itself, but the kernel may give its new
+    // mount the very id the dead one had, and `LiteFs::mount_appeared` tells LiteFS's mount
+    // apart by id: start-up would time out.
+    leftovers::clear(&m.dir, Owner::Shim)?;
+    leftovers::clear(&m.lower, Owner::LiteFs)?;
     for (key, dir) in [
         ("mount.dir", &m.dir),
         ("mount.lower", &m.lower),
@@ -167,7 +183,7 @@ fn preflight(config: &Config) -> Result<(), RunError> {
     }
     if is_mount_point(&m.dir) {
         return Err(RunError::Invalid(format!(
-            "mount.dir {} is already a mount point (a previous run left it? `umount -l {}`)",
+            "mount.dir {} is already a mount point: unmount it (`umount {}`), or choose another mount.dir",
             m.dir.display(),
             m.dir.display()
         )));

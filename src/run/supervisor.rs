@@ -10,6 +10,7 @@ use litefs_py_fuse::{DataPath, MountOptions, MountedShim};
 use super::children::{self, Event, Events, describe, shell_code, signal_name};
 use super::{RunError, RunOptions, exit};
 use crate::config::DataPathMode;
+use crate::fence::{Feed, Fencer, Target};
 use crate::litefs::probe::Probe;
 use crate::litefs::process::LiteFs;
 use crate::litefs::state::LiteFsState;
@@ -44,6 +45,12 @@ pub(super) struct Supervisor {
     state: LiteFsState,
     daemon: Option<Node>,
     litefs: Option<LiteFs>,
+    /// Kills LiteFS if its lease runs out with no renewal granted (see [`crate::fence`]).
+    fencer: Option<Fencer>,
+    /// The fencer's exit status, if it ended (it must outlive LiteFS).
+    fencer_exited: Option<ExitStatus>,
+    /// LiteFS's FUSE connection was passed on to the fencer.
+    fencer_knows_mount: bool,
     probe: Option<Probe>,
     shim: Option<MountedShim>,
     app: Option<App>,
@@ -74,6 +81,9 @@ impl Supervisor {
             state,
             daemon: Some(daemon),
             litefs: None,
+            fencer: None,
+            fencer_exited: None,
+            fencer_knows_mount: false,
             probe: None,
             shim: None,
             app: None,
@@ -123,6 +133,9 @@ impl Supervisor {
             } else if let Some(l) = self.litefs.as_mut().filter(|l| l.pid == pid) {
                 l.exited = Some(status);
                 tracing::info!(pid, "litefs exited with {}", describe(status));
+            } else if self.fencer.as_ref().is_some_and(|f| f.pid() == pid) {
+                self.fencer_exited = Some(status);
+                tracing::debug!(pid, "the fencer exited with {}", describe(status));
             } else {
                 tracing::debug!(pid, "reaped {}", describe(status));
             }
@@ -157,6 +170,24 @@ impl Supervisor {
                 None => 128 + sig,
             });
         }
+        if self.litefs.as_ref().is_some_and(|l| l.exited.is_some())
+            && self.fencer.as_mut().is_some_and(Fencer::fenced)
+        {
+            tracing::error!(
+                "LiteFS was fenced: its primary lease ran out with no renewal granted (this \
+                 process was stalled?), so the fencer killed it before another node could become \
+                 primary: stopping; restart litefs-py run (a supervisor restarts on status {})",
+                exit::FENCED
+            );
+            return Some(exit::FENCED);
+        }
+        if let Some(status) = self.fencer_exited {
+            tracing::error!(
+                "the fencer exited with {} while LiteFS runs: stopping (LiteFS must not run unfenced)",
+                describe(status)
+            );
+            return Some(exit::FENCED);
+        }
         if let Some(status) = self.litefs.as_ref().and_then(|l| l.exited) {
             let tail = self.litefs.as_ref().map(LiteFs::tail_for_error);
             tracing::error!(
@@ -185,12 +216,21 @@ impl Supervisor {
     pub(super) fn start_and_watch(&mut self, binary: &std::path::Path) -> Result<i32, RunError> {
         let config = self.opts.config.clone();
         let lower = config.mount.lower.clone();
-        self.litefs = Some(LiteFs::spawn(
+        // Before LiteFS starts: no grant can be made that the fencer does not hear of.
+        let feed = Feed::hook(&self.state).map_err(super::io("creating the fencer's pipe"))?;
+        let litefs = LiteFs::spawn(
             binary,
             &self.opts.litefs_config,
             &lower,
             &self.opts.lease_token,
-        )?);
+        )?;
+        let target = Target {
+            pid: litefs.pid,
+            http: crate::litefs::local_http_addr(&config.litefs.http_addr),
+            ttl: config.lease.ttl,
+        };
+        self.litefs = Some(litefs);
+        self.fencer = Some(Fencer::start(feed, &target).map_err(super::io("starting the fencer"))?);
         let http = crate::litefs::local_http_addr(&config.litefs.http_addr);
         self.probe = Some(Probe::start(self.state.clone(), lower.clone(), http));
 
@@ -201,6 +241,7 @@ impl Supervisor {
         };
         let started = Instant::now();
         while !up(self) {
+            self.tell_fencer_the_mount();
             if let Some(code) = self.must_stop() {
                 return Ok(code);
             }
@@ -225,6 +266,7 @@ impl Supervisor {
             }
             self.poll(Duration::from_millis(50));
         }
+        self.tell_fencer_the_mount();
         tracing::info!(elapsed = ?started.elapsed(), "LiteFS is mounted and serving");
 
         let mut opts = MountOptions::new(&lower, &config.mount.dir);
@@ -280,6 +322,20 @@ impl Supervisor {
                 return Ok(shell_code(status));
             }
             self.poll(TICK);
+        }
+    }
+
+    /// Once LiteFS's mount is up: its FUSE connection, which a fence aborts.
+    fn tell_fencer_the_mount(&mut self) {
+        if self.fencer_knows_mount {
+            return;
+        }
+        if let (Some(f), Some(dev)) = (
+            &self.fencer,
+            self.litefs.as_ref().and_then(LiteFs::mount_dev),
+        ) {
+            f.set_connection(&dev);
+            self.fencer_knows_mount = true;
         }
     }
 
@@ -396,6 +452,10 @@ impl Supervisor {
         // Before LiteFS: a `stat` of its mount in flight could make its unmount fail (EBUSY).
         self.probe.take();
         self.stop_litefs();
+        // LiteFS is gone: the fencer has nothing left to guard (it exits when told).
+        if let Some(f) = self.fencer.take() {
+            f.stop();
+        }
         if let Some(d) = self.daemon.take() {
             d.shutdown();
         }

@@ -37,14 +37,15 @@ pub enum MountError {
         "permission denied mounting on {0}: run as root (or install fusermount3 for user mounts)"
     )]
     MountPermission(PathBuf),
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
+    /// The cause is in the message, not in `source()`: printed as a chain it would repeat.
+    #[error("{context}: {error}")]
+    Io { context: String, error: io::Error },
 }
 
 pub(super) fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> MountError {
-    move |source| MountError::Io {
+    move |error| MountError::Io {
         context: context.into(),
-        source,
+        error,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The watchdog: a forked child that unmounts the shim if the daemon dies without unmounting.
+//! The watchdog: a forked child, in a session of its own, that unmounts the shim if the daemon
+//! dies without unmounting.
 
 use std::ffi::CString;
 use std::io;
@@ -139,6 +140,11 @@ unsafe fn watchdog_child(pipe_r: RawFd, target: &WatchdogTarget) -> ! {
             libc::syscall(libc::SYS_close_range, 3u32, p - 1, 0u32);
         }
         libc::syscall(libc::SYS_close_range, p + 1, u32::MAX, 0u32);
+        // A session (and process group) of its own: a kill of the daemon's whole group (what
+        // systemd's and Kubernetes' stop does, or `kill -9 -PGID`) must not take the watchdog
+        // with it, or the dead mount stays. Killing a whole cgroup still takes it: a restart
+        // then detaches the dead mount itself (`litefs-py run`'s start-up).
+        libc::setsid();
         // Ctrl-C reaches the whole process group; the daemon handles it, the watchdog waits.
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
