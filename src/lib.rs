@@ -24,6 +24,8 @@ mod handoff;
 
 mod node;
 
+mod proxy;
+
 mod run;
 
 mod cli;

@@ -13,9 +13,11 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 mod litefs_proxy;
+mod proxy;
 mod raft_timing;
 mod run;
 pub use litefs_proxy::LiteFsProxyConfig;
+pub use proxy::{Durability, ProxyConfig};
 pub use raft_timing::RaftTiming;
 pub use run::RunConfig;
 
@@ -72,6 +74,9 @@ pub struct Config {
     /// How `litefs-py run` supervises LiteFS and the app (optional).
     #[serde(default)]
     pub run: RunConfig,
+    /// litefs-py's own HTTP proxy in `litefs-py run` (optional; docs/proxy.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -379,6 +384,16 @@ impl Config {
         }
         if let Some(proxy) = &self.litefs.proxy {
             proxy.validate()?;
+        }
+        if let Some(proxy) = &self.proxy {
+            proxy.validate()?;
+            if self.litefs.proxy.is_some() {
+                return Err(invalid(
+                    "proxy",
+                    "set either proxy (litefs-py's proxy, which forwards writes) or litefs.proxy \
+                     (LiteFS's, for Fly.io), not both: only one can sit in front of the app",
+                ));
+            }
         }
         self.raft.validate()?;
         self.run.validate()?;

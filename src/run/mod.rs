@@ -7,6 +7,9 @@
 //! 4. once LiteFS is primary or has caught up with one (what LiteFS waits for before its own
 //!    `exec`), the app, with `LITEFS_DIR=<mount.dir>`.
 //!
+//! With `proxy:` configured, the proxy starts right after the node and stops first
+//! ([`proxy`]).
+//!
 //! Shutdown (SIGTERM/SIGINT, or any of the three ending): the app first (the signal passed on,
 //! `run.grace` to exit, then SIGKILL), then the shim is unmounted, then LiteFS gets SIGTERM
 //! while the lease API still answers (so it releases the lease), SIGKILL and a lazy unmount of
@@ -19,6 +22,7 @@
 //! the shim and the app.
 
 pub mod children;
+mod proxy;
 mod supervisor;
 
 use std::ffi::OsString;
@@ -79,6 +83,8 @@ pub enum RunError {
     },
     #[error("mounting the shim: {0}")]
     Mount(#[from] MountError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -133,8 +139,16 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .litefs(state.clone())
         .start()
         .map_err(RunError::Daemon)?;
+    let proxy = match proxy::start(&opts.config, &daemon) {
+        Ok(p) => p,
+        Err(e) => {
+            daemon.shutdown();
+            return Err(e.into());
+        }
+    };
     let mut sup = Supervisor::new(opts, events, state, daemon, current_umask());
     let result = sup.start_and_watch(&binary);
+    proxy::stop(proxy);
     sup.shutdown();
     result
 }

@@ -16,6 +16,7 @@ pub mod mount;
 pub mod ports;
 pub mod prereq;
 pub mod process;
+pub mod proxy_app;
 pub mod wait;
 
 pub use error::{Error, Result};
