@@ -73,7 +73,9 @@ fn call(agent: &ureq::Agent, method: &str, addr: &str, path: &str) -> Result<Ans
 }
 
 fn start(litefs: &Path) -> (ProxyCluster, u64) {
-    let mut c = ProxyCluster::start(run_options(), litefs, 3, &[]).unwrap();
+    // A shorter wait for a primary than the default 5 s, to keep the no-quorum check short.
+    let extra = [("primary-wait", "2s")];
+    let mut c = ProxyCluster::start(run_options(), litefs, 3, &extra).unwrap();
     let primary = c.wait_ready(START).unwrap();
     // Every proxy forwards once the primary's address is in raft: the table is created
     // through each of them (idempotent), which waits for exactly that.
@@ -355,5 +357,31 @@ fn a_failover_under_writes_through_every_proxy_runs_nothing_twice() {
         acked.len(),
         on_new.len()
     );
+
+    // The new primary dies too: the last node has no quorum, so no primary. A write waits
+    // `primary-wait` (2 s here) and gets a 503 saying it was not executed; reads are still
+    // served.
+    c.cluster.kill9(new_primary).unwrap();
+    let last = *survivors.iter().find(|id| **id != new_primary).unwrap();
+    // Until it notices (no heartbeat for election-timeout-max), its proxy forwards to the dead
+    // primary's port: refused, a 503 `not-executed` at once. Then it knows no primary.
+    wait_for(
+        Duration::from_secs(10),
+        "the last node to say electing",
+        || (c.cluster.role(last).as_deref() == Some("electing")).then_some(()),
+    );
+    let a = agent(Duration::from_secs(20));
+    let t0 = Instant::now();
+    let r = call(&a, "POST", c.proxy(last), "/write?id=no-primary").unwrap();
+    let waited = t0.elapsed();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.outcome.as_deref(), Some("not-executed"), "{r:?}");
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    let r = call(&a, "GET", c.proxy(last), "/whoami").unwrap();
+    assert_eq!((r.status, r.node), (200, Some(last)), "{r:?}");
+    println!("no quorum: a write waited {waited:?} and got 503 not-executed; reads served");
     c.shutdown().unwrap();
 }

@@ -23,14 +23,14 @@ pub struct ProxyCluster {
 }
 
 impl ProxyCluster {
-    /// Nodes 1..=n with a proxy each (and `edit` applied to each `proxy:` section's extras, as
-    /// dotted keys), started; the apps serving. Returns at once: see
+    /// Nodes 1..=n with a proxy each (`extra`: more `proxy:` keys and their values, e.g.
+    /// `("primary-wait", "2s")`), started; the apps serving. Returns at once: see
     /// [`RunCluster::wait_one_primary`].
     pub fn start(
         opts: Options,
         litefs: &Path,
         n: u64,
-        extra: &[(&str, serde_yaml::Value)],
+        extra: &[(&str, &str)],
     ) -> Result<ProxyCluster> {
         let block = Block::reserve(2 * n as u16).map_err(Error::io("reserving ports"))?;
         let proxies: BTreeMap<u64, String> = (1..=n)
@@ -45,7 +45,7 @@ impl ProxyCluster {
                 .set("proxy.target", app_addrs[&id].clone())
                 .set("proxy.advertise-url", format!("http://{}", proxies[&id]));
             for (k, v) in extra {
-                c = c.set(&format!("proxy.{k}"), v.clone());
+                c = c.set(&format!("proxy.{k}"), *v);
             }
             c
         })?;
