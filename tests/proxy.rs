@@ -43,16 +43,28 @@ struct Answer {
     node: Option<u64>,
     /// `x-litefs-py-outcome` on the proxy's own errors.
     outcome: Option<String>,
+    /// The read-your-writes cookie (`name=value`), if one was set.
+    cookie: Option<String>,
     body: String,
 }
 
 fn call(agent: &ureq::Agent, method: &str, addr: &str, path: &str) -> Result<Answer, String> {
+    call_with(agent, method, addr, path, None)
+}
+
+fn call_with(
+    agent: &ureq::Agent,
+    method: &str,
+    addr: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> Result<Answer, String> {
     let url = format!("http://{addr}{path}");
-    let req = ureq::http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .body(Vec::new())
-        .map_err(|e| e.to_string())?;
+    let mut req = ureq::http::Request::builder().method(method).uri(&url);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let req = req.body(Vec::new()).map_err(|e| e.to_string())?;
     let mut resp = agent.run(req).map_err(|e| format!("{method} {url}: {e}"))?;
     let header = |n: &str| {
         resp.headers()
@@ -62,12 +74,16 @@ fn call(agent: &ureq::Agent, method: &str, addr: &str, path: &str) -> Result<Ans
     };
     let node = header("x-litefs-py-node").and_then(|v| v.parse().ok());
     let outcome = header("x-litefs-py-outcome");
+    let cookie = header("set-cookie")
+        .and_then(|c| c.split(';').next().map(str::to_string))
+        .filter(|c| c.starts_with("__litefs_py_pos="));
     let status = resp.status().as_u16();
     let body = resp.body_mut().read_to_string().unwrap_or_default();
     Ok(Answer {
         status,
         node,
         outcome,
+        cookie,
         body,
     })
 }
@@ -383,5 +399,72 @@ fn a_failover_under_writes_through_every_proxy_runs_nothing_twice() {
     let r = call(&a, "GET", c.proxy(last), "/whoami").unwrap();
     assert_eq!((r.status, r.node), (200, Some(last)), "{r:?}");
     println!("no quorum: a write waited {waited:?} and got 503 not-executed; reads served");
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn read_your_writes_through_replicas_with_the_cookie_and_without() {
+    let Some(litefs) = prereq::litefs() else {
+        return;
+    };
+    let _serial = serial();
+    let (c, primary) = start(&litefs);
+    let a = agent(Duration::from_secs(10));
+    let ids = c.cluster.ids();
+    let replicas: Vec<u64> = ids.iter().copied().filter(|id| *id != primary).collect();
+    const PAIRS: usize = 1000;
+    // Each write through a node in turn, the read at once through a replica.
+    // A write that fails (on a loaded host the primary's LiteFS can lose its lease for a moment,
+    // and the app's write fails) makes no pair; they are counted and must stay rare.
+    let mut failed = 0;
+    let mut run = |with_jar: bool| {
+        let (mut stale, mut via_primary) = (0, 0);
+        for i in 0..PAIRS {
+            let rid = format!("ryw-{with_jar}-{i}");
+            let w = call(
+                &a,
+                "POST",
+                c.proxy(ids[i % ids.len()]),
+                &format!("/write?id={rid}"),
+            )
+            .unwrap();
+            if w.status != 200 {
+                eprintln!("write {rid} failed: {w:?}");
+                failed += 1;
+                continue;
+            }
+            let jar = if with_jar {
+                Some(w.cookie.clone().expect("a write sets the positions cookie"))
+            } else {
+                None
+            };
+            let replica = replicas[i % replicas.len()];
+            let r = call_with(
+                &a,
+                "GET",
+                c.proxy(replica),
+                &format!("/has?id={rid}"),
+                jar.as_deref(),
+            )
+            .unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+            if r.node == Some(primary) {
+                via_primary += 1;
+            }
+            if !r.body.contains("\"found\":true") {
+                stale += 1;
+            }
+        }
+        (stale, via_primary)
+    };
+    let (stale_jar, primary_jar) = run(true);
+    let (stale_nojar, _) = run(false);
+    println!(
+        "read-your-writes, {PAIRS} write-then-read pairs through replicas: with the cookie \
+         {stale_jar} stale ({primary_jar} served by the primary after the wait); without it \
+         {stale_nojar} stale; {failed} writes failed (no pair)"
+    );
+    assert!(failed < PAIRS / 10, "{failed} writes failed");
+    assert_eq!(stale_jar, 0, "stale reads despite the cookie");
     c.shutdown().unwrap();
 }

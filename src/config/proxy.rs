@@ -44,6 +44,15 @@ pub struct ProxyConfig {
     /// it is answered 503 with `Retry-After`.
     #[serde(default = "default_primary_wait", with = "humantime_serde")]
     pub primary_wait: Duration,
+    /// After an unsafe request, a cookie with the primary's committed positions; a replica
+    /// serves a request carrying it once caught up (else the primary does). `false` turns the
+    /// cookie off for everyone; a client opts out by not sending it back.
+    #[serde(default = "default_true")]
+    pub read_your_writes: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// LiteFS's proxy waits 5 s for a replica to catch up; the same bound here for a primary.
@@ -163,6 +172,7 @@ proxy:
         assert_eq!(p.listen_addr(), "0.0.0.0:8080");
         assert_eq!(p.durability, Durability::Async);
         assert_eq!(p.primary_wait, Duration::from_secs(5));
+        assert!(p.read_your_writes);
         assert_eq!(p.advertise_url("node-a"), "http://node-a:8080");
         let c = Config::parse(&BASE.replace(
             "  target: 127.0.0.1:8081\n",

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::consistency::{self, COOKIE_MAX_AGE_S, COOKIE_NAME, Mark, ReadPlan};
 use super::directory::{self, ANNOUNCE_PATH, Announce};
 use super::headers::{
     FORWARDED_BY, OUTCOME, PROXY_AUTH, SERVED_BY, add_forwarded, strip_hop_by_hop, strip_internal,
@@ -22,12 +23,21 @@ use super::headers::{
 };
 use super::route::{self, NoTarget, Target};
 use super::{Body, Shared};
+use crate::litefs::positions::{Positions, read_positions};
 use crate::raft::NodeId;
 
 /// Paths under this prefix are the proxies' own (secret required), never the app's.
 const INTERNAL_PREFIX: &str = "/.litefs-py/";
 /// How often a request waiting for a primary looks at the view again (it is in memory).
 const WAIT_TICK: Duration = Duration::from_millis(10);
+/// How long a read with a positions cookie waits for this node's LiteFS to catch up before the
+/// primary serves it (LiteFS's own proxy waits 5 s, then answers 504).
+const READ_WAIT: Duration = Duration::from_secs(2);
+/// How often that wait reads the local `<db>-pos` files (a local FUSE read, no network).
+const POSITION_TICK: Duration = Duration::from_millis(2);
+/// On a read that was not served from this node's caught-up state: why (`not-caught-up`,
+/// `epoch-changed`: the primary served it; `stale`: no primary known, this node's state).
+const READ_HEADER: &str = "x-litefs-py-read";
 
 /// Where a request is sent.
 enum Hop {
@@ -44,19 +54,34 @@ pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
     strip_internal(req.headers_mut());
     let forwarded_in = from_peer.is_some();
     if route::is_safe(req.method()) {
+        if sh.read_your_writes && !forwarded_in {
+            return read(&sh, req, peer).await;
+        }
         return pass(&sh, req, peer, Hop::App, forwarded_in, false).await;
     }
     if let Some(from) = from_peer {
-        // The loop guard: a forwarded request is served by this node's app or not at all.
-        return match route::unsafe_target(sh.state.load().view(), |_| None) {
+        // The loop guard: a forwarded request is served by this node's app or not at all. A
+        // primary whose claim lapses for a moment (a late quorum ack under load) gets it back
+        // within the wait; a node another one has replaced refuses.
+        return match wait_for_target(&sh).await {
             Ok(Target::Local) => pass(&sh, req, peer, Hop::App, true, true).await,
-            _ => answer(
+            Ok(Target::Primary { node, .. }) => answer(
                 &sh,
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some("not-executed"),
                 format!(
-                    "node {} is no longer the primary (node {from} forwarded this request to it); \
-                     the request was not executed: send it again",
+                    "node {} is no longer the primary (node {node} is; node {from} forwarded \
+                     this request here); the request was not executed: send it again",
+                    sh.me
+                ),
+            ),
+            Err(why) => answer(
+                &sh,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("not-executed"),
+                format!(
+                    "node {} is not the primary ({why}; node {from} forwarded this request \
+                     here); the request was not executed: send it again",
                     sh.me
                 ),
             ),
@@ -76,6 +101,60 @@ pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
                 sh.primary_wait
             ),
         ),
+    }
+}
+
+/// A safe request, read-your-writes: served here once this node's LiteFS reached the
+/// client's mark (within [`READ_WAIT`]), else by the primary.
+async fn read(sh: &Shared, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    let mark = Mark::from_headers(req.headers());
+    let plan = consistency::plan(mark.as_ref(), sh.state.load().view());
+    let why = match (plan, &mark) {
+        (ReadPlan::WaitThenPrimary, Some(m)) => {
+            if caught_up_within(sh, m).await {
+                return pass(sh, req, peer, Hop::App, false, false).await;
+            }
+            "not-caught-up"
+        }
+        (ReadPlan::Primary, _) => "epoch-changed",
+        _ => return pass(sh, req, peer, Hop::App, false, false).await,
+    };
+    let target = route::unsafe_target(sh.state.load().view(), |id| directory::lookup(&sh.raft, id));
+    match target {
+        Ok(Target::Primary { node, url }) => {
+            let mut resp = pass(sh, req, peer, Hop::Peer { node, url }, false, false).await;
+            resp.headers_mut()
+                .insert(READ_HEADER, HeaderValue::from_static(why));
+            resp
+        }
+        // No primary to ask: this node's state, said so.
+        _ => {
+            let mut resp = pass(sh, req, peer, Hop::App, false, false).await;
+            resp.headers_mut()
+                .insert(READ_HEADER, HeaderValue::from_static("stale"));
+            resp
+        }
+    }
+}
+
+async fn positions(sh: &Shared) -> Option<Positions> {
+    let lower = sh.lower.clone();
+    tokio::task::spawn_blocking(move || read_positions(&lower).ok())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn caught_up_within(sh: &Shared, mark: &Mark) -> bool {
+    let deadline = Instant::now() + READ_WAIT;
+    loop {
+        if positions(sh).await.is_some_and(|p| mark.reached_by(&p)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POSITION_TICK).await;
     }
 }
 
@@ -151,6 +230,7 @@ async fn pass(
             parts.headers.insert(PROXY_AUTH, v);
         }
     }
+    let term_at_send = sh.state.load().view().term;
     let result = sh.client.request(Request::from_parts(parts, body)).await;
     let mut resp = match result {
         Ok(resp) => resp,
@@ -180,6 +260,22 @@ async fn pass(
         // The app's answer: the proxies' headers on it are ours alone.
         strip_internal(&mut parts.headers);
         parts.headers.insert(SERVED_BY, HeaderValue::from(sh.me));
+        // An unsafe request reaches this node's app only when this node was primary as it was
+        // routed; the app has answered, so what it committed is in the positions now. The term
+        // is the one it was sent in: if it changed meanwhile, the mark sends reads to the primary.
+        if unsafe_method
+            && sh.read_your_writes
+            && !switching
+            && let Some(p) = positions(sh).await
+        {
+            let cookie = format!(
+                "{COOKIE_NAME}={}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Lax",
+                Mark::new(term_at_send, &p).encode()
+            );
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                parts.headers.append(header::SET_COOKIE, v);
+            }
+        }
     }
     Response::from_parts(parts, body.boxed_unsync())
 }

@@ -5,6 +5,7 @@
 //! outcome is unknown is never sent twice.
 //!
 //! - [`route`]: where a request goes, a rule over the node's view;
+//! - [`consistency`]: read-your-writes, the positions cookie;
 //! - [`headers`]: hop-by-hop headers, `X-Forwarded-*`/`Forwarded`, the proxies' own headers;
 //! - [`handler`]: one request, its body streamed, upgrades spliced;
 //! - [`directory`]: every node's proxy URL in raft's key/value map;
@@ -14,12 +15,14 @@
 //! reads the node's view (the role) and its raft handle, and runs on a tokio runtime of its
 //! own, so that a flood of client requests cannot delay raft's heartbeats on the node's.
 
+mod consistency;
 mod directory;
 mod handler;
 mod headers;
 mod route;
 mod server;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +70,10 @@ struct Shared {
     /// The app, `host:port`.
     target: String,
     primary_wait: Duration,
+    /// `proxy.read-your-writes`.
+    read_your_writes: bool,
+    /// LiteFS's mount (`mount.lower`): its `<db>-pos` files are the positions.
+    lower: PathBuf,
     raft: Arc<RaftNode>,
     state: StateHandle,
     client: Client<HttpConnector, Body>,
@@ -83,10 +90,12 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds `proxy.addr` and serves; records this proxy's URL in raft in the background.
-    /// `hostname` is `node.hostname` (the default advertise URL's host).
+    /// `hostname` is `node.hostname` (the default advertise URL's host); `lower` is
+    /// `mount.lower`.
     pub fn start(
         config: &ProxyConfig,
         hostname: &str,
+        lower: PathBuf,
         raft: Arc<RaftNode>,
         state: StateHandle,
     ) -> Result<Proxy, ProxyError> {
@@ -118,6 +127,8 @@ impl Proxy {
             url: config.advertise_url(hostname),
             target: config.target.clone(),
             primary_wait: config.primary_wait,
+            read_your_writes: config.read_your_writes,
+            lower,
             secret: raft.transport.secret.clone(),
             raft,
             state,

@@ -14,6 +14,7 @@ pub(super) fn start(config: &Config, node: &Node) -> Result<Option<Proxy>, Proxy
     Proxy::start(
         proxy,
         &config.node.hostname,
+        config.mount.lower.clone(),
         node.raft(),
         node.state().clone(),
     )

@@ -8,6 +8,7 @@
 //! - `POST /write?id=ID`: reads the body to its end, streaming (never held whole), inserts
 //!   `(ID, node, bytes)`; answers `{"node":N,"id":ID,"bytes":B}`.
 //! - `GET /rows`: how many rows this node's copy of the database has.
+//! - `GET /has?id=ID`: whether this node's copy has the row of request ID.
 //! - `GET /whoami`: `{"node":N}`.
 //! - `GET /sleep?ms=N`: answers after N ms (a slow request).
 //! - `GET /ws`: a WebSocket that echoes every message, prefixed with the node id.
@@ -65,6 +66,7 @@ impl App {
             .route("/init", post(init))
             .route("/write", post(write))
             .route("/rows", get(rows))
+            .route("/has", get(has))
             .route("/whoami", get(whoami))
             .route("/sleep", get(sleep))
             .route("/ws", get(ws))
@@ -182,6 +184,20 @@ async fn rows(State(st): State<Arc<AppState>>) -> Response {
     .await
     {
         Ok(n) => format!("{{\"node\":{},\"rows\":{n}}}", st.node).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn has(State(st): State<Arc<AppState>>, Query(q): Query<WriteQuery>) -> Response {
+    let db = st.db.clone();
+    let found = blocking(move || {
+        open(&db)?.query_row("SELECT count(*) FROM requests WHERE id = ?1", [q.id], |r| {
+            r.get::<_, i64>(0)
+        })
+    })
+    .await;
+    match found {
+        Ok(n) => format!("{{\"node\":{},\"found\":{}}}", st.node, n > 0).into_response(),
         Err(r) => r,
     }
 }
