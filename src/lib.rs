@@ -26,6 +26,8 @@ mod handoff;
 
 mod node;
 
+mod proxy;
+
 mod run;
 
 mod cli;

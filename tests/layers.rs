@@ -33,10 +33,12 @@ const RANKS: &[(&str, u32)] = &[
     ("handoff", 5),
     // The App: builds and composes everything, owns the HTTP routers.
     ("node", 6),
-    // `litefs-py run`: node, LiteFS, shim, app.
-    ("run", 7),
+    // litefs-py's HTTP proxy: the node's view (the role) and raft handle, its own runtime.
+    ("proxy", 7),
+    // `litefs-py run`: node, LiteFS, shim, proxy, app.
+    ("run", 8),
     // The commands.
-    ("cli", 8),
+    ("cli", 9),
 ];
 
 const RULE: &str = "a module of src/ imports only modules of its own rank or below \

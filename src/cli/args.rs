@@ -39,7 +39,8 @@ pub enum Command {
     /// The container entrypoint: raft, LiteFS, the shim, then CMD; stops them in reverse.
     ///
     /// Starts, in order: this node's raft node and the lease API on lease.addr (required: if it
-    /// cannot listen, nothing starts); LiteFS (`litefs.binary mount -config FILE`, with the
+    /// cannot listen, nothing starts), and the HTTP proxy on proxy.addr if `proxy:` is set
+    /// (writes forwarded to the primary; docs/proxy.md); LiteFS (`litefs.binary mount -config FILE`, with the
     /// litefs.yml that `config litefs` prints, written to FILE = --litefs-config, else
     /// run.litefs-config, else litefs.yml inside cluster.data-dir, e.g.
     /// /var/lib/litefs-py/raft/litefs.yml), waiting up to 30 s for its FUSE mount at mount.lower and
@@ -47,7 +48,7 @@ pub enum Command {
     /// caught up with the primary, CMD with LITEFS_DIR=<mount.dir> added to its environment
     /// (stdin, stdout and stderr are passed on).
     ///
-    /// SIGTERM or SIGINT goes to CMD first; CMD gets --grace to exit (then SIGKILL), then the
+    /// The proxy stops first (requests in flight get 5 s). SIGTERM or SIGINT goes to CMD; CMD gets --grace to exit (then SIGKILL), then the
     /// shim is unmounted, then LiteFS is stopped (SIGTERM; SIGKILL and a lazy unmount if it
     /// does not exit), then raft. The same order when CMD exits, LiteFS exits, the shim is
     /// unmounted from outside, or raft or the lease API stops. SIGHUP, SIGUSR1 and SIGUSR2 are

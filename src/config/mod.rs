@@ -14,12 +14,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod identity;
 mod litefs_proxy;
+mod proxy;
 mod raft_timing;
 mod run;
 mod security;
 mod tls;
 pub use identity::{Bootstrap, FROM_HOSTNAME, id_from_hostname, system_hostname};
 pub use litefs_proxy::LiteFsProxyConfig;
+pub use proxy::{Durability, ProxyConfig};
 pub use raft_timing::RaftTiming;
 pub use run::RunConfig;
 pub use security::{
@@ -80,6 +82,9 @@ pub struct Config {
     /// How `litefs-py run` supervises LiteFS and the app (optional).
     #[serde(default)]
     pub run: RunConfig,
+    /// litefs-py's own HTTP proxy in `litefs-py run` (optional; docs/proxy.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -447,6 +452,16 @@ impl Config {
         }
         if let Some(proxy) = &self.litefs.proxy {
             proxy.validate()?;
+        }
+        if let Some(proxy) = &self.proxy {
+            proxy.validate()?;
+            if self.litefs.proxy.is_some() {
+                return Err(invalid(
+                    "proxy",
+                    "set either proxy (litefs-py's proxy, which forwards writes) or litefs.proxy \
+                     (LiteFS's, for Fly.io), not both: only one can sit in front of the app",
+                ));
+            }
         }
         self.raft.validate()?;
         self.run.validate()?;

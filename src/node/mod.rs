@@ -200,6 +200,11 @@ impl Node {
         &self.services.state
     }
 
+    /// The node's raft handle (the proxy reads and writes its records in raft's key/value map).
+    pub(crate) fn raft(&self) -> Arc<RaftNode> {
+        self.services.raft.clone()
+    }
+
     /// Why this node can no longer do its part, if so: raft stopped (openraft's fatal error) or
     /// the lease API's server or loop ended.
     pub fn failure(&self) -> Option<String> {

@@ -7,6 +7,9 @@
 //! 4. once LiteFS is primary or has caught up with one (what LiteFS waits for before its own
 //!    `exec`), the app, with `LITEFS_DIR=<mount.dir>`.
 //!
+//! With `proxy:` configured, the proxy starts right after the node and stops first
+//! ([`proxy`]).
+//!
 //! Shutdown (SIGTERM/SIGINT, or any of the three ending): the app first (the signal passed on,
 //! `run.grace` to exit, then SIGKILL), then the shim is unmounted, then LiteFS gets SIGTERM
 //! while the lease API still answers (so it releases the lease), SIGKILL and a lazy unmount of
@@ -20,6 +23,7 @@
 
 pub mod children;
 mod leftovers;
+mod proxy;
 mod supervisor;
 
 use std::ffi::OsString;
@@ -85,6 +89,8 @@ pub enum RunError {
     Mount(MountError),
     #[error(transparent)]
     Leftover(#[from] LeftoverError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 impl From<MountError> for RunError {
@@ -151,8 +157,16 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .lease_token(opts.lease_token.clone())
         .start()
         .map_err(RunError::Daemon)?;
+    let proxy = match proxy::start(&opts.config, &daemon) {
+        Ok(p) => p,
+        Err(e) => {
+            daemon.shutdown();
+            return Err(e.into());
+        }
+    };
     let mut sup = Supervisor::new(opts, events, state, daemon, current_umask());
     let result = sup.start_and_watch(&binary);
+    proxy::stop(proxy);
     sup.shutdown();
     result
 }

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod prereq;
 pub mod process;
 pub mod stall;
+pub mod proxy_app;
 pub mod wait;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@
 //! the agreement rule over them, `config check`, and the removal of the temp dir.
 
 mod mount_cluster;
+mod proxy_cluster;
 mod run_cluster;
 mod run_node;
 mod sampler;
@@ -16,6 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub use mount_cluster::{Kind, MountCluster, Spec, Sweep};
+pub use proxy_cluster::ProxyCluster;
 pub use run_cluster::RunCluster;
 pub use run_node::{RunNode, SLEEPING_APP};
 pub use sampler::Sampler;

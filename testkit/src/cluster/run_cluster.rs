@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{Options, RunNode, SLEEPING_APP, Sampler, remove_dir};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::litefs::Info;
 use crate::ports::Block;
@@ -26,6 +27,17 @@ pub struct RunCluster {
 impl RunCluster {
     /// Writes the configs of nodes 1..=n; starts nothing.
     pub fn create(opts: Options, litefs: &Path, n: u64) -> Result<RunCluster> {
+        RunCluster::create_with(opts, litefs, n, |_, c| c)
+    }
+
+    /// [`Self::create`], with `edit(id, config)` applied to each node's config before it is
+    /// written (e.g. a `proxy:` section).
+    pub fn create_with(
+        opts: Options,
+        litefs: &Path,
+        n: u64,
+        edit: impl Fn(u64, Config) -> Config,
+    ) -> Result<RunCluster> {
         let dir = opts.temp_dir("litefs-py-runs-")?;
         let root = dir
             .path()
@@ -48,7 +60,7 @@ impl RunCluster {
                 block.node(id),
                 peers.clone(),
                 Some(&secret),
-                |c| c,
+                |c| edit(id, c),
             )?;
             nodes.insert(id, node);
         }

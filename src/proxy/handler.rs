@@ -1,0 +1,397 @@
+//! One request through the proxy (docs/proxy.md, "Routing" and "During a failover"): safe
+//! methods to the local app; unsafe ones to the local app on the primary, or to the primary's
+//! proxy from a replica; a request another proxy forwarded is served here or refused, never
+//! forwarded again. Bodies stream both ways (hyper's bodies, never collected); an upgrade
+//! (WebSocket) is spliced once both sides switched protocols.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::header::{self, HeaderValue};
+use axum::http::{Request, Response, StatusCode, Uri, Version};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::consistency::{self, COOKIE_MAX_AGE_S, COOKIE_NAME, Mark, ReadPlan};
+use super::directory::{self, ANNOUNCE_PATH, Announce};
+use super::headers::{
+    FORWARDED_BY, OUTCOME, PROXY_AUTH, SERVED_BY, add_forwarded, strip_hop_by_hop, strip_internal,
+    upgrade_protocol,
+};
+use super::route::{self, NoTarget, Target};
+use super::{Body, Shared};
+use crate::litefs::positions::{Positions, read_positions};
+use crate::raft::NodeId;
+
+/// Paths under this prefix are the proxies' own (secret required), never the app's.
+const INTERNAL_PREFIX: &str = "/.litefs-py/";
+/// How often a request waiting for a primary looks at the view again (it is in memory).
+const WAIT_TICK: Duration = Duration::from_millis(10);
+/// How long a read with a positions cookie waits for this node's LiteFS to catch up before the
+/// primary serves it (LiteFS's own proxy waits 5 s, then answers 504).
+const READ_WAIT: Duration = Duration::from_secs(2);
+/// How often that wait reads the local `<db>-pos` files (a local FUSE read, no network).
+const POSITION_TICK: Duration = Duration::from_millis(2);
+/// On a read that was not served from this node's caught-up state: why (`not-caught-up`,
+/// `epoch-changed`: the primary served it; `stale`: no primary known, this node's state).
+const READ_HEADER: &str = "x-litefs-py-read";
+
+/// Where a request is sent.
+enum Hop {
+    App,
+    Peer { node: NodeId, url: String },
+}
+
+pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let mut req = req.map(BodyExt::boxed_unsync);
+    let from_peer = authenticated_peer(&sh, &req);
+    if req.uri().path().starts_with(INTERNAL_PREFIX) {
+        return internal(&sh, req, from_peer).await;
+    }
+    strip_internal(req.headers_mut());
+    let forwarded_in = from_peer.is_some();
+    if route::is_safe(req.method()) {
+        if sh.read_your_writes && !forwarded_in {
+            return read(&sh, req, peer).await;
+        }
+        return pass(&sh, req, peer, Hop::App, forwarded_in, false).await;
+    }
+    if let Some(from) = from_peer {
+        // The loop guard: a forwarded request is served by this node's app or not at all. A
+        // primary whose claim lapses for a moment (a late quorum ack under load) gets it back
+        // within the wait; a node another one has replaced refuses.
+        return match wait_for_target(&sh).await {
+            Ok(Target::Local) => pass(&sh, req, peer, Hop::App, true, true).await,
+            Ok(Target::Primary { node, .. }) => answer(
+                &sh,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("not-executed"),
+                format!(
+                    "node {} is no longer the primary (node {node} is; node {from} forwarded \
+                     this request here); the request was not executed: send it again",
+                    sh.me
+                ),
+            ),
+            Err(why) => answer(
+                &sh,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("not-executed"),
+                format!(
+                    "node {} is not the primary ({why}; node {from} forwarded this request \
+                     here); the request was not executed: send it again",
+                    sh.me
+                ),
+            ),
+        };
+    }
+    match wait_for_target(&sh).await {
+        Ok(Target::Local) => pass(&sh, req, peer, Hop::App, false, true).await,
+        Ok(Target::Primary { node, url }) => {
+            pass(&sh, req, peer, Hop::Peer { node, url }, false, true).await
+        }
+        Err(why) => answer(
+            &sh,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("not-executed"),
+            format!(
+                "{why}; waited {:?}; the request was not executed: send it again",
+                sh.primary_wait
+            ),
+        ),
+    }
+}
+
+/// A safe request, read-your-writes: served here once this node's LiteFS reached the
+/// client's mark (within [`READ_WAIT`]), else by the primary.
+async fn read(sh: &Shared, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    let mark = Mark::from_headers(req.headers());
+    let plan = consistency::plan(mark.as_ref(), sh.state.load().view());
+    let why = match (plan, &mark) {
+        (ReadPlan::WaitThenPrimary, Some(m)) => {
+            if caught_up_within(sh, m).await {
+                return pass(sh, req, peer, Hop::App, false, false).await;
+            }
+            "not-caught-up"
+        }
+        (ReadPlan::Primary, _) => "epoch-changed",
+        _ => return pass(sh, req, peer, Hop::App, false, false).await,
+    };
+    let target = route::unsafe_target(sh.state.load().view(), |id| directory::lookup(&sh.raft, id));
+    match target {
+        Ok(Target::Primary { node, url }) => {
+            let mut resp = pass(sh, req, peer, Hop::Peer { node, url }, false, false).await;
+            resp.headers_mut()
+                .insert(READ_HEADER, HeaderValue::from_static(why));
+            resp
+        }
+        // No primary to ask: this node's state, said so.
+        _ => {
+            let mut resp = pass(sh, req, peer, Hop::App, false, false).await;
+            resp.headers_mut()
+                .insert(READ_HEADER, HeaderValue::from_static("stale"));
+            resp
+        }
+    }
+}
+
+async fn positions(sh: &Shared) -> Option<Positions> {
+    let lower = sh.lower.clone();
+    tokio::task::spawn_blocking(move || read_positions(&lower).ok())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn caught_up_within(sh: &Shared, mark: &Mark) -> bool {
+    let deadline = Instant::now() + READ_WAIT;
+    loop {
+        if positions(sh).await.is_some_and(|p| mark.reached_by(&p)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POSITION_TICK).await;
+    }
+}
+
+/// The sending node, if the request carries another proxy's marker and the cluster secret.
+fn authenticated_peer(sh: &Shared, req: &Request<Body>) -> Option<NodeId> {
+    let from = req
+        .headers()
+        .get(FORWARDED_BY)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let secret = sh.secret.as_ref()?;
+    let presented = req.headers().get(PROXY_AUTH)?.as_bytes();
+    let token = presented.strip_prefix(b"Bearer ")?;
+    secret.matches(token).then_some(from)
+}
+
+/// Until a primary and its proxy's address are known, or `proxy.primary-wait` passed.
+async fn wait_for_target(sh: &Shared) -> Result<Target, NoTarget> {
+    let deadline = Instant::now() + sh.primary_wait;
+    loop {
+        let found =
+            route::unsafe_target(sh.state.load().view(), |id| directory::lookup(&sh.raft, id));
+        let stopping = *sh.stop.borrow();
+        match found {
+            Ok(t) => return Ok(t),
+            Err(why) if Instant::now() >= deadline || stopping => return Err(why),
+            Err(_) => tokio::time::sleep(WAIT_TICK).await,
+        }
+    }
+}
+
+/// Sends the request on (to the app or to the primary's proxy) and streams the answer back.
+async fn pass(
+    sh: &Shared,
+    mut req: Request<Body>,
+    peer: SocketAddr,
+    hop: Hop,
+    forwarded_in: bool,
+    unsafe_method: bool,
+) -> Response<Body> {
+    let upgrade = upgrade_protocol(req.headers());
+    let inbound = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let base = match &hop {
+        Hop::App => format!("http://{}", sh.target),
+        Hop::Peer { url, .. } => url.clone(),
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match format!("{base}{path}").parse::<Uri>() {
+        Ok(u) => u,
+        Err(e) => {
+            return answer(
+                sh,
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("bad request target: {e}"),
+            );
+        }
+    };
+    parts.version = Version::HTTP_11;
+    parts.extensions = Default::default();
+    strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+    if !forwarded_in {
+        add_forwarded(&mut parts.headers, peer);
+    }
+    if let Hop::Peer { .. } = hop {
+        parts.headers.insert(FORWARDED_BY, HeaderValue::from(sh.me));
+        if let Some(s) = &sh.secret
+            && let Ok(v) = HeaderValue::from_str(&s.bearer())
+        {
+            parts.headers.insert(PROXY_AUTH, v);
+        }
+    }
+    let term_at_send = sh.state.load().view().term;
+    let result = sh.client.request(Request::from_parts(parts, body)).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => return failed(sh, &hop, unsafe_method, &e),
+    };
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(inbound)) = (switching, inbound) {
+        let outbound = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(inbound, outbound) {
+                Ok((client, server)) => {
+                    let (mut c, mut s) = (TokioIo::new(client), TokioIo::new(server));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                        tracing::debug!("an upgraded connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("an upgrade did not complete: {e}"),
+            }
+        });
+    }
+    let upgraded = switching
+        .then(|| resp.headers().get(header::UPGRADE).cloned())
+        .flatten();
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgraded.as_ref());
+    if let Hop::App = hop {
+        // The app's answer: the proxies' headers on it are ours alone.
+        strip_internal(&mut parts.headers);
+        parts.headers.insert(SERVED_BY, HeaderValue::from(sh.me));
+        // An unsafe request reaches this node's app only when this node was primary as it was
+        // routed; the app has answered, so what it committed is in the positions now. The term
+        // is the one it was sent in: if it changed meanwhile, the mark sends reads to the primary.
+        if unsafe_method
+            && sh.read_your_writes
+            && !switching
+            && let Some(p) = positions(sh).await
+        {
+            let cookie = format!(
+                "{COOKIE_NAME}={}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Lax",
+                Mark::new(term_at_send, &p).encode()
+            );
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                parts.headers.append(header::SET_COOKIE, v);
+            }
+        }
+    }
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// The answer when the request could not be sent, or its answer did not come.
+fn failed(
+    sh: &Shared,
+    hop: &Hop,
+    unsafe_method: bool,
+    e: &hyper_util::client::legacy::Error,
+) -> Response<Body> {
+    let whom = match hop {
+        Hop::App => format!("the app at {}", sh.target),
+        Hop::Peer { node, url } => format!("the primary's proxy (node {node}, {url})"),
+    };
+    let detail = error_chain(e);
+    if e.is_connect() {
+        // Nothing was sent: the outcome is known.
+        let status = match hop {
+            Hop::App => StatusCode::BAD_GATEWAY,
+            Hop::Peer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        return answer(
+            sh,
+            status,
+            Some("not-executed"),
+            format!("{whom} is not reachable ({detail}); the request was not sent: send it again"),
+        );
+    }
+    if !unsafe_method {
+        return answer(
+            sh,
+            StatusCode::BAD_GATEWAY,
+            Some("unknown"),
+            format!("{whom} failed: {detail}"),
+        );
+    }
+    // Sent, and no answer: it may have been executed. Never sent again by the proxy.
+    tracing::warn!("{whom} failed during an unsafe request: {detail}");
+    answer(
+        sh,
+        StatusCode::BAD_GATEWAY,
+        Some("unknown"),
+        format!(
+            "{whom} failed during the request ({detail}); it may or may not have been executed: \
+             check before sending it again"
+        ),
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// An answer of the proxy itself: plain text, the node, the outcome when it matters.
+fn answer(
+    sh: &Shared,
+    status: StatusCode,
+    outcome: Option<&'static str>,
+    msg: String,
+) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("litefs-py proxy: {msg}\n")))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(SERVED_BY, HeaderValue::from(sh.me));
+    if let Some(o) = outcome {
+        h.insert(OUTCOME, HeaderValue::from_static(o));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// The proxies' own routes.
+async fn internal(sh: &Shared, req: Request<Body>, from: Option<NodeId>) -> Response<Body> {
+    if from.is_none() {
+        return answer(
+            sh,
+            StatusCode::NOT_FOUND,
+            None,
+            format!("{INTERNAL_PREFIX} is reserved for litefs-py's proxies"),
+        );
+    }
+    if req.uri().path() != ANNOUNCE_PATH || req.method() != axum::http::Method::POST {
+        return answer(sh, StatusCode::NOT_FOUND, None, "no such route".into());
+    }
+    // Small and bounded: an id and a URL.
+    let body = match http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return answer(sh, StatusCode::BAD_REQUEST, None, e.to_string()),
+    };
+    let announce: Announce = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return answer(sh, StatusCode::BAD_REQUEST, None, e.to_string()),
+    };
+    match directory::record_here(&sh.raft, announce.id, &announce.url).await {
+        Ok(()) => answer(sh, StatusCode::OK, None, "recorded".into()),
+        Err(e) => answer(sh, StatusCode::MISDIRECTED_REQUEST, None, e),
+    }
+}

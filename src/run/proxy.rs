@@ -1,0 +1,28 @@
+//! The proxy's place in `litefs-py run` (docs/proxy.md): started right after the node (so that
+//! a port in use is a start-up error before LiteFS starts), stopped first (the load balancer
+//! sees the port close; requests in flight finish, bounded) before the app.
+
+use crate::config::Config;
+use crate::node::Node;
+use crate::proxy::{Proxy, ProxyError};
+
+/// The proxy, if `proxy:` is configured.
+pub(super) fn start(config: &Config, node: &Node) -> Result<Option<Proxy>, ProxyError> {
+    let Some(proxy) = &config.proxy else {
+        return Ok(None);
+    };
+    Proxy::start(
+        proxy,
+        &config.node.hostname,
+        config.mount.lower.clone(),
+        node.raft(),
+        node.state().clone(),
+    )
+    .map(Some)
+}
+
+pub(super) fn stop(proxy: Option<Proxy>) {
+    if let Some(p) = proxy {
+        p.shutdown();
+    }
+}

@@ -1,0 +1,86 @@
+//! A [`RunCluster`] with litefs-py's proxy on every node (`proxy:` in each litefs-py.yml) and
+//! the kit's [`App`] behind each proxy, served from the test process. Ports for the proxies and
+//! the apps come from a block of their own.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Options, RunCluster, SLEEPING_APP};
+use crate::error::{Error, Result};
+use crate::ports::Block;
+use crate::proxy_app::App;
+
+pub struct ProxyCluster {
+    /// Dropped after the apps (fields drop in order): the apps hold no file of the mounts
+    /// open between requests.
+    pub apps: BTreeMap<u64, App>,
+    pub cluster: RunCluster,
+    /// Node id -> `host:port` of its proxy.
+    pub proxies: BTreeMap<u64, String>,
+    /// Node id -> `host:port` of its app.
+    pub app_addrs: BTreeMap<u64, String>,
+}
+
+impl ProxyCluster {
+    /// Nodes 1..=n with a proxy each (`extra`: more `proxy:` keys and their values, e.g.
+    /// `("primary-wait", "2s")`), started; the apps serving. Returns at once: see
+    /// [`RunCluster::wait_one_primary`].
+    pub fn start(
+        opts: Options,
+        litefs: &Path,
+        n: u64,
+        extra: &[(&str, &str)],
+    ) -> Result<ProxyCluster> {
+        let block = Block::reserve(2 * n as u16).map_err(Error::io("reserving ports"))?;
+        let proxies: BTreeMap<u64, String> = (1..=n)
+            .map(|id| (id, block.addr(2 * (id as u16 - 1))))
+            .collect();
+        let app_addrs: BTreeMap<u64, String> = (1..=n)
+            .map(|id| (id, block.addr(2 * (id as u16 - 1) + 1)))
+            .collect();
+        let mut cluster = RunCluster::create_with(opts, litefs, n, |id, c| {
+            let mut c = c
+                .set("proxy.addr", proxies[&id].clone())
+                .set("proxy.target", app_addrs[&id].clone())
+                .set("proxy.advertise-url", format!("http://{}", proxies[&id]));
+            for (k, v) in extra {
+                c = c.set(&format!("proxy.{k}"), *v);
+            }
+            c
+        })?;
+        let mut apps = BTreeMap::new();
+        for id in 1..=n {
+            apps.insert(id, App::start(&app_addrs[&id], id, cluster.mnt(id))?);
+        }
+        for node in cluster.nodes.values_mut() {
+            node.start(SLEEPING_APP)?;
+        }
+        Ok(ProxyCluster {
+            apps,
+            cluster,
+            proxies,
+            app_addrs,
+        })
+    }
+
+    pub fn proxy(&self, id: u64) -> &str {
+        &self.proxies[&id]
+    }
+
+    /// Waits until one primary is agreed on and every proxy knows where every node's proxy is
+    /// (a replica can forward); returns the primary.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<u64> {
+        let primary = self
+            .cluster
+            .wait_one_primary(&self.cluster.ids(), timeout)?;
+        Ok(primary)
+    }
+
+    /// Stops the apps, then the cluster (checked).
+    pub fn shutdown(mut self) -> Result<()> {
+        self.apps.clear();
+        let ProxyCluster { cluster, .. } = self;
+        cluster.shutdown()
+    }
+}

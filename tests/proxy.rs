@@ -1,0 +1,470 @@
+//! litefs-py's proxy (docs/proxy.md) on three `litefs-py run` nodes with the real LiteFS, the
+//! test kit's app behind each proxy (it writes to SQLite in the node's mount, one row per
+//! request id): writes forwarded from every replica and committed on the primary, safe
+//! requests served locally, a WebSocket and a 100 MB streamed upload through a replica's
+//! proxy, a slow client beside fast ones, and a failover under a write load through every
+//! proxy where every client gets a 2xx or a clear 5xx and no request runs twice.
+//!
+//! Needs root, /dev/fuse and a `litefs` binary; without them it says so and passes locally,
+//! and fails with `CI=true` (the kit's `prereq`). Every process is ours, stopped by PID.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{run_options, serial};
+use litefs_py_testkit::cluster::ProxyCluster;
+use litefs_py_testkit::prereq;
+use litefs_py_testkit::proxy_app::DB;
+use litefs_py_testkit::wait::wait_for;
+
+const START: Duration = Duration::from_secs(60);
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into()
+}
+
+/// What one request got.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// `x-litefs-py-node`: the node whose app answered (or whose proxy refused).
+    node: Option<u64>,
+    /// `x-litefs-py-outcome` on the proxy's own errors.
+    outcome: Option<String>,
+    /// The read-your-writes cookie (`name=value`), if one was set.
+    cookie: Option<String>,
+    body: String,
+}
+
+fn call(agent: &ureq::Agent, method: &str, addr: &str, path: &str) -> Result<Answer, String> {
+    call_with(agent, method, addr, path, None)
+}
+
+fn call_with(
+    agent: &ureq::Agent,
+    method: &str,
+    addr: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> Result<Answer, String> {
+    let url = format!("http://{addr}{path}");
+    let mut req = ureq::http::Request::builder().method(method).uri(&url);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let req = req.body(Vec::new()).map_err(|e| e.to_string())?;
+    let mut resp = agent.run(req).map_err(|e| format!("{method} {url}: {e}"))?;
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let node = header("x-litefs-py-node").and_then(|v| v.parse().ok());
+    let outcome = header("x-litefs-py-outcome");
+    let cookie = header("set-cookie")
+        .and_then(|c| c.split(';').next().map(str::to_string))
+        .filter(|c| c.starts_with("__litefs_py_pos="));
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    Ok(Answer {
+        status,
+        node,
+        outcome,
+        cookie,
+        body,
+    })
+}
+
+fn start(litefs: &Path) -> (ProxyCluster, u64) {
+    // A shorter wait for a primary than the default 5 s, to keep the no-quorum check short.
+    let extra = [("primary-wait", "2s")];
+    let mut c = ProxyCluster::start(run_options(), litefs, 3, &extra).unwrap();
+    let primary = c.wait_ready(START).unwrap();
+    // Every proxy forwards once the primary's address is in raft: the table is created
+    // through each of them (idempotent), which waits for exactly that.
+    let a = agent(Duration::from_secs(10));
+    for id in c.cluster.ids() {
+        let proxy = c.proxy(id).to_string();
+        wait_for(
+            Duration::from_secs(30),
+            "POST /init through every proxy",
+            || {
+                call(&a, "POST", &proxy, "/init")
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
+        );
+    }
+    (c, primary)
+}
+
+fn rows(db: &Path) -> rusqlite::Result<Vec<String>> {
+    let c = rusqlite::Connection::open(db)?;
+    c.busy_timeout(Duration::from_secs(5))?;
+    let mut st = c.prepare("SELECT id FROM requests")?;
+    st.query_map([], |r| r.get::<_, String>(0))?.collect()
+}
+
+/// Peak RSS (VmHWM) of a process, in kB.
+fn peak_rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A body of `len` bytes, made as it is read.
+struct Zeros {
+    left: u64,
+}
+
+impl Read for Zeros {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        buf[..n].fill(b'z');
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn writes_from_every_replica_reach_the_primary_and_the_rest_streams() {
+    let Some(litefs) = prereq::litefs() else {
+        return;
+    };
+    let _serial = serial();
+    let (mut c, primary) = start(&litefs);
+    let a = agent(Duration::from_secs(10));
+    let ids = c.cluster.ids();
+
+    // Unsafe requests through every proxy, the primary's own included: served by the
+    // primary's app, committed there, each answered.
+    const PER_NODE: usize = 20;
+    let mut sent = Vec::new();
+    for id in &ids {
+        for i in 0..PER_NODE {
+            let rid = format!("n{id}-{i}");
+            let r = call(&a, "POST", c.proxy(*id), &format!("/write?id={rid}")).unwrap();
+            assert_eq!(r.status, 200, "POST through node {id}'s proxy: {r:?}");
+            assert_eq!(r.node, Some(primary), "{r:?}");
+            assert!(r.body.contains(&format!("\"node\":{primary}")), "{r:?}");
+            sent.push(rid);
+        }
+    }
+    let on_primary = rows(&c.cluster.db(primary, DB)).unwrap();
+    assert_eq!(on_primary.len(), sent.len(), "every POST is one row");
+    for rid in &sent {
+        assert!(on_primary.contains(rid), "{rid} missing on the primary");
+    }
+    println!(
+        "{} POSTs through 3 proxies ({} forwarded from replicas): all committed on node {primary}",
+        sent.len(),
+        2 * PER_NODE
+    );
+
+    // Safe requests are served by each node's own app.
+    for id in &ids {
+        let r = call(&a, "GET", c.proxy(*id), "/whoami").unwrap();
+        assert_eq!((r.status, r.node), (200, Some(*id)), "{r:?}");
+    }
+
+    let replica = *ids.iter().find(|id| **id != primary).unwrap();
+    let proxy = c.proxy(replica).to_string();
+
+    // A WebSocket through a replica's proxy (a GET: its own app answers).
+    {
+        let stream = TcpStream::connect(&proxy).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (mut ws, resp) =
+            tungstenite::client::client(format!("ws://{proxy}/ws"), stream).unwrap();
+        assert_eq!(resp.status().as_u16(), 101);
+        for msg in ["hello", "again"] {
+            ws.send(tungstenite::Message::text(msg)).unwrap();
+            let back = ws.read().unwrap();
+            assert_eq!(back.to_text().unwrap(), format!("node {replica}: {msg}"));
+        }
+        ws.close(None).unwrap();
+        println!("WebSocket through node {replica}'s proxy: echoed");
+    }
+
+    // A slow client (headers and part of a body, then nothing) holds its own connection
+    // only: requests beside it, forwarded ones included, are answered at once.
+    {
+        let mut slow = TcpStream::connect(&proxy).unwrap();
+        slow.write_all(
+            b"POST /write?id=slow HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\nzzzz",
+        )
+        .unwrap();
+        let slow_get = {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || {
+                call(
+                    &agent(Duration::from_secs(10)),
+                    "GET",
+                    &proxy,
+                    "/sleep?ms=3000",
+                )
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let t0 = Instant::now();
+        for i in 0..10 {
+            let r = call(&a, "GET", &proxy, "/whoami").unwrap();
+            assert_eq!(r.status, 200);
+            let r = call(&a, "POST", &proxy, &format!("/write?id=beside-slow-{i}")).unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "20 requests beside a slow client and a slow request took {took:?}"
+        );
+        assert_eq!(slow_get.join().unwrap().unwrap().status, 200);
+        drop(slow);
+        println!("20 requests beside a stalled upload and a 3 s request: {took:?}");
+    }
+
+    // 100 MB streamed up through the replica's proxy to the primary's app: neither
+    // litefs-py run holds it (their peak RSS stays flat).
+    {
+        const SIZE: u64 = 100 << 20;
+        let pids: BTreeMap<u64, i32> = [replica, primary]
+            .iter()
+            .map(|id| (*id, c.cluster.node_mut(*id).pid().unwrap()))
+            .collect();
+        let before: BTreeMap<u64, u64> =
+            pids.iter().map(|(id, p)| (*id, peak_rss_kb(*p))).collect();
+        let up = agent(Duration::from_secs(120));
+        let t0 = Instant::now();
+        let mut resp = up
+            .post(format!("http://{proxy}/write?id=upload"))
+            .send(ureq::SendBody::from_owned_reader(Zeros { left: SIZE }))
+            .unwrap();
+        let took = t0.elapsed();
+        assert_eq!(resp.status().as_u16(), 200);
+        let body = resp.body_mut().read_to_string().unwrap();
+        assert!(body.contains(&format!("\"bytes\":{SIZE}")), "{body}");
+        for (id, pid) in &pids {
+            let grew = peak_rss_kb(*pid).saturating_sub(before[id]);
+            println!("100 MB upload: node {id}'s peak RSS grew {grew} kB");
+            assert!(
+                grew < 32 * 1024,
+                "node {id}'s litefs-py run grew by {grew} kB during a 100 MB upload"
+            );
+        }
+        println!("100 MB through node {replica}'s proxy to node {primary}'s app in {took:?}");
+    }
+
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn a_failover_under_writes_through_every_proxy_runs_nothing_twice() {
+    let Some(litefs) = prereq::litefs() else {
+        return;
+    };
+    let _serial = serial();
+    let (mut c, primary) = start(&litefs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for id in c.cluster.ids() {
+        let proxy = c.proxy(id).to_string();
+        let stop = stop.clone();
+        writers.push(std::thread::spawn(move || {
+            let a = agent(Duration::from_secs(20));
+            let mut results = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let rid = format!("w{id}-{i}");
+                i += 1;
+                let r = call(&a, "POST", &proxy, &format!("/write?id={rid}"));
+                results.push((rid, r));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (id, results)
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    c.cluster.kill9(primary).unwrap();
+    let killed_at = Instant::now();
+    let survivors: Vec<u64> = c
+        .cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != primary)
+        .collect();
+    let new_primary = c
+        .cluster
+        .wait_one_primary(&survivors, Duration::from_secs(30))
+        .unwrap();
+    println!(
+        "node {new_primary} primary {:?} after the kill",
+        killed_at.elapsed()
+    );
+    // Writes keep coming through the new primary for a while.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+
+    let mut acked = Vec::new();
+    let (mut clear_5xx, mut refused) = (0, 0);
+    for w in writers {
+        let (id, results) = w.join().unwrap();
+        for (rid, r) in results {
+            match r {
+                Ok(a) if a.status == 200 => acked.push(rid),
+                Ok(a) if a.status >= 500 && a.outcome.is_some() => {
+                    assert!(
+                        matches!(a.outcome.as_deref(), Some("not-executed" | "unknown")),
+                        "{a:?}"
+                    );
+                    clear_5xx += 1;
+                }
+                // The killed node's own proxy is gone: its clients cannot connect.
+                Err(e) if id == primary => {
+                    let _ = e;
+                    refused += 1;
+                }
+                other => {
+                    panic!("{rid} through node {id}'s proxy: not a 2xx or a clear 5xx: {other:?}")
+                }
+            }
+        }
+    }
+    let on_new = rows(&c.cluster.db(new_primary, DB)).unwrap();
+    let mut seen = BTreeMap::new();
+    for rid in &on_new {
+        *seen.entry(rid.as_str()).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "requests executed twice: {twice:?}");
+    let lost = acked
+        .iter()
+        .filter(|r| !seen.contains_key(r.as_str()))
+        .count();
+    let after: usize = acked
+        .iter()
+        .filter(|r| !r.starts_with(&format!("w{primary}-")))
+        .count();
+    assert!(
+        after > 0,
+        "no write was acknowledged through the surviving proxies"
+    );
+    println!(
+        "failover under writes: {} acknowledged ({lost} not on the new primary: async \
+         durability), {clear_5xx} clear 5xx, {refused} refused by the killed node's port, \
+         0 executed twice ({} rows)",
+        acked.len(),
+        on_new.len()
+    );
+
+    // The new primary dies too: the last node has no quorum, so no primary. A write waits
+    // `primary-wait` (2 s here) and gets a 503 saying it was not executed; reads are still
+    // served.
+    c.cluster.kill9(new_primary).unwrap();
+    let last = *survivors.iter().find(|id| **id != new_primary).unwrap();
+    // Until it notices (no heartbeat for election-timeout-max), its proxy forwards to the dead
+    // primary's port: refused, a 503 `not-executed` at once. Then it knows no primary.
+    wait_for(
+        Duration::from_secs(10),
+        "the last node to say electing",
+        || (c.cluster.role(last).as_deref() == Some("electing")).then_some(()),
+    );
+    let a = agent(Duration::from_secs(20));
+    let t0 = Instant::now();
+    let r = call(&a, "POST", c.proxy(last), "/write?id=no-primary").unwrap();
+    let waited = t0.elapsed();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.outcome.as_deref(), Some("not-executed"), "{r:?}");
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    let r = call(&a, "GET", c.proxy(last), "/whoami").unwrap();
+    assert_eq!((r.status, r.node), (200, Some(last)), "{r:?}");
+    println!("no quorum: a write waited {waited:?} and got 503 not-executed; reads served");
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn read_your_writes_through_replicas_with_the_cookie_and_without() {
+    let Some(litefs) = prereq::litefs() else {
+        return;
+    };
+    let _serial = serial();
+    let (c, primary) = start(&litefs);
+    let a = agent(Duration::from_secs(10));
+    let ids = c.cluster.ids();
+    let replicas: Vec<u64> = ids.iter().copied().filter(|id| *id != primary).collect();
+    const PAIRS: usize = 1000;
+    // Each write through a node in turn, the read at once through a replica.
+    // A write that fails (on a loaded host the primary's LiteFS can lose its lease for a moment,
+    // and the app's write fails) makes no pair; they are counted and must stay rare.
+    let mut failed = 0;
+    let mut run = |with_jar: bool| {
+        let (mut stale, mut via_primary) = (0, 0);
+        for i in 0..PAIRS {
+            let rid = format!("ryw-{with_jar}-{i}");
+            let w = call(
+                &a,
+                "POST",
+                c.proxy(ids[i % ids.len()]),
+                &format!("/write?id={rid}"),
+            )
+            .unwrap();
+            if w.status != 200 {
+                eprintln!("write {rid} failed: {w:?}");
+                failed += 1;
+                continue;
+            }
+            let jar = if with_jar {
+                Some(w.cookie.clone().expect("a write sets the positions cookie"))
+            } else {
+                None
+            };
+            let replica = replicas[i % replicas.len()];
+            let r = call_with(
+                &a,
+                "GET",
+                c.proxy(replica),
+                &format!("/has?id={rid}"),
+                jar.as_deref(),
+            )
+            .unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+            if r.node == Some(primary) {
+                via_primary += 1;
+            }
+            if !r.body.contains("\"found\":true") {
+                stale += 1;
+            }
+        }
+        (stale, via_primary)
+    };
+    let (stale_jar, primary_jar) = run(true);
+    let (stale_nojar, _) = run(false);
+    println!(
+        "read-your-writes, {PAIRS} write-then-read pairs through replicas: with the cookie \
+         {stale_jar} stale ({primary_jar} served by the primary after the wait); without it \
+         {stale_nojar} stale; {failed} writes failed (no pair)"
+    );
+    assert!(failed < PAIRS / 10, "{failed} writes failed");
+    assert_eq!(stale_jar, 0, "stale reads despite the cookie");
+    c.shutdown().unwrap();
+}
