@@ -16,8 +16,8 @@ pub mod mount;
 pub mod ports;
 pub mod prereq;
 pub mod process;
-pub mod stall;
 pub mod proxy_app;
+pub mod stall;
 pub mod wait;
 
 pub use error::{Error, Result};
