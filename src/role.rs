@@ -136,6 +136,7 @@ pub fn merge_probe(view: &mut ClusterView, probe: Option<LiteFsProbe>) {
         view.litefs = Some(LiteFsStatus {
             mounted: p.mounted,
             serving: p.serving,
+            primary: p.is_primary,
         });
         view.lag_ms = p.lag_ms;
     }
@@ -504,7 +505,8 @@ mod tests {
             v.litefs,
             Some(LiteFsStatus {
                 mounted: true,
-                serving: false
+                serving: false,
+                primary: false,
             })
         );
         assert_eq!(v.lag_ms, Some(12));

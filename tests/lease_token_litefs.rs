@@ -70,7 +70,7 @@ fn only_the_runs_own_litefs_may_use_the_lease_api() {
     assert!(!app_env.contains(&token), "{app_env}");
 
     // The generated litefs.yml: owner only.
-    let mode = std::fs::metadata(r.path("litefs.yml"))
+    let mode = std::fs::metadata(r.litefs_yml())
         .unwrap()
         .permissions()
         .mode();

@@ -226,7 +226,7 @@ fn start_up_failures_are_one_line_and_leave_nothing_running() {
         lines,
         ["litefs-py: litefs.binary /nonexistent/litefs: no such file"]
     );
-    assert!(!r.path("litefs.yml").exists(), "started anyway");
+    assert!(!r.litefs_yml().exists(), "started anyway");
     r.assert_nothing_left();
     // The lease API cannot listen: nothing runs without it.
     let mut r = single(&litefs, |c| c);

@@ -104,6 +104,15 @@ pub enum Primary {
 pub struct LiteFsStatus {
     pub mounted: bool,
     pub serving: bool,
+    /// Its `/info` said `isPrimary` at the last probe (false when it did not answer).
+    pub primary: bool,
+}
+
+impl LiteFsStatus {
+    /// LiteFS answered and is not primary: it refuses writes itself (a read-only replica).
+    fn refuses_writes(&self) -> bool {
+        self.serving && !self.primary
+    }
 }
 
 /// Everything the virtual files say. Published by the cluster side, rendered by the shim.
@@ -275,6 +284,14 @@ impl Snapshot {
             },
             _ => self.primary_ended_boot,
         };
+        // Once LiteFS itself answers that it is not primary (it demoted, or the fencer's kill
+        // was followed by a restart), it refuses writes itself, and SQLite's readers need the
+        // write lock to recover a `-shm` LiteFS rewrote: the gate opens early. The probe is
+        // newer than the snapshot's primary answer only if it says so after it ended; one taken
+        // before a freeze still says primary, which keeps the gate shut.
+        if ended.is_some() && self.view.litefs.is_some_and(|l| l.refuses_writes()) {
+            return true;
+        }
         ended.is_none_or(|t| now.saturating_sub(t) >= GATE_WINDOW_NS)
     }
 

@@ -128,6 +128,11 @@ impl RunNode {
         self.root.join(name)
     }
 
+    /// The litefs.yml `run` generates: inside `cluster.data-dir` (this node's `raft/`).
+    pub fn litefs_yml(&self) -> PathBuf {
+        self.path("raft").join("litefs.yml")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.path("litefs-py.yml")
     }
@@ -246,7 +251,7 @@ impl RunNode {
 
     /// LiteFS's PID, from the run's log, if that process still runs LiteFS with our config.
     pub fn litefs_pid(&self) -> Option<i32> {
-        litefs::pid_from_run_log(&self.log(), &self.path("litefs.yml"))
+        litefs::pid_from_run_log(&self.log(), &self.litefs_yml())
     }
 
     /// The lease API token this run gave its LiteFS, read from LiteFS's environment

@@ -163,7 +163,7 @@ class RunNode:
     def is_our_litefs(self, pid: int) -> bool:
         """Whether ``pid`` runs LiteFS with this node's litefs.yml."""
         cmd = cmdline(pid)
-        return " mount " in f" {cmd} " and str(self.dir / "litefs.yml") in cmd
+        return " mount " in f" {cmd} " and str(self.dir / "raft" / "litefs.yml") in cmd
 
 
 class RunCluster:
