@@ -18,8 +18,11 @@ use litefs_py::litefs::info::Info;
 use litefs_py::litefs::yaml::{generate, go_duration};
 use litefs_py_fuse::mountinfo;
 
+/// A fuzz target's check: panics on a broken property.
+pub type Check = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("config", config),
     ("consul_bodies", consul_bodies),
     ("duration", duration),

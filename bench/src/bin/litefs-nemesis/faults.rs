@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use litefs_py_testkit::process;
 
 /// The fault kinds, in the table's order.
@@ -154,8 +154,10 @@ impl Freezer {
         Path::new(FREEZER).join(rel)
     }
 
-    /// Freezes `pids` (a node's process tree) as node `id`; returns once the kernel says FROZEN.
-    pub fn freeze(&mut self, id: u64, pids: &[i32]) -> Result<()> {
+    /// Freezes `pids` (a node's process tree) as node `id`. Returns whether the kernel said
+    /// FROZEN within 5 s: a task in an uninterruptible wait (a FUSE request to a server that is
+    /// being frozen too) keeps the cgroup FREEZING, which is a finding, not a harness error.
+    pub fn freeze(&mut self, id: u64, pids: &[i32]) -> Result<bool> {
         let dir = self.root.join(format!("n{id}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut moved = Vec::new();
@@ -170,11 +172,11 @@ impl Freezer {
         for _ in 0..500 {
             let state = std::fs::read_to_string(dir.join("freezer.state")).unwrap_or_default();
             if state.trim() == "FROZEN" {
-                return Ok(());
+                return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        bail!("node {id}: the freezer never said FROZEN")
+        Ok(false)
     }
 
     /// Thaws node `id`, moves its processes back and removes its cgroup.

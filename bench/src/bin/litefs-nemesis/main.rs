@@ -147,20 +147,15 @@ fn real_main() -> Result<()> {
     opts.spawn.own_group = true;
     opts.log_level = Some("info".into());
     opts.parent = args.dir.clone();
-    let mut freezer = if args.faults.contains(&Kind::Freeze) {
-        let f = Freezer::new()?;
-        if f.is_none() {
-            eprintln!("nemesis: no cgroup v1 freezer at /sys/fs/cgroup/freezer: no freezes");
-        }
-        f
-    } else {
-        None
-    };
+    let freezer_mounted = std::path::Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists();
+    if args.faults.contains(&Kind::Freeze) && !freezer_mounted {
+        eprintln!("nemesis: no cgroup v1 freezer at /sys/fs/cgroup/freezer: no freezes");
+    }
     let kinds: Vec<Kind> = args
         .faults
         .iter()
         .copied()
-        .filter(|k| *k != Kind::Freeze || freezer.is_some())
+        .filter(|k| *k != Kind::Freeze || freezer_mounted)
         .collect();
 
     eprintln!(
@@ -175,6 +170,13 @@ fn real_main() -> Result<()> {
         .wait_one_primary(&ids, Duration::from_secs(90))
         .context("the first primary")?;
     observe::create_table(&c.db(first, DB)).context("creating the table")?;
+    // Declared after the cluster so that it is dropped (everything thawed) before the cluster's
+    // guards stop the nodes: a frozen node cannot be stopped.
+    let mut freezer = if kinds.contains(&Kind::Freeze) {
+        Freezer::new()?
+    } else {
+        None
+    };
     let ack_log = args
         .dir
         .clone()
@@ -207,13 +209,16 @@ fn real_main() -> Result<()> {
         };
         let pause = rng.millis(1000, args.max_pause.as_millis() as u64);
         let quiet = rng.millis(1000, 4000);
-        let at = Instant::now();
+        // When the fault took effect: after the signal, or once the freezer answered (a write
+        // acknowledged before that is no sign of a writable primary after the fault).
+        let mut at = Instant::now();
         let mut note = String::new();
         match kind {
             Kind::Kill => {
                 let pid = c.node_mut(node).pid().context("a running node")?;
                 // SAFETY: the process group of our unreaped child `pid` (own_group: pgid = pid).
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
+                at = Instant::now();
                 if let Err(e) = c.reap(node) {
                     note = format!("after kill -9: {e}");
                 }
@@ -231,6 +236,7 @@ fn real_main() -> Result<()> {
             Kind::StopDaemon => {
                 let pid = c.node_mut(node).pid().context("a running node")?;
                 stopped.stop(pid);
+                at = Instant::now();
                 std::thread::sleep(pause);
                 stopped.cont_all();
                 note = format!("{pause:?}");
@@ -239,10 +245,17 @@ fn real_main() -> Result<()> {
                 let pid = c.node_mut(node).pid().context("a running node")?;
                 let tree = faults::process_tree(pid);
                 let f = freezer.as_mut().expect("freezes only with a freezer");
-                f.freeze(node, &tree)?;
+                let frozen = f.freeze(node, &tree)?;
+                at = Instant::now();
                 std::thread::sleep(pause);
                 f.thaw(node)?;
                 note = format!("{pause:?}, {} processes", tree.len());
+                if !frozen {
+                    note.push_str(", stuck FREEZING: a task in an uninterruptible wait");
+                    problems.push(format!(
+                        "node {node}: the freezer stayed FREEZING (not FROZEN) for {pause:?}"
+                    ));
+                }
             }
             Kind::Handoff => {
                 let via = ids[rng.below(ids.len() as u64) as usize];
