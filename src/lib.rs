@@ -33,3 +33,16 @@ mod run;
 mod cli;
 
 pub use cli::cli_main;
+
+/// The parsers of outside input that are private to their layer, re-exported for the fuzz
+/// targets (`fuzz/`) and the corpus replay test (`tests/fuzz_corpus.rs`) only: not an API.
+/// (`config`, `litefs::info` and `litefs::yaml` are public already.)
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::lease::LeaseError;
+    pub use crate::lease::consul::{
+        check_session_id, parse_go_duration, parse_primary_info, parse_session_create,
+    };
+    pub use crate::litefs::positions::Pos;
+    pub use crate::raft::timing_check::TimingStamp;
+}

@@ -22,6 +22,8 @@ mod metrics;
 mod mount;
 pub mod mountinfo;
 mod rangeset;
+#[cfg(test)]
+mod rangeset_props;
 pub mod state_page;
 mod sys;
 mod virtual_files;

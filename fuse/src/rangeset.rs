@@ -99,6 +99,10 @@ impl RangeSet {
     /// The parts of `start..=end` this owner holds, clipped to that range.
     pub fn held_within(&self, start: u64, end: u64) -> Segs {
         let end = normalise_end(end);
+        // An empty range holds nothing (clipping to it would invert segments).
+        if start > end {
+            return Segs::new();
+        }
         self.segs
             .iter()
             .filter(|s| s.end >= start && s.start <= end)
@@ -163,6 +167,15 @@ mod tests {
         assert_eq!(s.held_within(122, 125).as_slice(), &[seg(123, 125, RDLCK)]);
         assert_eq!(s.held_within(0, EOF).len(), 2);
         assert!(s.held_within(0, 100).is_empty());
+    }
+
+    /// Found by the property test (rangeset_props.rs): an empty range (`start > end`) returned
+    /// the covering segment clipped to `start..=end`, i.e. inverted (`20..=0`).
+    #[test]
+    fn held_within_an_empty_range_is_empty() {
+        let mut s = RangeSet::default();
+        s.apply(0, EOF, WRLCK);
+        assert!(s.held_within(20, 0).is_empty());
     }
 
     /// Compare against a byte-array model over a small universe.

@@ -37,6 +37,8 @@ pub mod state;
 #[cfg(test)]
 mod fresher_tests;
 #[cfg(test)]
+mod state_props;
+#[cfg(test)]
 mod state_tests;
 #[cfg(test)]
 mod test_support;

@@ -20,8 +20,9 @@ pub struct Pos {
 impl Pos {
     pub fn parse(text: &str) -> Option<Pos> {
         let (txid, checksum) = text.trim_end_matches('\n').split_once('/')?;
+        // Exactly 16 hex digits: `from_str_radix` alone would also take a sign (`+fe3b…`).
         let hex = |s: &str| {
-            (s.len() == 16)
+            (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
                 .then(|| u64::from_str_radix(s, 16).ok())
                 .flatten()
         };
@@ -69,6 +70,27 @@ pub fn read_positions(lower: &Path) -> Result<Positions, LiteFsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `positions` fuzz target (fuzz/regressions/positions/): a `+` sign in place
+    /// of a leading digit was accepted, so a file LiteFS never writes parsed as a position.
+    #[test]
+    fn only_litefs_own_form_is_a_position() {
+        assert_eq!(
+            Pos::parse("00000000000000a1/0fe3b2c1d0e9f8a7\n"),
+            Some(Pos {
+                txid: 0xa1,
+                checksum: 0x0fe3_b2c1_d0e9_f8a7
+            })
+        );
+        for bad in [
+            "00000000000000a1/+fe3b2c1d0e9f8a7",
+            "+0000000000000a1/0fe3b2c1d0e9f8a7",
+            "00000000000000a1/0fe3b2c1d0e9f8a",
+            "00000000000000a1",
+        ] {
+            assert_eq!(Pos::parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn positions_from_a_directory() {

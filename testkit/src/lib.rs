@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod fuzz_checks;
 pub mod http;
 pub mod litefs;
 pub mod mount;

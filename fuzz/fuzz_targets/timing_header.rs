@@ -1,0 +1,4 @@
+//! Fuzz target: see `litefs_py_testkit::fuzz_checks::timing_header` for what it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| litefs_py_testkit::fuzz_checks::timing_header(data));
