@@ -328,8 +328,14 @@ impl ShimFs {
 
     pub fn setlk(&self, ino: u64, owner: u64, range: LockRange) -> FsResult<()> {
         let inode = self.lock_inode(ino)?;
-        self.write_gate(range)?;
-        inode.locks.setlk(owner, range, &self.lock_opener(&inode))
+        if !self.write_gate(range)? {
+            return inode.locks.setlk(owner, range, &self.lock_opener(&inode));
+        }
+        inode
+            .locks
+            .setlk_checked(owner, range, &self.lock_opener(&inode), &|| {
+                self.state.load().write_allowed()
+            })
     }
 
     /// The write gate (docs/architecture.md, "Data-path modes"): SQLite's write locks pass
@@ -343,22 +349,25 @@ impl ShimFs {
     ///
     /// The locks: the WAL write lock (byte 120 of `-shm`) and, in rollback mode, RESERVED
     /// (0x40000001) and EXCLUSIVE (the SHARED range from 0x40000002) of the database.
-    fn write_gate(&self, range: LockRange) -> FsResult<()> {
+    ///
+    /// `Ok(true)`: a gated lock that may go on to LiteFS; the caller checks the gate again once
+    /// LiteFS has granted it (a request can pass here, then wait in LiteFS across a freeze).
+    fn write_gate(&self, range: LockRange) -> FsResult<bool> {
         const WAL_WRITE: u64 = 120;
         const RESERVED: u64 = 0x4000_0001;
         const SHARED_FIRST: u64 = 0x4000_0002;
         if range.typ != libc::F_WRLCK {
-            return Ok(());
+            return Ok(false);
         }
         let covers = |b: u64| range.start <= b && b <= range.end;
         let gated =
             (covers(WAL_WRITE) && range.end < 128) || covers(RESERVED) || covers(SHARED_FIRST);
         if !gated {
-            return Ok(());
+            return Ok(false);
         }
         let snapshot = self.state.load();
         if snapshot.write_allowed() {
-            return Ok(());
+            return Ok(true);
         }
         tracing::debug!(
             role = snapshot.role().as_str(),
@@ -372,10 +381,15 @@ impl ShimFs {
     /// A blocking lock request, to be waited for off the FUSE worker (see `waiters.rs`).
     pub fn prepare_wait(&self, ino: u64, owner: u64, range: LockRange) -> FsResult<PendingWait> {
         let inode = self.lock_inode(ino)?;
-        self.write_gate(range)?;
-        inode
+        let gated = self.write_gate(range)?;
+        let pending = inode
             .locks
-            .prepare_wait(owner, range, &self.lock_opener(&inode))
+            .prepare_wait(owner, range, &self.lock_opener(&inode))?;
+        if !gated {
+            return Ok(pending);
+        }
+        let state = self.state.clone();
+        Ok(pending.with_recheck(Arc::new(move || state.load().write_allowed())))
     }
 
     // ----- directories -----------------------------------------------------------------------

@@ -85,14 +85,27 @@ fn unlock_all(fd: &OwnedFd, held: &RangeSet) {
     }
 }
 
+/// Whether a lock just granted by the lower filesystem may stand: the write gate's second look
+/// (docs/architecture.md, "Data-path modes"). A request can pass the gate, then wait in LiteFS
+/// across a freeze of the whole node; the grant it gets after the thaw is checked again.
+pub type Recheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// A blocking request handed to a waiter thread.
 pub struct PendingWait {
     owner: Arc<OwnerLock>,
     fd: Arc<OwnedFd>,
     range: LockRange,
+    recheck: Option<Recheck>,
 }
 
 impl PendingWait {
+    /// Checks the grant with `recheck` before it counts as held: a `false` gives the range back
+    /// what the owner held before, and the request fails with [`FsError::NotPrimary`].
+    pub fn with_recheck(mut self, recheck: Recheck) -> Self {
+        self.recheck = Some(recheck);
+        self
+    }
+
     /// Blocks until the lock is granted, refused, or the wait is interrupted (EINTR).
     pub fn wait(self) -> FsResult<()> {
         let result = sys::ofd_setlk(self.fd.as_fd(), self.range, true);
@@ -104,6 +117,10 @@ impl PendingWait {
                 just.apply(self.range.start, self.range.end, self.range.typ);
                 unlock_all(&self.fd, &just);
                 Ok(())
+            }
+            Ok(()) if self.recheck.as_ref().is_some_and(|keep| !keep()) => {
+                restore(&self.fd, &st.held, self.range.start, self.range.end);
+                Err(FsError::NotPrimary)
             }
             Ok(()) => {
                 st.held
@@ -159,6 +176,19 @@ impl InodeLocks {
         range: LockRange,
         open: &dyn Fn() -> io::Result<OwnedFd>,
     ) -> FsResult<()> {
+        self.setlk_checked(owner, range, open, &|| true)
+    }
+
+    /// [`setlk`](Self::setlk), with the grant checked by `keep` before it counts as held (see
+    /// [`Recheck`]): a `false` gives the range back what the owner held before and fails with
+    /// [`FsError::NotPrimary`].
+    pub fn setlk_checked(
+        &self,
+        owner: u64,
+        range: LockRange,
+        open: &dyn Fn() -> io::Result<OwnedFd>,
+        keep: &dyn Fn() -> bool,
+    ) -> FsResult<()> {
         let range = LockRange {
             end: normalise_end(range.end),
             ..range
@@ -176,15 +206,20 @@ impl InodeLocks {
             return Ok(());
         }
         let fd = self.ensure_fd(&mut st, open)?;
-        let result = sys::ofd_setlk(fd.as_fd(), range, false);
+        let mut result = sys::ofd_setlk(fd.as_fd(), range, false).map_err(FsError::from);
+        if result.is_ok() && range.typ != UNLCK && !keep() {
+            restore(&fd, &st.held, range.start, range.end);
+            result = Err(FsError::NotPrimary);
+        }
         match &result {
             Ok(()) => st.held.apply(range.start, range.end, range.typ),
+            Err(FsError::NotPrimary) => {}
             Err(_) if range.start != range.end => restore(&fd, &st.held, range.start, range.end),
             Err(_) => {}
         }
         drop(fd);
         self.maybe_return_fd(&mut st);
-        Ok(result?)
+        result
     }
 
     /// An owner that holds nothing does not need its fd: pool it for the next owner.
@@ -221,6 +256,7 @@ impl InodeLocks {
             owner: lock,
             fd,
             range,
+            recheck: None,
         })
     }
 
@@ -407,6 +443,46 @@ mod tests {
         locks.setlk(3, r(WRLCK, 126, 127), &open).unwrap();
         locks.setlk(3, r(WRLCK, 123, 123), &open).unwrap_err();
         locks.setlk(3, r(RDLCK, 123, 123), &open).unwrap();
+    }
+
+    #[test]
+    fn a_grant_the_recheck_refuses_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, b"x").unwrap();
+        let open = opener(path);
+        let locks = InodeLocks::default();
+        // Owner 1 holds the SHARED byte; its upgrade to EXCLUSIVE is granted, then refused.
+        locks
+            .setlk(1, r(RDLCK, 0x4000_0002, 0x4000_0002), &open)
+            .unwrap();
+        let err = locks
+            .setlk_checked(1, r(WRLCK, 0x4000_0001, 0x4000_0002), &open, &|| false)
+            .unwrap_err();
+        assert!(matches!(err, FsError::NotPrimary), "{err:?}");
+        // Back to what it held: the SHARED byte shared, RESERVED free.
+        locks
+            .setlk(2, r(WRLCK, 0x4000_0001, 0x4000_0001), &open)
+            .unwrap();
+        locks
+            .setlk(2, r(RDLCK, 0x4000_0002, 0x4000_0002), &open)
+            .unwrap();
+        locks
+            .setlk(3, r(WRLCK, 0x4000_0002, 0x4000_0002), &open)
+            .unwrap_err();
+        // A blocking request checked the same way.
+        locks.setlk(2, r(UNLCK, 0, EOF), &open).unwrap();
+        let pending = locks
+            .prepare_wait(4, r(WRLCK, 120, 120), &open)
+            .unwrap()
+            .with_recheck(Arc::new(|| false));
+        assert!(matches!(pending.wait(), Err(FsError::NotPrimary)));
+        locks.setlk(5, r(WRLCK, 120, 120), &open).unwrap();
+        // Unlocks are never refused.
+        locks
+            .setlk_checked(5, r(UNLCK, 120, 120), &open, &|| false)
+            .unwrap();
+        locks.setlk(6, r(WRLCK, 120, 120), &open).unwrap();
     }
 
     #[test]
