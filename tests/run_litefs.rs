@@ -127,6 +127,41 @@ fn run_starts_litefs_shim_and_app_in_order_and_stops_them_in_reverse() {
     assert_eq!(h["lag_ms"], 0, "{h}");
     assert_eq!(h["role"], "primary", "{h}");
     assert!(r.log().find("the app started") > r.log().find("mounted mountpoint"));
+    // Over LiteFS (no xattrs) the shim answers the first xattr request ENOSYS, and the kernel
+    // sends no more: writes cost no `security.capability` lookup (docs/decisions.md).
+    let db = rusqlite::Connection::open(mnt.join("app.db")).unwrap();
+    for v in 0..5 {
+        db.execute("INSERT INTO t VALUES (?1)", [v]).unwrap();
+    }
+    drop(db);
+    let name =
+        std::ffi::CString::new(mnt.join("app.db").into_os_string().into_encoded_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid C strings and a buffer of the size passed.
+    let n = unsafe {
+        libc::getxattr(
+            name.as_ptr(),
+            c"user.test".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(n, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+    );
+    let metrics = http::get(&r.ports.http, "/metrics").unwrap().body;
+    let getxattr: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("litefs_py_fuse_requests_total{op=\"getxattr\"} "))
+        .unwrap_or_else(|| panic!("no getxattr count in /metrics:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(
+        getxattr <= 1,
+        "{getxattr} getxattr requests reached the shim"
+    );
 
     // SIGTERM: the app first (the shim still there when it stops), then the shim, then LiteFS
     // (which releases the lease), then raft; the app's exit status.

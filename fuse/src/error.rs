@@ -36,6 +36,10 @@ pub enum FsError {
     NotPrimary,
     #[error("invalid argument")]
     InvalidArgument,
+    /// The lower filesystem has no extended attributes at all (LiteFS answers every xattr
+    /// request with ENOSYS).
+    #[error("extended attributes are not supported here")]
+    NoXattrs,
 }
 
 pub type FsResult<T> = Result<T, FsError>;
@@ -56,6 +60,10 @@ impl FsError {
             FsError::TooManyWaiters(_) => Errno::ENOLCK,
             FsError::Interrupted => Errno::EINTR,
             FsError::InvalidArgument => Errno::EINVAL,
+            // ENOSYS, as LiteFS answers: the kernel then sends no more requests of that xattr
+            // operation on this mount (it answers EOPNOTSUPP itself, as it does on LiteFS's own
+            // mount), which removes the `security.capability` lookup before every write.
+            FsError::NoXattrs => Errno::ENOSYS,
             // SQLite maps a failed WAL lock to SQLITE_BUSY whatever the errno; in rollback mode
             // EROFS becomes SQLITE_IOERR_LOCK at once rather than a busy wait (EACCES/EAGAIN).
             FsError::NotPrimary => Errno::EROFS,
@@ -99,7 +107,8 @@ impl FsError {
             | FsError::NotSupported
             | FsError::Interrupted
             | FsError::NotPrimary
-            | FsError::InvalidArgument => true,
+            | FsError::InvalidArgument
+            | FsError::NoXattrs => true,
             FsError::UnknownInode(_) | FsError::UnknownHandle(_) | FsError::TooManyWaiters(_) => {
                 false
             }

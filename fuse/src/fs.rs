@@ -81,6 +81,9 @@ pub struct ShimFs {
     pub(crate) data_path: DataPath,
     passthrough: AtomicU8,
     shadow_warned: [AtomicBool; 3],
+    /// The lower dir is LiteFS's mount, which has no extended attributes: xattr requests are
+    /// answered ENOSYS without a lower call (`fs_io`, "extended attributes").
+    pub(crate) lower_no_xattrs: bool,
     pub(crate) waiters: crate::waiters::Waiters,
     started: SystemTime,
     metrics: Arc<FuseMetrics>,
@@ -183,6 +186,7 @@ impl ShimFs {
             0,
         )
         .map_err(|e| io::Error::new(e.kind(), format!("/proc/self/fd (is /proc mounted?): {e}")))?;
+        let lower_no_xattrs = crate::mountinfo::is_litefs_mount(&lower_path);
         let fs = ShimFs {
             inodes: InodeTable::new(root_fd, &root_st),
             handles: HandleTable::default(),
@@ -193,6 +197,7 @@ impl ShimFs {
             data_path,
             passthrough: AtomicU8::new(PassthroughState::Untested as u8),
             shadow_warned: Default::default(),
+            lower_no_xattrs,
             waiters: crate::waiters::Waiters::default(),
             started: SystemTime::now(),
             page: None,

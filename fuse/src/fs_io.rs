@@ -488,7 +488,15 @@ impl ShimFs {
 
     // ----- extended attributes ---------------------------------------------------------------
 
+    /// Over LiteFS every xattr request fails with [`FsError::NoXattrs`] before a lower call:
+    /// LiteFS answers them all with ENOSYS (v0.5.14's FUSE nodes), and the ENOSYS passed on
+    /// makes the kernel stop asking the shim too. Without it the kernel asked for
+    /// `security.capability` before every write to the database, 7–14 times per Django request
+    /// (docs/decisions.md, "No xattr requests over LiteFS").
     fn xattr_inode(&self, ino: u64) -> FsResult<Option<Arc<Inode>>> {
+        if self.lower_no_xattrs {
+            return Err(FsError::NoXattrs);
+        }
         if VirtualFile::from_ino(ino).is_some() {
             return Ok(None);
         }

@@ -25,6 +25,11 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// LiteFS's FUSE mount: it mounts as `fuse` (or `fuse.litefs`) with the source `litefs`.
+    pub fn is_litefs(&self) -> bool {
+        (self.fstype == "fuse" || self.fstype == "fuse.litefs") && self.source == "litefs"
+    }
+
     /// Any FUSE filesystem: `fuse`, `fuseblk` or `fuse.<subtype>`.
     pub fn is_fuse(&self) -> bool {
         self.fstype == "fuse" || self.fstype == "fuseblk" || self.fstype.starts_with("fuse.")
@@ -66,6 +71,12 @@ pub fn read() -> io::Result<Vec<Mount>> {
 /// The mounts at exactly `point`, oldest first (the last one is what the path shows).
 pub fn at(point: &Path) -> io::Result<Vec<Mount>> {
     Ok(read()?.into_iter().filter(|m| m.point == point).collect())
+}
+
+/// Whether what `point` shows is LiteFS's own FUSE mount (`fuse` or `fuse.litefs`, source
+/// `litefs`). False if mountinfo cannot be read.
+pub fn is_litefs_mount(point: &Path) -> bool {
+    at(point).is_ok_and(|m| m.last().is_some_and(Mount::is_litefs))
 }
 
 /// Whether anything is mounted at exactly `point` (false if mountinfo cannot be read).
@@ -134,6 +145,7 @@ not a mountinfo line
         assert_eq!(m[1].source, "litefs-py");
         assert!(m[1].is_fuse() && m[2].is_fuse() && !m[0].is_fuse());
         assert_eq!(m[2].fstype, "fuse.litefs");
+        assert!(m[2].is_litefs() && !m[1].is_litefs() && !m[0].is_litefs());
     }
 
     #[test]
