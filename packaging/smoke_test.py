@@ -1,8 +1,9 @@
 """Installs a built wheel into a fresh venv, with no Rust or Go on PATH, and uses it as a user
 would: ``litefs-py version``, ``import litefs``, then a one-node ``litefs-py run`` with the
-LiteFS the wheel carries, whose app writes to SQLite through the mount.
+LiteFS the wheel carries, whose app writes to SQLite through the mount. Given the sdist too, it
+checks that a source build without Rust stops at once and says what it needs.
 
-    python3 packaging/smoke_test.py dist/litefs_py-...-manylinux_2_17_x86_64.whl
+    python3 packaging/smoke_test.py dist/litefs_py-...-manylinux_2_17_x86_64.whl [dist/...tar.gz]
 
 Needs root and /dev/fuse (it mounts). Stops what it started, by PID, also on failure.
 """
@@ -75,10 +76,33 @@ def mounts_under(venv: Path, root: Path) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
+def check_sdist_without_rust(sdist: Path, venv: Path, env: dict[str, str]) -> None:
+    """``pip install`` of the sdist on a machine without cargo: it must fail before compiling,
+    with the in-tree backend's message naming Rust, not maturin's attempt to download one."""
+    res = subprocess.run(
+        [str(venv / "bin/pip"), "install", "--no-deps", str(sdist)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    out = res.stdout + res.stderr
+    if res.returncode == 0:
+        fail(f"the sdist installed without Rust on PATH:\n{out}")
+    if "building from source needs Rust (cargo" not in out or "rustup" in out.replace(
+        "https://rustup.rs", ""
+    ):
+        fail(f"a source build without Rust does not say what it needs:\n{out}")
+    print("smoke test: the sdist without Rust stops and says it needs Rust (cargo)")
+
+
 def main() -> None:
-    if len(sys.argv) != 2 or not sys.argv[1].endswith(".whl"):
-        fail("usage: smoke_test.py WHEEL")
+    if len(sys.argv) not in (2, 3) or not sys.argv[1].endswith(".whl"):
+        fail("usage: smoke_test.py WHEEL [SDIST]")
+    if len(sys.argv) == 3 and not sys.argv[2].endswith(".tar.gz"):
+        fail(f"{sys.argv[2]}: the sdist is a .tar.gz")
     wheel = Path(sys.argv[1]).resolve()
+    sdist = Path(sys.argv[2]).resolve() if len(sys.argv) == 3 else None
     if os.geteuid() != 0 or not Path("/dev/fuse").exists():
         fail("needs root and /dev/fuse (litefs-py run mounts LiteFS and the shim)")
     tmp = Path(tempfile.mkdtemp(prefix="litefs-py-smoke-"))
@@ -164,6 +188,9 @@ def main() -> None:
         left = mounts_under(venv, tmp)
         if left:
             fail(f"mounts left after a clean stop: {left}")
+        if sdist is not None:
+            # pip itself (and its isolated build env) needs the index, so no --no-index here.
+            check_sdist_without_rust(sdist, venv, {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
         print(f"smoke test: ok ({wheel.name})")
     finally:
         if proc is not None and proc.poll() is None:

@@ -406,6 +406,8 @@ def test_python_m_litefs_config(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert (out / "litefs-py.yml").read_text() == own.removeprefix("# litefs-py.yml\n")
     assert "lease:" in (out / "litefs.yml").read_text()
+    for name in ("litefs-py.yml", "litefs.yml"):
+        assert (out / name).stat().st_mode & 0o777 == 0o600, name
 
     settings.write_text(
         "from djproject.settings import *  # noqa\n"

@@ -58,6 +58,21 @@ def render() -> tuple[str, str]:
     return litefs_config.effective_yaml(text), litefs_config.render_litefs_yml(text)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Writes ``path`` with mode 0600, whole or not at all (a temp file renamed over it): the
+    configs name the lease API and the secret's file, as ``run``'s own generated files do."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m litefs config",
@@ -85,8 +100,8 @@ def main(argv: list[str]) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "litefs-py.yml").write_text(own)
-        (args.output_dir / "litefs.yml").write_text(litefs)
+        _write_private(args.output_dir / "litefs-py.yml", own)
+        _write_private(args.output_dir / "litefs.yml", litefs)
         print(f"wrote {args.output_dir}/litefs-py.yml and litefs.yml", file=sys.stderr)
         return 0
     sys.stdout.write("# litefs-py.yml\n" + own + "---\n# litefs.yml\n" + litefs)
