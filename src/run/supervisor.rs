@@ -339,7 +339,7 @@ impl Supervisor {
             }
             // A replica promoted while its app runs migrates in its new term too (a rolling
             // update's new code, a marker for the replicas that start later).
-            if let Err(code) = self.migrate_tick() {
+            if let Err(code) = self.migrate_while_app_runs() {
                 return Ok(code);
             }
             self.poll(TICK);

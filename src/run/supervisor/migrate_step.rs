@@ -95,7 +95,12 @@ impl Supervisor {
             .as_ref()
             .and_then(|d| d.kv_get(migrate::KEY))
             .and_then(|v| Marker::from_json(&v));
-        let local = self.local_positions();
+        // Read (a directory listing of LiteFS's mount) only where the decision needs them.
+        let local = if role == Role::Replica || self.migrated_in == Some(term) {
+            self.local_positions()
+        } else {
+            Positions::new()
+        };
         let step = migrate::decide(&Seen {
             role,
             term,
@@ -146,6 +151,16 @@ impl Supervisor {
             }
             Step::Wait(_) | Step::Ready => Ok(step),
         }
+    }
+
+    /// While the app runs: only a primary has anything to do (a new term: migrate again).
+    pub(super) fn migrate_while_app_runs(&mut self) -> Result<(), i32> {
+        if self.opts.migrate.is_none()
+            || (self.migration.is_none() && self.migrate_role() != Role::Primary)
+        {
+            return Ok(());
+        }
+        self.migrate_tick().map(drop)
     }
 
     /// Before the app starts: until the schema is ready here, the command failed, the wait ran
