@@ -15,7 +15,7 @@ backend's validation, so also without the app installed):
 - ``litefs.E002`` no litefs-py mount answers at the mount
 - ``litefs.E010`` this node is not the primary (``migrate`` stops here). Not for the
   read-only ``migrate --check`` and ``migrate --plan`` (the app's ``migrate`` command, which
-  says so with :func:`reading_schema_only`), which work on a replica.
+  says so with ``schema_reads.reading_schema_only``), which work on a replica.
 
 Without ``litefs.django`` in INSTALLED_APPS, the settings checks run with the database checks.
 
@@ -30,11 +30,9 @@ under ``manage.py check`` (which reports them itself) nothing is raised. Checks 
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.core import checks
@@ -44,6 +42,7 @@ from .._errors import ConfigError, LiteFSError, NotMounted
 from .._state import state as read_state
 from . import settings as litefs_settings
 from .mixin import database_mount
+from .schema_reads import only_reading
 
 ENGINE = "litefs.django"
 
@@ -256,22 +255,6 @@ def fail_fast() -> None:
     )
 
 
-#: Set while a command that only reads the schema runs (``migrate --check``/``--plan``).
-_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "litefs_django_read_only", default=False
-)
-
-
-@contextlib.contextmanager
-def reading_schema_only() -> Iterator[None]:
-    """Within: ``litefs.E010`` is not raised on a replica (the command writes nothing)."""
-    token = _READ_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _READ_ONLY.reset(token)
-
-
 def check_runtime(alias: str, name: Any) -> list[Any]:
     """The mount answers, and this node is the primary (for ``migrate``)."""
     mount = litefs_settings.get().mount
@@ -292,7 +275,7 @@ def check_runtime(alias: str, name: Any) -> list[Any]:
         ]
     except LiteFSError as e:
         return [checks.Error(f"database {alias!r}: {e}", id="litefs.E002")]
-    if s.is_primary or _READ_ONLY.get():
+    if s.is_primary or only_reading():
         return []
     if s.primary:
         hint = f"Run it on the primary, {s.primary} (this node, {s.hostname}, is {s.role})."

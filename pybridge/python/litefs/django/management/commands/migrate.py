@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.commands.migrate import Command as DjangoMigrate
 
-from litefs.django.checks import reading_schema_only
+from litefs.django.schema_reads import reading_schema_only
 
 
 class Command(DjangoMigrate):
