@@ -79,6 +79,50 @@ def test_migrate_on_primary_replicates_refused_on_replica(live: Live):
     assert r.returncode != 0 and "litefs.E010" in r.stderr
 
 
+def replica_check(mnt: Path, want: int, timeout: float = 30.0) -> None:
+    """Until ``migrate --check`` on a replica exits ``want`` (the schema replicates)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = manage(mnt, "migrate", "--check")
+        assert "litefs.E010" not in r.stderr, r.stderr
+        if r.returncode == want:
+            return
+        assert time.monotonic() < deadline, (want, r.returncode, r.stdout + r.stderr)
+        time.sleep(0.3)
+
+
+def test_read_only_schema_checks_work_on_a_replica(live: Live):
+    """``migrate --check``/``--plan`` and ``showmigrations`` answer on a replica, from the
+    replicated schema, both with migrations pending and without; ``migrate`` itself is still
+    refused there (litefs.E010)."""
+    replica = live.replicas[0]
+    r = manage(live.primary.mnt, "migrate", "--noinput")
+    assert r.returncode == 0, r.stdout + r.stderr
+    replica_check(replica.mnt, 0)
+    r = manage(replica.mnt, "migrate", "--plan")
+    assert r.returncode == 0 and "No planned migration operations" in r.stdout, r.stderr
+    r = manage(replica.mnt, "showmigrations", "guest")
+    assert r.returncode == 0 and "[X] 0001_initial" in r.stdout, r.stdout + r.stderr
+    # Pending migrations: unapplied on the primary, seen so on the replica.
+    r = manage(live.primary.mnt, "migrate", "guest", "zero", "--noinput")
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        replica_check(replica.mnt, 1)
+        r = manage(replica.mnt, "migrate", "--plan")
+        assert r.returncode == 0 and "guest.0001_initial" in r.stdout, r.stdout + r.stderr
+        r = manage(replica.mnt, "showmigrations", "guest")
+        assert r.returncode == 0 and "[ ] 0001_initial" in r.stdout, r.stdout + r.stderr
+        r = manage(replica.mnt, "migrate", "--noinput")
+        assert r.returncode != 0 and "litefs.E010" in r.stderr, r.stderr
+        # --prune writes (it deletes rows of the migration table): refused too.
+        r = manage(replica.mnt, "migrate", "--plan", "--prune")
+        assert r.returncode != 0 and "litefs.E010" in r.stderr, r.stderr
+    finally:
+        r = manage(live.primary.mnt, "migrate", "--noinput")
+        assert r.returncode == 0, r.stdout + r.stderr
+    replica_check(replica.mnt, 0)
+
+
 def test_replica_reads_replicated_rows_and_refuses_writes(live: Live):
     out = scenario(live.primary.mnt, "ops")
     assert all(out[op]["ok"] for op in WRITES), out

@@ -129,6 +129,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub allow_other: bool,
 
+    /// A shell command that brings the schema up to date, e.g. "python manage.py migrate
+    /// --no-input" [default: run.migrate]. The primary runs it before starting CMD (again
+    /// whenever a node becomes primary in a new raft term); if it fails, run stops with its
+    /// exit status. A replica starts CMD only once the migration has replicated to it (waiting
+    /// up to run.migrate-timeout, default 10m).
+    #[arg(long, value_name = "SHELL-COMMAND")]
+    pub migrate: Option<String>,
+
     /// The app to run, and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,

@@ -18,5 +18,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         opts.litefs_config = path;
     }
     opts.allow_other = args.allow_other;
+    if let Some(m) = args.migrate {
+        if m.trim().is_empty() {
+            anyhow::bail!(
+                "--migrate is empty: give the command, e.g. --migrate \"python manage.py migrate --no-input\""
+            );
+        }
+        opts.migrate = Some(m);
+    }
     Ok(supervisor::run(opts)?)
 }

@@ -21,6 +21,15 @@ pub struct RunConfig {
     /// `cluster.data-dir`, e.g. /var/lib/litefs-py/raft/litefs.yml].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub litefs_config: Option<PathBuf>,
+    /// A shell command (`sh -c`) that brings the schema up to date, e.g. `python manage.py
+    /// migrate --no-input`: the primary runs it before starting the app (and again whenever a
+    /// node becomes primary in a new raft term); a replica starts its app once the result has
+    /// replicated. `run --migrate` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<String>,
+    /// How long a replica waits for the migrated schema before `run` gives up (exit 1).
+    #[serde(default = "default_migrate_timeout", with = "humantime_serde")]
+    pub migrate_timeout: Duration,
 }
 
 impl Default for RunConfig {
@@ -28,8 +37,14 @@ impl Default for RunConfig {
         RunConfig {
             grace: default_grace(),
             litefs_config: None,
+            migrate: None,
+            migrate_timeout: default_migrate_timeout(),
         }
     }
+}
+
+fn default_migrate_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_grace() -> Duration {
@@ -43,6 +58,15 @@ impl RunConfig {
                 "run.grace",
                 format!("{:?} is longer than {MAX_GRACE:?}", self.grace),
             ));
+        }
+        if self.migrate.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            return Err(invalid(
+                "run.migrate",
+                "is empty: give the command (e.g. \"python manage.py migrate --no-input\") or drop the key",
+            ));
+        }
+        if self.migrate_timeout.is_zero() {
+            return Err(invalid("run.migrate-timeout", "must be longer than 0s"));
         }
         if let Some(p) = &self.litefs_config
             && (p.as_os_str().is_empty() || p.ends_with(".."))

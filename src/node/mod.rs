@@ -205,6 +205,50 @@ impl Node {
         self.services.raft.clone()
     }
 
+    /// This node's raft id and the raft term it is in.
+    pub fn raft_id_and_term(&self) -> (u64, u64) {
+        let m = self.services.raft.metrics();
+        (m.id, m.current_term)
+    }
+
+    /// A key of raft's key/value map, as this node's state machine has it.
+    pub fn kv_get(&self, key: &str) -> Option<String> {
+        self.services.raft.state_machine.get(key)
+    }
+
+    /// Sets a key of raft's key/value map; only the leader can (anywhere else: an error),
+    /// within `timeout`, and only while still leader in `term` (checked before the write: a
+    /// leader of a later term has its own idea).
+    pub fn kv_set_as_leader(
+        &self,
+        term: u64,
+        key: &str,
+        value: String,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let raft = &self.services.raft;
+        let m = raft.metrics();
+        if m.state != openraft::ServerState::Leader || m.current_term != term {
+            return Err(format!(
+                "this node is no longer the raft leader of term {term} (now term {})",
+                m.current_term
+            ));
+        }
+        let write = raft.raft.client_write(crate::raft::Request::Set {
+            key: key.into(),
+            value,
+        });
+        // The timer is made inside the runtime (it needs its reactor).
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, write).await })
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the raft write did not commit within {timeout:?}")),
+        }
+    }
+
     /// Why this node can no longer do its part, if so: raft stopped (openraft's fatal error) or
     /// the lease API's server or loop ended.
     pub fn failure(&self) -> Option<String> {

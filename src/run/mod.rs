@@ -23,6 +23,7 @@
 
 pub mod children;
 mod leftovers;
+pub mod migrate;
 mod proxy;
 mod supervisor;
 
@@ -91,6 +92,12 @@ pub enum RunError {
     Leftover(#[from] LeftoverError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
+    #[error(
+        "the schema did not arrive within run.migrate-timeout ({timeout:?}): {why}; the app was \
+         not started. Is the primary's migrate command failing (see its node's log)? Raise \
+         run.migrate-timeout for long migrations"
+    )]
+    MigrateTimeout { timeout: Duration, why: String },
 }
 
 impl From<MountError> for RunError {
@@ -119,6 +126,12 @@ pub struct RunOptions {
     /// This run's lease API token, new each run: the lease API and the LiteFS it starts share
     /// it, nothing else has it.
     pub lease_token: LeaseToken,
+    /// `--migrate` / `run.migrate`: a shell command the primary runs before its app starts
+    /// (and again when a node becomes primary in a new raft term); replicas start their app
+    /// once its result has replicated ([`migrate`]).
+    pub migrate: Option<String>,
+    /// `run.migrate-timeout`: how long a replica waits for the schema.
+    pub migrate_timeout: Duration,
 }
 
 impl RunOptions {
@@ -127,6 +140,8 @@ impl RunOptions {
         let lease_token = LeaseToken::generate().map_err(io("making the lease API token"))?;
         Ok(RunOptions {
             grace: config.run.grace,
+            migrate: config.run.migrate.clone(),
+            migrate_timeout: config.run.migrate_timeout,
             litefs_config: config.run.litefs_config_path(&config.cluster.data_dir),
             config,
             command,

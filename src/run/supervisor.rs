@@ -1,6 +1,9 @@
 //! The running supervisor of `litefs-py run` (see the module doc of [`super`]): it watches the
 //! node, LiteFS, the shim and the app, and stops them in reverse order.
 
+mod migrate_step;
+
+use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -64,6 +67,10 @@ pub(super) struct Supervisor {
     shut_down: bool,
     /// The umask to start the app with: mounting the shim sets the process's to 0.
     umask: libc::mode_t,
+    /// `--migrate`: the command, while it runs or until its end is handled.
+    migration: Option<migrate_step::Migration>,
+    /// The raft term in which this node's migrate command last succeeded.
+    migrated_in: Option<u64>,
 }
 
 impl Supervisor {
@@ -91,6 +98,8 @@ impl Supervisor {
             stop_signal: None,
             litefs_was_ready: false,
             shut_down: false,
+            migration: None,
+            migrated_in: None,
         }
     }
 
@@ -130,6 +139,9 @@ impl Supervisor {
             if let Some(app) = self.app.as_mut().filter(|a| a.pid == pid) {
                 app.exited = Some(status);
                 tracing::info!(pid, "the app exited with {}", describe(status));
+            } else if let Some(m) = self.migration.as_mut().filter(|m| m.pid == pid) {
+                m.exited = Some(status);
+                tracing::info!(pid, "the migrate command exited with {}", describe(status));
             } else if let Some(l) = self.litefs.as_mut().filter(|l| l.pid == pid) {
                 l.exited = Some(status);
                 tracing::info!(pid, "litefs exited with {}", describe(status));
@@ -301,6 +313,10 @@ impl Supervisor {
         }
         tracing::info!(role = self.shim_role(), "LiteFS is ready");
 
+        // `--migrate`: the primary migrates, a replica waits for the schema (run::migrate).
+        if let Some(code) = self.migrate_before_app()? {
+            return Ok(code);
+        }
         if let Err(code) = self.spawn_app() {
             return Ok(code);
         }
@@ -320,6 +336,11 @@ impl Supervisor {
             if let Some(status) = self.app.as_ref().and_then(|a| a.exited) {
                 tracing::info!("the app exited with {}: stopping", describe(status));
                 return Ok(shell_code(status));
+            }
+            // A replica promoted while its app runs migrates in its new term too (a rolling
+            // update's new code, a marker for the replicas that start later).
+            if let Err(code) = self.migrate_while_app_runs() {
+                return Ok(code);
             }
             self.poll(TICK);
         }
@@ -346,9 +367,9 @@ impl Supervisor {
             .unwrap_or_default()
     }
 
-    /// Starts the app; on failure, the exit status saying why.
-    fn spawn_app(&mut self) -> Result<(), i32> {
-        let (program, args) = self.opts.command.split_first().expect("checked in run");
+    /// The app's (or the migrate command's) command: the app's environment, `LITEFS_DIR`,
+    /// the umask `run` started with.
+    fn child_command(&self, program: &OsStr, args: &[std::ffi::OsString]) -> Command {
         let umask = self.umask;
         let mut cmd = Command::new(program);
         super::children::app_env(&mut cmd)
@@ -361,6 +382,13 @@ impl Supervisor {
                 Ok(())
             });
         }
+        cmd
+    }
+
+    /// Starts the app; on failure, the exit status saying why.
+    fn spawn_app(&mut self) -> Result<(), i32> {
+        let (program, args) = self.opts.command.split_first().expect("checked in run");
+        let mut cmd = self.child_command(program, args);
         match cmd.spawn() {
             Ok(child) => {
                 let pid = child.id() as i32;
@@ -444,6 +472,7 @@ impl Supervisor {
             return;
         }
         self.stop_app();
+        self.stop_migration();
         if let Some(shim) = self.shim.take()
             && let Err(e) = shim.unmount_with_grace(UNMOUNT_GRACE)
         {

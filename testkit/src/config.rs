@@ -64,6 +64,9 @@ pub struct LiteFs {
 #[serde(rename_all = "kebab-case")]
 pub struct Run {
     pub grace: String,
+    /// `run.migrate`: the shell command the primary runs before the app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<String>,
 }
 
 /// The `raft:` timing knobs; `None` leaves litefs-py's default.
@@ -187,8 +190,23 @@ impl Config {
     }
 
     pub fn run_grace(mut self, grace: &str) -> Config {
+        let migrate = self.run.take().and_then(|r| r.migrate);
         self.run = Some(Run {
             grace: grace.to_string(),
+            migrate,
+        });
+        self
+    }
+
+    /// `run.migrate` (keeps `run.grace`, else 10s).
+    pub fn run_migrate(mut self, command: &str) -> Config {
+        let grace = self
+            .run
+            .take()
+            .map_or_else(|| "10s".to_string(), |r| r.grace);
+        self.run = Some(Run {
+            grace,
+            migrate: Some(command.to_string()),
         });
         self
     }

@@ -13,7 +13,9 @@ Database checks (tag ``database``: run by ``migrate`` and ``check --database``, 
 backend's validation, so also without the app installed):
 
 - ``litefs.E002`` no litefs-py mount answers at the mount
-- ``litefs.E010`` this node is not the primary (``migrate`` stops here)
+- ``litefs.E010`` this node is not the primary (``migrate`` stops here). Not for the
+  read-only ``migrate --check`` and ``migrate --plan`` (the app's ``migrate`` command, which
+  says so with ``schema_reads.reading_schema_only``), which work on a replica.
 
 Without ``litefs.django`` in INSTALLED_APPS, the settings checks run with the database checks.
 
@@ -40,6 +42,7 @@ from .._errors import ConfigError, LiteFSError, NotMounted
 from .._state import state as read_state
 from . import settings as litefs_settings
 from .mixin import database_mount
+from .schema_reads import only_reading
 
 ENGINE = "litefs.django"
 
@@ -272,7 +275,7 @@ def check_runtime(alias: str, name: Any) -> list[Any]:
         ]
     except LiteFSError as e:
         return [checks.Error(f"database {alias!r}: {e}", id="litefs.E002")]
-    if s.is_primary:
+    if s.is_primary or only_reading():
         return []
     if s.primary:
         hint = f"Run it on the primary, {s.primary} (this node, {s.hostname}, is {s.role})."

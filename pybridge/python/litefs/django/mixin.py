@@ -42,6 +42,7 @@ from .._errors import LiteFSError, _not_primary_class
 from .._state import read_role
 from .._state import state as read_state
 from . import settings as litefs_settings
+from .schema_reads import only_reading
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -350,7 +351,7 @@ class LiteFSMixin:
         super().prepare_database()  # type: ignore[misc]
         # Not necessarily connected yet: where the database is, from the settings as they are.
         mount = database_mount(self.settings_dict.get("NAME"), litefs_settings.get().mount)
-        if mount is not None:
+        if mount is not None and not only_reading():  # migrate --check/--plan: reads only
             s = read_state(mount)
             if not s.is_primary:
                 raise _not_primary_class()(
