@@ -1,7 +1,8 @@
 //! The faults the nemesis injects, each on processes it started itself (by PID, never by name):
 //! kill -9 of a node's whole `litefs-py run` process group, SIGSTOP of the daemon alone, a
-//! whole-node freeze in a cgroup v1 freezer child of our own, and planned handoffs. Guards undo
-//! what a fault left (SIGCONT, thaw, cgroup removal) even when the harness stops half-way.
+//! whole-node freeze in a cgroup v1 freezer child of our own, planned handoffs, partitions
+//! (netns.rs) and a slow raft disk (disk.rs). Guards undo what a fault left (SIGCONT, thaw,
+//! cgroup removal, heal) even when the harness stops half-way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,10 +24,21 @@ pub enum Kind {
     Freeze,
     /// `litefs-py handoff` through a live node.
     Handoff,
+    /// The node cut off from the other nodes (both ways) in its network namespace, healed later.
+    Partition,
+    /// The node's raft disk throttled to a few operations a second, restored later.
+    SlowDisk,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Kill, Kind::StopDaemon, Kind::Freeze, Kind::Handoff];
+    pub const ALL: [Kind; 6] = [
+        Kind::Kill,
+        Kind::StopDaemon,
+        Kind::Freeze,
+        Kind::Handoff,
+        Kind::Partition,
+        Kind::SlowDisk,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +46,8 @@ impl Kind {
             Kind::StopDaemon => "SIGSTOP daemon",
             Kind::Freeze => "freeze node (cgroup)",
             Kind::Handoff => "planned handoff",
+            Kind::Partition => "partition (netns)",
+            Kind::SlowDisk => "slow raft disk",
         }
     }
 
@@ -43,6 +57,8 @@ impl Kind {
             Kind::StopDaemon => "stop",
             Kind::Freeze => "freeze",
             Kind::Handoff => "handoff",
+            Kind::Partition => "partition",
+            Kind::SlowDisk => "slowdisk",
         }
     }
 
@@ -189,13 +205,7 @@ impl Freezer {
             // A process that exited meanwhile is simply gone.
             let _ = std::fs::write(from.join("cgroup.procs"), pid.to_string());
         }
-        // Processes forked while frozen (none expected) would keep the cgroup busy: move any.
-        if let Ok(left) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in left.lines() {
-                let _ = std::fs::write(Path::new(FREEZER).join("cgroup.procs"), pid);
-            }
-        }
-        std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))
+        empty_and_remove(&dir, Path::new(FREEZER))
     }
 }
 
@@ -211,6 +221,33 @@ impl Drop for Freezer {
             eprintln!("nemesis: removing {}: {e}", self.root.display());
         }
     }
+}
+
+/// Removes the cgroup `dir` of a hierarchy whose root is `root`, after moving to the root what
+/// is still in it: processes the node forked after it was moved in (while thawing, a child of a
+/// process moved in lands here). Retried a few times, since such a fork can race the move.
+pub fn empty_and_remove(dir: &Path, root: &Path) -> Result<()> {
+    let mut last = None;
+    for _ in 0..50 {
+        if let Ok(left) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in left.lines() {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid);
+            }
+        }
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = std::fs::read_to_string(dir.join("tasks")).unwrap_or_default();
+    Err(last.expect("tried")).with_context(|| {
+        format!(
+            "removing {} (tasks left: {})",
+            dir.display(),
+            left.split_whitespace().collect::<Vec<_>>().join(" ")
+        )
+    })
 }
 
 /// `litefs-py handoff --config <via's config>`, bounded: Ok(()) or what it said.
