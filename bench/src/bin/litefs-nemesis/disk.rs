@@ -145,8 +145,14 @@ const BLKIO: &str = "/sys/fs/cgroup/blkio";
 /// the nodes are stopped.
 pub struct Throttle {
     root: PathBuf,
-    /// Node -> (its cgroup, the throttled device, the processes moved in with where they were).
-    slowed: BTreeMap<u64, (PathBuf, String, Vec<(i32, PathBuf)>)>,
+    slowed: BTreeMap<u64, Slowed>,
+}
+
+/// A slowed node: its cgroup, the throttled device, the processes moved in with where they were.
+struct Slowed {
+    dir: PathBuf,
+    dev: String,
+    moved: Vec<(i32, PathBuf)>,
 }
 
 fn blkio_cgroup_of(pid: i32) -> PathBuf {
@@ -194,14 +200,21 @@ impl Throttle {
                 moved.push((pid, from));
             }
         }
-        self.slowed.insert(id, (dir, dev.to_string(), moved));
+        self.slowed.insert(
+            id,
+            Slowed {
+                dir,
+                dev: dev.to_string(),
+                moved,
+            },
+        );
         Ok(())
     }
 
     /// Lifts node `id`'s throttle first (what is queued goes at once), then moves its processes
     /// back and removes its cgroup.
     pub fn restore(&mut self, id: u64) -> Result<()> {
-        let Some((dir, dev, moved)) = self.slowed.remove(&id) else {
+        let Some(Slowed { dir, dev, moved }) = self.slowed.remove(&id) else {
             return Ok(());
         };
         for file in [

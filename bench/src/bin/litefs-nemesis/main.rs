@@ -66,6 +66,11 @@ struct Args {
     #[arg(long, default_value = "8s", value_parser = parse_duration)]
     max_pause: Duration,
 
+    /// Print the first N steps the seed draws (kind, aim, pause, ...) and exit: the schedule
+    /// is a function of --seed, --faults and --max-pause only.
+    #[arg(long, value_name = "N")]
+    print_schedule: Option<usize>,
+
     /// The litefs-py binary [default: litefs-py next to this binary].
     #[arg(long, value_name = "PATH")]
     litefs_py: Option<PathBuf>,
@@ -112,6 +117,19 @@ fn real_main() -> Result<()> {
     if args.faults.is_empty() {
         bail!("--faults: name at least one kind");
     }
+    let mut kinds = args.faults.clone();
+    kinds.sort();
+    kinds.dedup();
+    if let (Some(n), Some(seed)) = (args.print_schedule, args.seed) {
+        let mut s = Schedule::new(seed, &kinds, 3, args.max_pause);
+        for i in 0..n {
+            println!("{i:>4} {:?}", s.next_step());
+        }
+        return Ok(());
+    }
+    if args.print_schedule.is_some() {
+        bail!("--print-schedule needs --seed");
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/fuse").exists() {
         bail!(
@@ -119,9 +137,6 @@ fn real_main() -> Result<()> {
              network namespaces)"
         );
     }
-    let mut kinds = args.faults.clone();
-    kinds.sort();
-    kinds.dedup();
     if kinds.contains(&Kind::Freeze)
         && !std::path::Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists()
     {
