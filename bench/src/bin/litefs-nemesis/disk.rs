@@ -1,7 +1,7 @@
 //! A slow disk under raft's data dir. Each node's `raft/` is an ext4 filesystem of its own on a
 //! loop device (a sparse image in the harness's dir); a slow-disk fault moves the node's
-//! processes into a cgroup v1 blkio child of ours whose throttle allows that loop device only a
-//! few read and write operations per second, and moves them back afterwards. raft commits with
+//! processes into a cgroup of ours (cgroup.rs: v1 blkio, else v2 io) whose throttle allows that
+//! loop device only a few read and write operations per second, and moves them back afterwards. raft commits with
 //! fsync (redb, `Durability::Immediate`), and the pages an fsync writes are submitted by the
 //! fsyncing thread, so its commits wait for the throttle.
 //!
@@ -53,17 +53,8 @@ pub struct Disks {
 }
 
 impl Disks {
-    /// Checks the tools and the blkio throttle; images go in a temp dir under `parent`.
+    /// Checks the tools; images go in a temp dir under `parent`.
     pub fn new(parent: &Path) -> Result<Disks> {
-        if !Path::new(BLKIO)
-            .join("blkio.throttle.write_iops_device")
-            .exists()
-        {
-            bail!(
-                "no cgroup v1 blkio throttle at {BLKIO}: the slow disk needs it (leave it out \
-                 with --faults)"
-            );
-        }
         for tool in ["losetup", "mkfs.ext4", "mount"] {
             let mut v = Command::new(tool);
             v.arg("--version");
@@ -134,113 +125,6 @@ impl Drop for Disks {
                 eprintln!("nemesis: detaching {dev}: {e:#}");
             }
             let _ = std::fs::remove_file(&d.image);
-        }
-    }
-}
-
-const BLKIO: &str = "/sys/fs/cgroup/blkio";
-
-/// A blkio cgroup of our own (`/sys/fs/cgroup/blkio/litefs-nemesis-<pid>`), one child per slowed
-/// node; declared after the cluster, so dropped (throttle lifted, processes moved back) before
-/// the nodes are stopped.
-pub struct Throttle {
-    root: PathBuf,
-    slowed: BTreeMap<u64, Slowed>,
-}
-
-/// A slowed node: its cgroup, the throttled device, the processes moved in with where they were.
-struct Slowed {
-    dir: PathBuf,
-    dev: String,
-    moved: Vec<(i32, PathBuf)>,
-}
-
-fn blkio_cgroup_of(pid: i32) -> PathBuf {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let rel = text
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
-            ctrl.split(',').any(|c| c == "blkio").then_some(path)
-        })
-        .next()
-        .unwrap_or("/")
-        .trim_start_matches('/')
-        .to_string();
-    Path::new(BLKIO).join(rel)
-}
-
-impl Throttle {
-    pub fn new() -> Result<Throttle> {
-        let root = Path::new(BLKIO).join(format!("litefs-nemesis-{}", std::process::id()));
-        std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
-        Ok(Throttle {
-            root,
-            slowed: BTreeMap::new(),
-        })
-    }
-
-    /// Throttles device `dev` (`major:minor`) to `iops` reads and `iops` writes a second for
-    /// the processes `pids` (a node's tree).
-    pub fn slow(&mut self, id: u64, dev: &str, pids: &[i32], iops: u64) -> Result<()> {
-        let dir = self.root.join(format!("n{id}"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for file in [
-            "blkio.throttle.write_iops_device",
-            "blkio.throttle.read_iops_device",
-        ] {
-            std::fs::write(dir.join(file), format!("{dev} {iops}"))
-                .with_context(|| format!("writing {file}"))?;
-        }
-        let mut moved = Vec::new();
-        for &pid in pids {
-            let from = blkio_cgroup_of(pid);
-            if std::fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok() {
-                moved.push((pid, from));
-            }
-        }
-        self.slowed.insert(
-            id,
-            Slowed {
-                dir,
-                dev: dev.to_string(),
-                moved,
-            },
-        );
-        Ok(())
-    }
-
-    /// Lifts node `id`'s throttle first (what is queued goes at once), then moves its processes
-    /// back and removes its cgroup.
-    pub fn restore(&mut self, id: u64) -> Result<()> {
-        let Some(Slowed { dir, dev, moved }) = self.slowed.remove(&id) else {
-            return Ok(());
-        };
-        for file in [
-            "blkio.throttle.write_iops_device",
-            "blkio.throttle.read_iops_device",
-        ] {
-            std::fs::write(dir.join(file), format!("{dev} 0"))
-                .with_context(|| format!("clearing {file}"))?;
-        }
-        for (pid, from) in moved {
-            let _ = std::fs::write(from.join("cgroup.procs"), pid.to_string());
-        }
-        crate::faults::empty_and_remove(&dir, Path::new(BLKIO))
-    }
-}
-
-impl Drop for Throttle {
-    fn drop(&mut self) {
-        let ids: Vec<u64> = self.slowed.keys().copied().collect();
-        for id in ids {
-            if let Err(e) = self.restore(id) {
-                eprintln!("nemesis: restoring node {id}'s disk: {e:#}");
-            }
-        }
-        if let Err(e) = std::fs::remove_dir(&self.root) {
-            eprintln!("nemesis: removing {}: {e}", self.root.display());
         }
     }
 }

@@ -14,6 +14,7 @@
 //! failed (LiteFS replicates asynchronously). Not part of `cargo test`; needs root, /dev/fuse and
 //! LiteFS.
 
+mod cgroup;
 mod disk;
 mod faults;
 mod netns;
@@ -31,8 +32,9 @@ use clap::Parser;
 use litefs_py_testkit::cluster::{Options, RunCluster, SLEEPING_APP};
 use litefs_py_testkit::{litefs, process, wait};
 
-use crate::disk::{Disks, Throttle};
-use crate::faults::{Freezer, Kind, Stopped};
+use crate::cgroup::{Freezer, Throttle};
+use crate::disk::Disks;
+use crate::faults::{Kind, Stopped};
 use crate::netns::Network;
 use crate::observe::{DB, Samplers, Writer};
 use crate::report::{Fault, Report};
@@ -137,10 +139,11 @@ fn real_main() -> Result<()> {
              network namespaces)"
         );
     }
-    if kinds.contains(&Kind::Freeze)
-        && !std::path::Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists()
-    {
-        bail!("no cgroup v1 freezer at /sys/fs/cgroup/freezer: leave freeze out with --faults");
+    if kinds.contains(&Kind::Freeze) {
+        Freezer::check().context("freeze (leave it out with --faults)")?;
+    }
+    if kinds.contains(&Kind::SlowDisk) {
+        Throttle::check().context("slowdisk (leave it out with --faults)")?;
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -223,7 +226,9 @@ fn real_main() -> Result<()> {
     // Declared after the cluster so that they are dropped (everything thawed, unthrottled)
     // before the cluster's guards stop the nodes: a frozen node cannot be stopped.
     let mut freezer = if kinds.contains(&Kind::Freeze) {
-        Freezer::new()?
+        let f = Freezer::new()?;
+        eprintln!("nemesis: freezes in {}", f.describe());
+        Some(f)
     } else {
         None
     };
