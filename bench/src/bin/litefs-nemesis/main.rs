@@ -254,6 +254,7 @@ fn real_main() -> Result<()> {
     let mut faults: Vec<Fault> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     let started = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let stop_now = || interrupted.load(Ordering::Relaxed);
     // Sleeps `d`, or less once interrupted (so that a fault is undone at once).
     let nap = |d: Duration| {
@@ -388,6 +389,8 @@ fn real_main() -> Result<()> {
     let present = observe::ids(&c.db(final_primary, DB)).context("reading the table")?;
     let report = Report {
         seed,
+        t0: started,
+        t0_wall: started_wall,
         duration: started.elapsed(),
         faults,
         acks,
