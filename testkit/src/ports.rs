@@ -104,7 +104,8 @@ impl Block {
     }
 }
 
-/// One node's loopback addresses (`host:port`).
+/// One node's addresses (`host:port`): on loopback, or (see [`NodePorts::on_ip`]) on the
+/// address of a network namespace of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePorts {
     /// `node.raft-addr`.
@@ -115,6 +116,24 @@ pub struct NodePorts {
     pub lease: String,
     /// `litefs.http-addr` (used by `run` nodes only).
     pub litefs: String,
+}
+
+impl NodePorts {
+    /// The same ports with raft, http and LiteFS on `ip` (a node in a network namespace of its
+    /// own, reached by the others there); the lease API stays on loopback, which each namespace
+    /// has of its own (litefs-py refuses it anywhere else).
+    pub fn on_ip(&self, ip: &str) -> NodePorts {
+        let mv = |a: &str| match a.rsplit_once(':') {
+            Some((_, port)) => format!("{ip}:{port}"),
+            None => a.to_string(),
+        };
+        NodePorts {
+            raft: mv(&self.raft),
+            http: mv(&self.http),
+            lease: self.lease.clone(),
+            litefs: mv(&self.litefs),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -150,5 +169,15 @@ mod tests {
         assert_eq!(all.len(), n);
         // Every port of the block was free when reserved.
         assert!(TcpListener::bind(a.addr(0)).is_ok());
+    }
+
+    #[test]
+    fn a_node_on_its_own_address_keeps_its_ports_and_the_lease_api_on_loopback() {
+        let n = Block::for_cluster().unwrap().node(2);
+        let m = n.on_ip("10.1.2.3");
+        assert_eq!(m.raft, n.raft.replace("127.0.0.1", "10.1.2.3"));
+        assert_eq!(m.http, n.http.replace("127.0.0.1", "10.1.2.3"));
+        assert_eq!(m.litefs, n.litefs.replace("127.0.0.1", "10.1.2.3"));
+        assert_eq!(m.lease, n.lease);
     }
 }

@@ -28,6 +28,26 @@ pub struct Options {
     pub parent_death_signal: bool,
 }
 
+/// Makes `cmd` start in the network namespace at `netns` (e.g. `/run/netns/<name>`): the file
+/// is opened now, and the child joins it between fork and exec, so its own children (LiteFS,
+/// the app) are in it too. Only the network namespace: mounts stay shared with us (`ip netns
+/// exec` would give the child a mount namespace of its own, hiding its FUSE mounts from us).
+pub fn join_netns(cmd: &mut Command, netns: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(netns).context(|| format!("opening {}", netns.display()))?;
+    // SAFETY: setns is async-signal-safe; the fd stays open until the closure (which owns the
+    // file) is dropped with the command, after the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// A child process of ours. Until it is reaped its PID cannot be reused, so signalling it by
 /// PID is safe for the guard's whole life.
 pub struct Proc {

@@ -50,6 +50,19 @@ pub struct Options {
     pub spawn: process::Options,
     /// How long a started node may take to serve.
     pub start_timeout: Duration,
+    /// Node id -> the network namespace it runs in and its address there (`run` nodes only;
+    /// the caller creates and removes the namespaces). A node not named here stays on the
+    /// host's loopback.
+    pub nets: BTreeMap<u64, NodeNet>,
+}
+
+/// Where a `run` node's processes live on the network: joined to the namespace at `netns` (a
+/// file such as `/run/netns/<name>`) before `litefs-py run` starts, so LiteFS and the app are in
+/// it too; raft, http and LiteFS listen on `ip` there, the lease API on that namespace's loopback.
+#[derive(Debug, Clone)]
+pub struct NodeNet {
+    pub netns: PathBuf,
+    pub ip: String,
 }
 
 impl Options {
@@ -72,6 +85,7 @@ impl Options {
                 ..process::Options::default()
             },
             start_timeout: Duration::from_secs(15),
+            nets: BTreeMap::new(),
         }
     }
 

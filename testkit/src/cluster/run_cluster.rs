@@ -48,7 +48,11 @@ impl RunCluster {
         litefs_py::config::write_private(&secret, format!("{}\n", opts.secret).as_bytes())
             .map_err(Error::io("writing the secret"))?;
         let block = Block::for_cluster().map_err(Error::io("reserving loopback ports"))?;
-        let peers: BTreeMap<u64, String> = (1..=n).map(|id| (id, block.node(id).raft)).collect();
+        let ports = |id: u64| match opts.nets.get(&id) {
+            Some(net) => block.node(id).on_ip(&net.ip),
+            None => block.node(id),
+        };
+        let peers: BTreeMap<u64, String> = (1..=n).map(|id| (id, ports(id).raft)).collect();
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             let node_root = root.join(format!("n{id}"));
@@ -57,7 +61,7 @@ impl RunCluster {
                 litefs,
                 node_root,
                 id,
-                block.node(id),
+                ports(id),
                 peers.clone(),
                 Some(&secret),
                 |c| edit(id, c),

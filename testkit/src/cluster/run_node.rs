@@ -38,6 +38,9 @@ pub struct RunNode {
     /// Extra environment for `litefs-py run`.
     pub env: Vec<(String, String)>,
     proc: Option<Proc>,
+    /// Filesystems the caller mounted inside this node's dir (a disk of its own under `raft/`),
+    /// detached once the node is stopped, before its dir is removed.
+    data_mounts: Vec<PathBuf>,
     /// After the process: what a killed node left mounted is detached on drop.
     _guards: [MountGuard; 2],
     /// Removed after everything stopped (a single node's own temp dir).
@@ -91,6 +94,7 @@ impl RunNode {
             opts: opts.clone(),
             env: Vec::new(),
             proc: None,
+            data_mounts: Vec::new(),
             _tmp: None,
         })
     }
@@ -122,6 +126,12 @@ impl RunNode {
         )?;
         node._tmp = Some(tmp);
         Ok(node)
+    }
+
+    /// Says that the caller mounted a filesystem at `path` (inside this node's dir): it is
+    /// detached when the node is dropped, after its processes stopped.
+    pub fn data_mount(&mut self, path: &Path) {
+        self.data_mounts.push(path.to_path_buf());
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -172,6 +182,9 @@ impl RunNode {
             .args(["--", "sh", "-c", script, "sh"])
             .arg(self.path("app"))
             .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(net) = self.opts.nets.get(&self.id) {
+            process::join_netns(&mut cmd, &net.netns)?;
+        }
         let name = format!("litefs-py run node {}", self.id);
         let log = self.path("run.log");
         self.proc = Some(Proc::spawn(&name, cmd, &log, self.opts.spawn_options())?);
@@ -365,6 +378,11 @@ impl Drop for RunNode {
                 self.root.display(),
                 self.log_tail(150)
             );
+        }
+        for m in &self.data_mounts {
+            if let Err(e) = mount::detach(m) {
+                eprintln!("testkit: unmounting {}: {e}", m.display());
+            }
         }
         // The mount guards go next (fields drop after this), then the temp dir.
     }

@@ -1,14 +1,15 @@
 //! The faults the nemesis injects, each on processes it started itself (by PID, never by name):
 //! kill -9 of a node's whole `litefs-py run` process group, SIGSTOP of the daemon alone, a
-//! whole-node freeze in a cgroup v1 freezer child of our own, and planned handoffs. Guards undo
-//! what a fault left (SIGCONT, thaw, cgroup removal) even when the harness stops half-way.
+//! whole-node freeze (cgroup.rs), planned handoffs, partitions (netns.rs) and a slow raft disk
+//! (disk.rs, cgroup.rs). Guards undo what a fault left (SIGCONT, thaw, cgroup removal, heal)
+//! even when the harness stops half-way.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use litefs_py_testkit::process;
 
 /// The fault kinds, in the table's order.
@@ -23,10 +24,21 @@ pub enum Kind {
     Freeze,
     /// `litefs-py handoff` through a live node.
     Handoff,
+    /// The node cut off from the other nodes (both ways) in its network namespace, healed later.
+    Partition,
+    /// The node's raft disk throttled to a few operations a second, restored later.
+    SlowDisk,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Kill, Kind::StopDaemon, Kind::Freeze, Kind::Handoff];
+    pub const ALL: [Kind; 6] = [
+        Kind::Kill,
+        Kind::StopDaemon,
+        Kind::Freeze,
+        Kind::Handoff,
+        Kind::Partition,
+        Kind::SlowDisk,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +46,8 @@ impl Kind {
             Kind::StopDaemon => "SIGSTOP daemon",
             Kind::Freeze => "freeze node (cgroup)",
             Kind::Handoff => "planned handoff",
+            Kind::Partition => "partition (netns)",
+            Kind::SlowDisk => "slow raft disk",
         }
     }
 
@@ -43,6 +57,8 @@ impl Kind {
             Kind::StopDaemon => "stop",
             Kind::Freeze => "freeze",
             Kind::Handoff => "handoff",
+            Kind::Partition => "partition",
+            Kind::SlowDisk => "slowdisk",
         }
     }
 
@@ -115,101 +131,6 @@ impl Stopped {
 impl Drop for Stopped {
     fn drop(&mut self) {
         self.cont_all();
-    }
-}
-
-/// A cgroup v1 freezer directory of our own (`/sys/fs/cgroup/freezer/litefs-nemesis-<pid>`),
-/// with one child per frozen node; every process is moved back and the directories removed on
-/// thaw and on drop.
-pub struct Freezer {
-    root: PathBuf,
-    /// Node -> (its cgroup, the processes moved into it with the cgroup they came from).
-    frozen: BTreeMap<u64, (PathBuf, Vec<(i32, PathBuf)>)>,
-}
-
-const FREEZER: &str = "/sys/fs/cgroup/freezer";
-
-impl Freezer {
-    /// `None` when the cgroup v1 freezer is not mounted (freezes are then left out).
-    pub fn new() -> Result<Option<Freezer>> {
-        if !Path::new(FREEZER).join("cgroup.procs").exists() {
-            return Ok(None);
-        }
-        let root = Path::new(FREEZER).join(format!("litefs-nemesis-{}", std::process::id()));
-        std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
-        Ok(Some(Freezer {
-            root,
-            frozen: BTreeMap::new(),
-        }))
-    }
-
-    fn cgroup_of(pid: i32) -> PathBuf {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let rel = text
-            .lines()
-            .filter_map(|l| l.splitn(3, ':').nth(2).map(|p| (l, p)))
-            .find(|(l, _)| l.split(':').nth(1) == Some("freezer"))
-            .map(|(_, p)| p.trim_start_matches('/').to_string())
-            .unwrap_or_default();
-        Path::new(FREEZER).join(rel)
-    }
-
-    /// Freezes `pids` (a node's process tree) as node `id`. Returns whether the kernel said
-    /// FROZEN within 5 s: a task in an uninterruptible wait (a FUSE request to a server that is
-    /// being frozen too) keeps the cgroup FREEZING, which is a finding, not a harness error.
-    pub fn freeze(&mut self, id: u64, pids: &[i32]) -> Result<bool> {
-        let dir = self.root.join(format!("n{id}"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut moved = Vec::new();
-        for &pid in pids {
-            let from = Freezer::cgroup_of(pid);
-            if std::fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok() {
-                moved.push((pid, from));
-            }
-        }
-        self.frozen.insert(id, (dir.clone(), moved));
-        std::fs::write(dir.join("freezer.state"), "FROZEN").context("writing FROZEN")?;
-        for _ in 0..500 {
-            let state = std::fs::read_to_string(dir.join("freezer.state")).unwrap_or_default();
-            if state.trim() == "FROZEN" {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(false)
-    }
-
-    /// Thaws node `id`, moves its processes back and removes its cgroup.
-    pub fn thaw(&mut self, id: u64) -> Result<()> {
-        let Some((dir, moved)) = self.frozen.remove(&id) else {
-            return Ok(());
-        };
-        std::fs::write(dir.join("freezer.state"), "THAWED").context("writing THAWED")?;
-        for (pid, from) in moved {
-            // A process that exited meanwhile is simply gone.
-            let _ = std::fs::write(from.join("cgroup.procs"), pid.to_string());
-        }
-        // Processes forked while frozen (none expected) would keep the cgroup busy: move any.
-        if let Ok(left) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in left.lines() {
-                let _ = std::fs::write(Path::new(FREEZER).join("cgroup.procs"), pid);
-            }
-        }
-        std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))
-    }
-}
-
-impl Drop for Freezer {
-    fn drop(&mut self) {
-        let ids: Vec<u64> = self.frozen.keys().copied().collect();
-        for id in ids {
-            if let Err(e) = self.thaw(id) {
-                eprintln!("nemesis: thawing node {id}: {e:#}");
-            }
-        }
-        if let Err(e) = std::fs::remove_dir(&self.root) {
-            eprintln!("nemesis: removing {}: {e}", self.root.display());
-        }
     }
 }
 

@@ -7,6 +7,12 @@
 //! the testkit [`Sampler`] combines them every 3 ms and counts the rounds in which two nodes'
 //! answers, each younger than [`FRESH`], said primary. A frozen node gives no answer, so it
 //! cannot be counted as primary while frozen; once thawed it answers again and is.
+//!
+//! An answer is stamped with the instant it was *asked for*, not when it arrived: it describes
+//! the node at some instant in between, and `.role`'s content is fixed at the open. A read whose
+//! open was answered just before its daemon was stopped arrives after the SIGCONT saying
+//! `primary`, about a state seconds old; stamped on arrival it was counted as fresh next to the
+//! new primary (seed 101, docs/testing.md). Stamped when asked, it is as old as it is.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -206,11 +212,9 @@ impl Samplers {
             let (s, l) = (stop.clone(), info_latest.clone());
             pollers.push(std::thread::spawn(move || {
                 while !s.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
                     let primary = litefs_py_testkit::litefs::is_primary(&addr) == Some(true);
-                    l.lock().unwrap()[i] = Some(Answer {
-                        primary,
-                        at: Instant::now(),
-                    });
+                    l.lock().unwrap()[i] = Some(Answer { primary, at: asked });
                     std::thread::sleep(Duration::from_millis(3));
                 }
             }));
@@ -219,14 +223,12 @@ impl Samplers {
                 let mut buf = String::new();
                 while !s.load(Ordering::Relaxed) {
                     buf.clear();
+                    let asked = Instant::now();
                     let primary = File::open(mnt.join(".role"))
                         .and_then(|mut f| f.read_to_string(&mut buf))
                         .is_ok()
                         && buf == "primary\n";
-                    l.lock().unwrap()[i] = Some(Answer {
-                        primary,
-                        at: Instant::now(),
-                    });
+                    l.lock().unwrap()[i] = Some(Answer { primary, at: asked });
                     std::thread::sleep(Duration::from_millis(3));
                 }
             }));

@@ -53,6 +53,10 @@ impl Fault {
 
 pub struct Report {
     pub seed: u64,
+    /// When the schedule started, by the monotonic clock and by the wall clock (the nodes'
+    /// logs are stamped in UTC).
+    pub t0: Instant,
+    pub t0_wall: std::time::SystemTime,
     pub duration: Duration,
     pub faults: Vec<Fault>,
     pub acks: Vec<Ack>,
@@ -75,6 +79,22 @@ struct Row {
 }
 
 impl Report {
+    /// `t` on the wall clock, `hh:mm:ss.mmm` UTC.
+    fn utc(&self, t: Instant) -> String {
+        let wall = self.t0_wall + (t - self.t0);
+        let ms = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let s = (ms / 1000) % 86_400;
+        format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            s / 3600,
+            (s / 60) % 60,
+            s % 60,
+            ms % 1000
+        )
+    }
+
     /// The fault whose window `t` falls in.
     fn window(&self, t: Instant) -> Option<&Fault> {
         self.faults.iter().rev().find(|f| f.at <= t)
@@ -183,6 +203,28 @@ impl Report {
             .take(10)
         {
             println!("  {e}");
+        }
+        // When each double-primary sample and each lost write happened, to find it in the
+        // nodes' logs.
+        let when = self
+            .sampled
+            .info_doubles
+            .iter()
+            .map(|t| ("/info", *t))
+            .chain(self.sampled.role_doubles.iter().map(|t| (".role", *t)));
+        let lost = self
+            .acks
+            .iter()
+            .filter(|a| !self.present.contains(&a.id))
+            .map(|a| ("lost write", a.at));
+        for (what, t) in when.chain(lost).take(20) {
+            println!(
+                "  {what} at {:.3} s ({} UTC), in the window of: {}",
+                (t - self.t0).as_secs_f64(),
+                self.utc(t),
+                self.window(t)
+                    .map_or("no fault".into(), |f| f.line(self.t0))
+            );
         }
         for p in &self.problems {
             println!("problem: {p}");
