@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The longest a sampling round may take and still be judged as one instant.
+pub const MAX_ROUND: Duration = Duration::from_millis(250);
+
 pub struct Sampler {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<(u64, Vec<String>)>>,
@@ -56,17 +59,27 @@ impl Sampler {
         let handle = std::thread::spawn(move || {
             let mut rounds = 0u64;
             let mut violations = Vec::new();
+            let mut slow = 0u64;
             while !s.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let p = primaries();
-                if p.len() > 1 && violations.len() < 20 {
+                let took = started.elapsed();
+                // A round's answers count as one instant only if the round was quick: a read
+                // held up (a `.role` opened just before its daemon was stopped arrives after the
+                // SIGCONT with the content of its open) describes a state from long before the
+                // others. Real overlaps last longer than this and show in the quick rounds.
+                if took > MAX_ROUND {
+                    slow += 1;
+                } else if p.len() > 1 && violations.len() < 20 {
                     violations.push(format!(
-                        "round {rounds}: {p:?} all said primary (the round took {:?})",
-                        started.elapsed()
+                        "round {rounds}: {p:?} all said primary (the round took {took:?})"
                     ));
                 }
                 rounds += 1;
                 std::thread::sleep(pause);
+            }
+            if slow > 0 {
+                eprintln!("sampler: {slow} of {rounds} rounds took over {MAX_ROUND:?}, not judged");
             }
             (rounds, violations)
         });
@@ -111,5 +124,23 @@ mod tests {
         assert!(rounds > 5, "{rounds}");
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(violations[0].contains("[1, 2]"));
+    }
+
+    #[test]
+    fn a_slow_round_is_not_judged() {
+        let mut n = 0u64;
+        let s = Sampler::every(Duration::from_millis(1), move || {
+            n += 1;
+            if n == 3 {
+                std::thread::sleep(MAX_ROUND + Duration::from_millis(20));
+                vec![1, 2]
+            } else {
+                vec![2]
+            }
+        });
+        std::thread::sleep(MAX_ROUND + Duration::from_millis(200));
+        let (rounds, violations) = s.finish();
+        assert!(rounds > 3, "{rounds}");
+        assert!(violations.is_empty(), "{violations:?}");
     }
 }
