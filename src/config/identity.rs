@@ -247,12 +247,19 @@ mod tests {
     #[test]
     fn an_unclosed_brace_is_refused_with_its_line() {
         // Found by the `config` fuzz target: the `${` took the text up to a `}` lines below.
-        for text in ["a: 1\nb: x${y:1\nc: {}\n", "a: 1\nb: x${POD\n", "a: 1\nb: $$${y\n"] {
+        for text in [
+            "a: 1\nb: x${y:1\nc: {}\n",
+            "a: 1\nb: x${POD\n",
+            "a: 1\nb: $$${y\n",
+        ] {
             let e = expand_with(text, env).unwrap_err().to_string();
             assert!(e.contains("line 2: \"${\" is not closed"), "{text:?}: {e}");
         }
         // Escaped, or closed on its line, it is accepted.
-        assert_eq!(expand_with("b: x$${y\nc: {}\n", env).unwrap(), "b: x${y\nc: {}\n");
+        assert_eq!(
+            expand_with("b: x$${y\nc: {}\n", env).unwrap(),
+            "b: x${y\nc: {}\n"
+        );
         assert_eq!(expand_with("b: ${POD} {\n", env).unwrap(), "b: app-1 {\n");
     }
 
@@ -272,7 +279,16 @@ mod tests {
 
     #[test]
     fn escaped_text_expands_back() {
-        for text in ["$", "$$", "a${b", "${POD}", "$POD", "x$${y}", "${MISSING", "$5 $-"] {
+        for text in [
+            "$",
+            "$$",
+            "a${b",
+            "${POD}",
+            "$POD",
+            "x$${y}",
+            "${MISSING",
+            "$5 $-",
+        ] {
             let escaped = escape_env(text);
             assert_eq!(expand_with(&escaped, env).unwrap(), text, "{escaped:?}");
         }
