@@ -17,12 +17,51 @@ pub const FROM_HOSTNAME: &str = "from-hostname";
 
 /// Expands `$VAR`, `${VAR}` and `${VAR:-default}` from the environment; `$$` is a literal `$`.
 /// An unset variable without a default is an error naming it and its line: a silent empty
-/// value would become a wrong address or id.
+/// value would become a wrong address or id. So is a `${` not closed on its own line.
 pub fn expand_env(text: &str) -> Result<String, ConfigError> {
     expand_with(text, |name| std::env::var(name).ok())
 }
 
+/// The inverse of [`expand_env`]: every `$` doubled, so that expanding gives `text` back. The
+/// effective config (`Config::to_yaml`, what `litefs-py config check` prints) is written through
+/// it: a value holding a literal `$` (written `$$` in the file) must not become a variable
+/// reference when that output is read again.
+pub fn escape_env(text: &str) -> String {
+    text.replace('$', "$$")
+}
+
+/// Refuses a `${` whose `}` is not on the same line. The expansion would otherwise take the
+/// text up to the next `}` anywhere below, lines included, as a variable name, or keep the `${`
+/// as written when no `}` follows: either way a typo becomes a confusing error or a wrong value.
+fn check_braces(text: &str) -> Result<(), ConfigError> {
+    for (i, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(at) = rest.find('$') {
+            let after = &rest[at + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                rest = tail;
+            } else if let Some(inner) = after.strip_prefix('{') {
+                let Some(end) = inner.find('}') else {
+                    return Err(invalid(
+                        "litefs-py.yml",
+                        format!(
+                            "line {}: \"${{\" is not closed on its line: write ${{VAR}} or \
+                             ${{VAR:-default}}, or $${{ for a literal \"${{\"",
+                            i + 1
+                        ),
+                    ));
+                };
+                rest = &inner[end + 1..];
+            } else {
+                rest = after;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    check_braces(text)?;
     let context = |name: &str| -> Result<Option<String>, ()> {
         // `$5`, `$-`: not a variable name; left as written.
         if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
@@ -203,6 +242,56 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         assert!(e.contains("${NODE_ID} is not set"), "{e}");
         assert!(e.contains("${NODE_ID:-value}"), "{e}");
+    }
+
+    #[test]
+    fn an_unclosed_brace_is_refused_with_its_line() {
+        // Found by the `config` fuzz target: the `${` took the text up to a `}` lines below.
+        for text in [
+            "a: 1\nb: x${y:1\nc: {}\n",
+            "a: 1\nb: x${POD\n",
+            "a: 1\nb: $$${y\n",
+        ] {
+            let e = expand_with(text, env).unwrap_err().to_string();
+            assert!(e.contains("line 2: \"${\" is not closed"), "{text:?}: {e}");
+        }
+        // Escaped, or closed on its line, it is accepted.
+        assert_eq!(
+            expand_with("b: x$${y\nc: {}\n", env).unwrap(),
+            "b: x${y\nc: {}\n"
+        );
+        assert_eq!(expand_with("b: ${POD} {\n", env).unwrap(), "b: app-1 {\n");
+    }
+
+    #[test]
+    fn the_effective_config_keeps_a_literal_dollar() {
+        // Found by the `config` fuzz target: `config check`'s output, read again, took the
+        // hostname's `${` (written `$${` in the file) for a variable reference.
+        let text = "node:\n  id: 1\n  hostname: a$${b$$HOME\n  raft-addr: 127.0.0.1:20301\n  \
+                    http-addr: 127.0.0.1:20311\n";
+        let c = crate::config::Config::parse(text).unwrap();
+        assert_eq!(c.node.hostname, "a${b$HOME");
+        let yaml = c.to_yaml();
+        let again = crate::config::Config::parse(&yaml).unwrap();
+        assert_eq!(again.node.hostname, "a${b$HOME");
+        assert_eq!(again.to_yaml(), yaml);
+    }
+
+    #[test]
+    fn escaped_text_expands_back() {
+        for text in [
+            "$",
+            "$$",
+            "a${b",
+            "${POD}",
+            "$POD",
+            "x$${y}",
+            "${MISSING",
+            "$5 $-",
+        ] {
+            let escaped = escape_env(text);
+            assert_eq!(expand_with(&escaped, env).unwrap(), text, "{escaped:?}");
+        }
     }
 
     #[test]

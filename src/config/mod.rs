@@ -589,9 +589,10 @@ impl Config {
             .ok_or_else(|| std::io::Error::other(format!("{addr}: no address")))
     }
 
-    /// The effective config, as YAML (defaults filled in).
+    /// The effective config, as YAML (defaults filled in), readable again by [`Config::parse`]:
+    /// a `$` in a value is written `$$`, as the file spells a literal one.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).expect("a config always serialises")
+        identity::escape_env(&serde_yaml::to_string(self).expect("a config always serialises"))
     }
 }
 
