@@ -3,9 +3,9 @@
 //!
 //! - every config a recipe renders (the Kubernetes ConfigMap on each pod, the systemd example
 //!   on a VM) passes `litefs-py config check`, with the identity each node derives;
-//! - the stop hook's exact command (the StatefulSet's `preStop`, the unit's `ExecStop=`) runs
-//!   against a 3-node `litefs-py run` cluster with the real LiteFS: on a replica it changes
-//!   nothing, on the primary it moves the primary.
+//! - the StatefulSet and the systemd unit stop `run` with a plain SIGTERM (no stop hook: the
+//!   primary's `run` hands off itself, tested in tests/stop_handoff_litefs.rs) and give it time
+//!   for that handoff, the app's grace and the rest of the stop.
 //!
 //! The Dockerfile's install steps (`deploy/docker/install.sh`) run in scripts/test with
 //! `CI=true`, against the built wheel.
@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{BIN, run_options, serial};
-use litefs_py_testkit::cluster::RunCluster;
-use litefs_py_testkit::{prereq, process};
+use common::BIN;
+use litefs_py_testkit::process;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -126,80 +125,64 @@ fn the_systemd_example_is_valid_on_every_vm() {
     }
 }
 
-/// The stop hooks of the StatefulSet and of the systemd unit: the same command.
-fn stop_hook() -> Vec<String> {
-    let docs = yaml_docs("kubernetes/statefulset.yaml");
-    let container = &docs[0]["spec"]["template"]["spec"]["containers"][0];
-    let command: Vec<String> = container["lifecycle"]["preStop"]["exec"]["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    let unit = std::fs::read_to_string(deploy("systemd/litefs-py.service")).unwrap();
-    let exec_stop = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStop="))
-        .unwrap();
-    let unit_args: Vec<&str> = exec_stop.split_whitespace().skip(1).collect();
-    assert_eq!(
-        command[1..],
-        unit_args[..],
-        "the preStop and ExecStop= hooks differ"
+/// The effective `run:` of the Kubernetes ConfigMap on pod `app-0`: (stop handoff, grace) in
+/// seconds.
+fn configmap_stop_budget() -> (u64, u64) {
+    let docs = yaml_docs("kubernetes/configmap.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("litefs-py.yml");
+    std::fs::write(&file, docs[0]["data"]["litefs-py.yml"].as_str().unwrap()).unwrap();
+    let c = config_check(
+        &file,
+        &[
+            ("HOSTNAME", "app-0"),
+            ("POD_NAMESPACE", "shop"),
+            ("LITEFS_PY_SECRET", SECRET),
+        ],
     );
-    command
-}
-
-/// Runs the hook on node `id`: its program is this build, its config the node's.
-fn run_hook(hook: &[String], c: &RunCluster, id: u64) -> (bool, String) {
-    assert_eq!(hook[0], "litefs-py");
-    let mut cmd = Command::new(BIN);
-    for arg in &hook[1..] {
-        if arg == "/etc/litefs-py.yml" {
-            cmd.arg(c.node(id).config_path());
-        } else {
-            cmd.arg(arg);
-        }
-    }
-    let out = process::output_within(cmd, Duration::from_secs(90)).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-#[test]
-fn the_stop_hook_moves_the_primary_only_from_the_primary() {
-    let hook = stop_hook();
-    let Some(litefs) = prereq::litefs() else {
-        return;
+    let secs = |key: &str| {
+        let v = c["run"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("run.{key}: {c:?}"));
+        // As config check prints them: `10s`, `1m`, `1m 30s`.
+        v.split_whitespace()
+            .map(|part| match part.strip_suffix('m') {
+                Some(m) => m.parse::<u64>().unwrap() * 60,
+                None => part.strip_suffix('s').unwrap().parse::<u64>().unwrap(),
+            })
+            .sum::<u64>()
     };
-    let _serial = serial();
-    let mut c = RunCluster::start(run_options(), &litefs, 3).unwrap();
-    let all = c.ids();
-    let primary = c.wait_one_primary(&all, Duration::from_secs(60)).unwrap();
-    let replica = all.iter().copied().find(|id| *id != primary).unwrap();
+    assert_eq!(c["run"]["handoff-on-stop"].as_bool(), Some(true), "{c:?}");
+    (secs("stop-handoff-timeout"), secs("grace"))
+}
 
-    let (ok, out) = run_hook(&hook, &c, replica);
-    assert!(ok, "{out}");
+/// The recipes stop `run` with a plain SIGTERM, on which the primary's `run` hands off itself
+/// (tests/stop_handoff_litefs.rs runs that on a 3-node cluster): no stop hook, and a stop
+/// timeout with room for the handoff, the app's grace and LiteFS's and raft's stop.
+#[test]
+fn the_recipes_leave_the_stop_handoff_its_time() {
+    let (handoff, grace) = configmap_stop_budget();
+    let need = handoff + grace + 10;
+    let docs = yaml_docs("kubernetes/statefulset.yaml");
+    let pod = &docs[0]["spec"]["template"]["spec"];
     assert!(
-        out.contains("not the primary: nothing to hand off"),
-        "{out}"
+        pod["containers"][0]["lifecycle"]["preStop"].is_null(),
+        "a preStop hook: run hands off on SIGTERM itself"
     );
-    assert_eq!(
-        c.wait_one_primary(&all, Duration::from_secs(5)).unwrap(),
-        primary,
-        "the hook on a replica moved the primary"
-    );
+    let k8s = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(k8s >= need, "terminationGracePeriodSeconds {k8s} < {need}");
 
-    let (ok, out) = run_hook(&hook, &c, primary);
-    assert!(ok, "{out}");
-    let after = c.wait_one_primary(&all, Duration::from_secs(30)).unwrap();
-    assert_ne!(
-        after, primary,
-        "the hook on the primary did not move it:\n{out}"
+    let unit = std::fs::read_to_string(deploy("systemd/litefs-py.service")).unwrap();
+    assert!(
+        !unit.lines().any(|l| l.starts_with("ExecStop=")),
+        "an ExecStop= hook: run hands off on SIGTERM itself"
     );
-    c.shutdown().unwrap();
+    let line = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in the unit"))
+    };
+    assert_eq!(line("KillMode="), "mixed", "SIGTERM must reach run alone");
+    let systemd: u64 = line("TimeoutStopSec=").parse().unwrap();
+    assert!(systemd >= need, "TimeoutStopSec={systemd} < {need}");
 }

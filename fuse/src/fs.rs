@@ -81,6 +81,8 @@ pub struct ShimFs {
     pub(crate) data_path: DataPath,
     passthrough: AtomicU8,
     shadow_warned: [AtomicBool; 3],
+    /// The lower dir is LiteFS's mount, whose own `.primary` the shim replaces by design.
+    lower_is_litefs: bool,
     pub(crate) waiters: crate::waiters::Waiters,
     started: SystemTime,
     metrics: Arc<FuseMetrics>,
@@ -189,10 +191,14 @@ impl ShimFs {
             metrics: state.fuse_metrics(),
             state,
             proc_self_fd,
-            lower_path,
             data_path,
             passthrough: AtomicU8::new(PassthroughState::Untested as u8),
             shadow_warned: Default::default(),
+            lower_is_litefs: crate::mountinfo::at(&lower_path)
+                .ok()
+                .and_then(|m| m.last().map(crate::mountinfo::Mount::is_litefs))
+                .unwrap_or(false),
+            lower_path,
             waiters: crate::waiters::Waiters::default(),
             started: SystemTime::now(),
             page: None,
@@ -246,14 +252,21 @@ impl ShimFs {
         }
     }
 
+    /// A virtual file's name exists in the lower dir too: said once per file, at warn only
+    /// when that is unexpected ([`VirtualFile::shadow_is_expected`]).
     pub(crate) fn warn_shadowed(&self, f: VirtualFile) {
         let i = f as usize;
-        if !self.shadow_warned[i].swap(true, Ordering::Relaxed) {
+        if self.shadow_warned[i].swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (file, lower) = (f.name(), self.lower_path.display());
+        if f.shadow_is_expected(self.lower_is_litefs) {
+            tracing::debug!(file, %lower, "LiteFS's own {file} is shadowed by the shim's");
+        } else {
             tracing::warn!(
-                file = f.name(),
-                lower = %self.lower_path.display(),
-                "the lower dir has its own {}; the shim's answer shadows it",
-                f.name()
+                file,
+                %lower,
+                "the lower dir has its own {file}; the shim's answer shadows it"
             );
         }
     }

@@ -29,6 +29,11 @@ impl Mount {
     pub fn is_fuse(&self) -> bool {
         self.fstype == "fuse" || self.fstype == "fuseblk" || self.fstype.starts_with("fuse.")
     }
+
+    /// LiteFS's mount (`fuse`, source `litefs`: its FUSE library sets no subtype).
+    pub fn is_litefs(&self) -> bool {
+        (self.fstype == "fuse" || self.fstype == "fuse.litefs") && self.source == "litefs"
+    }
 }
 
 /// Parses one line; `None` for a line that is not of mountinfo's form.
@@ -133,6 +138,7 @@ not a mountinfo line
         assert_eq!(m[1].fstype, "fuse");
         assert_eq!(m[1].source, "litefs-py");
         assert!(m[1].is_fuse() && m[2].is_fuse() && !m[0].is_fuse());
+        assert!(m[2].is_litefs() && !m[1].is_litefs() && !m[0].is_litefs());
         assert_eq!(m[2].fstype, "fuse.litefs");
     }
 

@@ -18,5 +18,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         opts.litefs_config = path;
     }
     opts.allow_other = args.allow_other;
+    if args.no_handoff {
+        opts.handoff_on_stop = false;
+    }
     Ok(supervisor::run(opts)?)
 }

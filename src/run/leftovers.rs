@@ -56,9 +56,7 @@ impl Owner {
                 m.fstype == format!("fuse.{}", litefs_py_fuse::FSNAME)
                     && m.source == litefs_py_fuse::FSNAME
             }
-            Owner::LiteFs => {
-                (m.fstype == "fuse" || m.fstype == "fuse.litefs") && m.source == "litefs"
-            }
+            Owner::LiteFs => m.is_litefs(),
         }
     }
 }
