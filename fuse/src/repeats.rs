@@ -20,11 +20,13 @@ pub enum Verdict {
     Quiet,
 }
 
-/// Failures by kind (the request and the errno): when each was last logged, and how many
-/// were counted since.
+/// A kind of failure: the request's name and the errno.
+type Kind = (&'static str, i32);
+
+/// Failures by kind: when each was last logged, and how many were counted since.
 #[derive(Debug, Default)]
 pub struct Repeats {
-    seen: Mutex<HashMap<(&'static str, i32), (Instant, u64)>>,
+    seen: Mutex<HashMap<Kind, (Instant, u64)>>,
 }
 
 impl Repeats {
