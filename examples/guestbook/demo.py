@@ -123,7 +123,9 @@ def graceful_stop(c: RunCluster, p: RunNode) -> float:
         "writes paused for a handoff, not a failover"
     )
     log = p.log_path.read_text(errors="replace").splitlines()
-    said = [ln for ln in log if "handed off before stopping" in ln or "handoff before stopping" in ln]
+    said = [
+        ln for ln in log if "handed off before stopping" in ln or "handoff before stopping" in ln
+    ]
     for ln in said[-1:]:
         say(f"   node {p.id}'s log: {ln.split('Z ', 1)[-1].strip()}")
     say(f"   node {p.id}'s litefs-py run exited with status {codes[0] if codes else '?'}")
