@@ -37,10 +37,13 @@ def wait_count(node: RunNode, count: int, timeout: float = 10.0) -> float:
         time.sleep(0.02)
 
 
-def failover(c: RunCluster, old: RunNode, timeout: float = 60.0) -> tuple[RunNode, float, float]:
-    """After ``old`` died: POSTs to every survivor until one accepts (201). Returns that node,
-    the seconds until a survivor's ``.role`` said primary and until the write was accepted
-    (both from now, the kill)."""
+def failover(
+    c: RunCluster, old: RunNode, timeout: float = 60.0, message: str | None = None
+) -> tuple[RunNode, float, float]:
+    """After ``old`` died (or was told to stop): POSTs ``message`` to every other running node
+    until one accepts (201). Returns that node, the seconds until its ``.role`` said primary and
+    until the write was accepted (both from now, the kill)."""
+    message = message or f"first write after node {old.id} died"
     t0 = time.monotonic()
     survivors = [n for n in c.nodes if n is not old and n.running]
     t_role: float | None = None
@@ -52,7 +55,7 @@ def failover(c: RunCluster, old: RunNode, timeout: float = 60.0) -> tuple[RunNod
             r = try_request(
                 n.url + "/api/entries",
                 "POST",
-                data={"name": "demo", "message": f"first write after node {old.id} died"},
+                data={"name": "demo", "message": message},
                 timeout=2,
             )
             if r is not None and r.status == 201:

@@ -4,10 +4,11 @@ prompt of ``cluster.py up``."""
 from __future__ import annotations
 
 import http.client
+import threading
 import time
 
 from api import entries, failover, post, wait_count
-from litefs.testing import ClusterError, RunCluster, request, try_request
+from litefs.testing import ClusterError, RunCluster, RunNode, request, try_request
 
 
 def say(msg: str) -> None:
@@ -98,7 +99,37 @@ def demo(c: RunCluster) -> float:
         f"lists {d['count']} entries, latest {latest!r}"
     )
     say(table(c))
+
+    t_handoff = graceful_stop(c, new)
     say(f"\nfailover: {t_write * 1000:.0f} ms from kill -9 to the first write on the new primary")
+    say(f"graceful stop: {t_handoff * 1000:.0f} ms from SIGTERM to the first write on the next one")
+    return t_write
+
+
+def graceful_stop(c: RunCluster, p: RunNode) -> float:
+    """SIGTERM to the primary's run: it hands the primary off before it stops. Returns the
+    seconds from the signal to the first write another node accepted."""
+    say(f"\n== stop the primary, node {p.id}, gracefully: SIGTERM to its litefs-py run")
+    say("   it hands the primary to the freshest replica first (its app keeps serving), then stops")
+    codes: list[int | None] = []
+    stopper = threading.Thread(target=lambda: codes.append(c.stop(p)))
+    stopper.start()
+    try:
+        new, _, t_write = failover(c, p, message=f"first write after node {p.id} was stopped")
+    finally:
+        stopper.join(timeout=90)
+    say(
+        f"   node {new.id} ({new.ip}) accepted a write {t_write * 1000:.0f} ms after the SIGTERM: "
+        "writes paused for a handoff, not a failover"
+    )
+    log = p.log_path.read_text(errors="replace").splitlines()
+    said = [
+        ln for ln in log if "handed off before stopping" in ln or "handoff before stopping" in ln
+    ]
+    for ln in said[-1:]:
+        say(f"   node {p.id}'s log: {ln.split('Z ', 1)[-1].strip()}")
+    say(f"   node {p.id}'s litefs-py run exited with status {codes[0] if codes else '?'}")
+    say(table(c))
     return t_write
 
 

@@ -81,9 +81,10 @@ pub struct ShimFs {
     pub(crate) data_path: DataPath,
     passthrough: AtomicU8,
     shadow_warned: [AtomicBool; 3],
-    /// The lower dir is LiteFS's mount, which has no extended attributes: xattr requests are
-    /// answered ENOSYS without a lower call (`fs_io`, "extended attributes").
-    pub(crate) lower_no_xattrs: bool,
+    /// The lower dir is LiteFS's own mount: its `.primary` is replaced by design (no warning),
+    /// and it has no extended attributes, so xattr requests are answered ENOSYS without a lower
+    /// call (`fs_io`, "extended attributes").
+    pub(crate) lower_is_litefs: bool,
     pub(crate) waiters: crate::waiters::Waiters,
     started: SystemTime,
     metrics: Arc<FuseMetrics>,
@@ -186,7 +187,7 @@ impl ShimFs {
             0,
         )
         .map_err(|e| io::Error::new(e.kind(), format!("/proc/self/fd (is /proc mounted?): {e}")))?;
-        let lower_no_xattrs = crate::mountinfo::is_litefs_mount(&lower_path);
+        let lower_is_litefs = crate::mountinfo::is_litefs_mount(&lower_path);
         let fs = ShimFs {
             inodes: InodeTable::new(root_fd, &root_st),
             handles: HandleTable::default(),
@@ -197,7 +198,7 @@ impl ShimFs {
             data_path,
             passthrough: AtomicU8::new(PassthroughState::Untested as u8),
             shadow_warned: Default::default(),
-            lower_no_xattrs,
+            lower_is_litefs,
             waiters: crate::waiters::Waiters::default(),
             started: SystemTime::now(),
             page: None,
@@ -251,14 +252,21 @@ impl ShimFs {
         }
     }
 
+    /// A virtual file's name exists in the lower dir too: said once per file, at warn only
+    /// when that is unexpected ([`VirtualFile::shadow_is_expected`]).
     pub(crate) fn warn_shadowed(&self, f: VirtualFile) {
         let i = f as usize;
-        if !self.shadow_warned[i].swap(true, Ordering::Relaxed) {
+        if self.shadow_warned[i].swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (file, lower) = (f.name(), self.lower_path.display());
+        if f.shadow_is_expected(self.lower_is_litefs) {
+            tracing::debug!(file, %lower, "LiteFS's own {file} is shadowed by the shim's");
+        } else {
             tracing::warn!(
-                file = f.name(),
-                lower = %self.lower_path.display(),
-                "the lower dir has its own {}; the shim's answer shadows it",
-                f.name()
+                file,
+                %lower,
+                "the lower dir has its own {file}; the shim's answer shadows it"
             );
         }
     }

@@ -494,7 +494,7 @@ impl ShimFs {
     /// `security.capability` before every write to the database, 7–14 times per Django request
     /// (docs/decisions.md, "No xattr requests over LiteFS").
     fn xattr_inode(&self, ino: u64) -> FsResult<Option<Arc<Inode>>> {
-        if self.lower_no_xattrs {
+        if self.lower_is_litefs {
             return Err(FsError::NoXattrs);
         }
         if VirtualFile::from_ino(ino).is_some() {

@@ -24,6 +24,7 @@ pub mod mountinfo;
 mod rangeset;
 #[cfg(test)]
 mod rangeset_props;
+mod repeats;
 pub mod state_page;
 mod sys;
 mod virtual_files;

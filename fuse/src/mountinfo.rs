@@ -144,6 +144,7 @@ not a mountinfo line
         assert_eq!(m[1].fstype, "fuse");
         assert_eq!(m[1].source, "litefs-py");
         assert!(m[1].is_fuse() && m[2].is_fuse() && !m[0].is_fuse());
+        assert!(m[2].is_litefs() && !m[1].is_litefs() && !m[0].is_litefs());
         assert_eq!(m[2].fstype, "fuse.litefs");
         assert!(m[2].is_litefs() && !m[1].is_litefs() && !m[0].is_litefs());
     }

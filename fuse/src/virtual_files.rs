@@ -56,6 +56,14 @@ impl VirtualFile {
         }
     }
 
+    /// Whether a lower file of this name is the normal case: LiteFS answers `.primary` in its
+    /// mount itself, and the shim replaces it on purpose (it follows raft). Anything else (a
+    /// `.role` or `.health` in LiteFS, any of them in a plain directory) is worth a warning:
+    /// the app may have meant that file.
+    pub fn shadow_is_expected(self, lower_is_litefs: bool) -> bool {
+        lower_is_litefs && self == VirtualFile::Primary
+    }
+
     pub fn from_ino(ino: u64) -> Option<VirtualFile> {
         match ino {
             PRIMARY_INO => Some(VirtualFile::Primary),
@@ -475,6 +483,14 @@ impl StateHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_litefs_own_primary_is_shadowed_silently() {
+        assert!(VirtualFile::Primary.shadow_is_expected(true));
+        assert!(!VirtualFile::Primary.shadow_is_expected(false));
+        assert!(!VirtualFile::Role.shadow_is_expected(true));
+        assert!(!VirtualFile::Health.shadow_is_expected(true));
+    }
 
     fn read(s: &Snapshot, f: VirtualFile) -> Option<String> {
         s.contents(f, Instant::now())

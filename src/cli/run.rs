@@ -26,5 +26,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         opts.migrate = Some(m);
     }
+    if args.no_handoff {
+        opts.handoff_on_stop = false;
+    }
     Ok(supervisor::run(opts)?)
 }

@@ -10,6 +10,9 @@ use super::{ConfigError, invalid};
 /// The longest grace period accepted: a container runtime kills the whole container after its
 /// own stop timeout (Docker: 10 s by default) anyway.
 const MAX_GRACE: Duration = Duration::from_secs(3600);
+/// The longest stop handoff accepted: a handoff's own steps are bounded well below this (the
+/// HALT lock LiteFS drops after 30 s), and a container runtime's stop timeout is short.
+const MAX_STOP_HANDOFF: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -30,6 +33,14 @@ pub struct RunConfig {
     /// How long a replica waits for the migrated schema before `run` gives up (exit 1).
     #[serde(default = "default_migrate_timeout", with = "humantime_serde")]
     pub migrate_timeout: Duration,
+    /// On SIGTERM/SIGINT, a node whose LiteFS is primary first hands the primary to the
+    /// freshest healthy replica (as `litefs-py handoff` does), then stops: a rolling restart
+    /// pauses writes for about a second instead of a failover. `--no-handoff` turns it off.
+    #[serde(default = "default_handoff_on_stop")]
+    pub handoff_on_stop: bool,
+    /// How long that handoff may take before the node stops anyway (then the others fail over).
+    #[serde(default = "default_stop_handoff_timeout", with = "humantime_serde")]
+    pub stop_handoff_timeout: Duration,
 }
 
 impl Default for RunConfig {
@@ -39,6 +50,8 @@ impl Default for RunConfig {
             litefs_config: None,
             migrate: None,
             migrate_timeout: default_migrate_timeout(),
+            handoff_on_stop: default_handoff_on_stop(),
+            stop_handoff_timeout: default_stop_handoff_timeout(),
         }
     }
 }
@@ -48,6 +61,17 @@ fn default_migrate_timeout() -> Duration {
 }
 
 fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_handoff_on_stop() -> bool {
+    true
+}
+
+/// A handoff takes about a second when the cluster is healthy; one that has not finished in
+/// 10 s is stuck on a replica that cannot keep up, and a failover is the better way out. With
+/// `run.grace` (10 s) it fits in Kubernetes' default 30 s termination grace period.
+fn default_stop_handoff_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
@@ -67,6 +91,15 @@ impl RunConfig {
         }
         if self.migrate_timeout.is_zero() {
             return Err(invalid("run.migrate-timeout", "must be longer than 0s"));
+        }
+        if self.stop_handoff_timeout.is_zero() || self.stop_handoff_timeout > MAX_STOP_HANDOFF {
+            return Err(invalid(
+                "run.stop-handoff-timeout",
+                format!(
+                    "{:?} is not between 1ms and {MAX_STOP_HANDOFF:?} (to stop without a handoff, set run.handoff-on-stop: false)",
+                    self.stop_handoff_timeout
+                ),
+            ));
         }
         if let Some(p) = &self.litefs_config
             && (p.as_os_str().is_empty() || p.ends_with(".."))
@@ -97,6 +130,8 @@ mod tests {
     fn defaults_and_paths() {
         let r = RunConfig::default();
         assert_eq!(r.grace, Duration::from_secs(10));
+        assert!(r.handoff_on_stop);
+        assert_eq!(r.stop_handoff_timeout, Duration::from_secs(10));
         assert_eq!(
             r.litefs_config_path(Path::new("/var/lib/litefs-py/raft")),
             PathBuf::from("/var/lib/litefs-py/raft/litefs.yml")
@@ -129,5 +164,17 @@ mod tests {
                 .to_string()
                 .starts_with("run.grace:")
         );
+        for bad in [Duration::ZERO, Duration::from_secs(121)] {
+            let bad = RunConfig {
+                stop_handoff_timeout: bad,
+                ..RunConfig::default()
+            };
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.starts_with("run.stop-handoff-timeout:"), "{e}");
+        }
+        let parsed: RunConfig =
+            serde_yaml::from_str("handoff-on-stop: false\nstop-handoff-timeout: 5s\n").unwrap();
+        assert!(!parsed.handoff_on_stop);
+        assert_eq!(parsed.stop_handoff_timeout, Duration::from_secs(5));
     }
 }

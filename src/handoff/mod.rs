@@ -1,9 +1,9 @@
 //! `litefs-py handoff`: moves raft leadership and the LiteFS primary together, with no
 //! acknowledged write lost. Runs on the leader (any node forwards the request there):
 //!
-//! 1. Choose and check the target ([`plan::choose_target`]): a data voter, caught up in raft,
+//! 1. Choose and check the target ([`plan::candidates`]): a data voter, caught up in raft,
 //!    running LiteFS under `litefs-py run` (it answers
-//!    [`REPORT_PATH`](crate::litefs::report::REPORT_PATH)).
+//!    [`REPORT_PATH`](crate::litefs::report::REPORT_PATH)) and not stopping itself.
 //! 2. HALT every database on the local LiteFS (its write lock: commits stop, local writers wait,
 //!    every commit acknowledged so far is in the position it answers with).
 //! 3. Wait until the target's LiteFS has exactly those positions (`<db>-pos`): it has every
@@ -71,6 +71,8 @@ pub struct Local {
     lease: Arc<LeaseService<NodeFacts>>,
     /// A handoff is running on this node: a second one is refused.
     busy: AtomicBool,
+    /// This node's `run` is stopping: its report says so, and no handoff picks it.
+    stopping: AtomicBool,
 }
 
 impl Local {
@@ -79,6 +81,7 @@ impl Local {
             litefs,
             lease,
             busy: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -174,9 +177,31 @@ impl Handoff {
     /// This node's LiteFS report (the target side of step 3, and the freshest-node survey).
     pub async fn report(&self) -> LocalReport {
         match &self.local {
-            Some(local) => local.litefs.report().await,
+            Some(local) => LocalReport {
+                stopping: local.stopping.load(Ordering::Acquire),
+                ..local.litefs.report().await
+            },
             None => LocalReport::none(),
         }
+    }
+
+    /// This node's `run` is stopping: from now on no handoff hands it the primary (a whole
+    /// cluster stopped at once must not have its primary wait on a node that is going away).
+    pub fn set_stopping(&self) {
+        if let Some(local) = &self.local {
+            local.stopping.store(true, Ordering::Release);
+        }
+    }
+
+    /// The handoff a stopping primary runs on itself ([`crate::run`]): here, only if this node
+    /// leads (its LiteFS holds the lease only then); never forwarded.
+    pub async fn handoff_before_stop(self: &Arc<Self>) -> Result<HandoffOutcome, HandoffError> {
+        if self.raft.metrics().state != ServerState::Leader {
+            return Err(HandoffError::Refused(
+                "this node is not the raft leader (any more)".into(),
+            ));
+        }
+        self.run_here(HandoffRequest { to: None }).await
     }
 
     /// `handoff` on any node: here if this node leads, else forwarded to the leader.

@@ -98,12 +98,25 @@ fn fitness(m: &Member, last_log: Option<u64>) -> Result<(), PlanError> {
 }
 
 /// The node to hand to: `to` if it is fit, else (no `to`) the fit data voter furthest along.
+#[cfg(test)]
 pub fn choose_target(
     me: NodeId,
     to: Option<NodeId>,
     members: &[Member],
     last_log: Option<u64>,
 ) -> Result<NodeId, PlanError> {
+    candidates(me, to, members, last_log).map(|c| c[0])
+}
+
+/// The nodes to hand to, best first (never empty): `to` alone if it is fit, else (no `to`)
+/// every fit data voter, furthest along first. The caller takes the first one whose own
+/// report agrees (it runs LiteFS, it is not stopping).
+pub fn candidates(
+    me: NodeId,
+    to: Option<NodeId>,
+    members: &[Member],
+    last_log: Option<u64>,
+) -> Result<Vec<NodeId>, PlanError> {
     if let Some(to) = to {
         if to == me {
             return Err(PlanError::IsLeader(me));
@@ -113,10 +126,10 @@ pub fn choose_target(
             .find(|m| m.id == to)
             .ok_or(PlanError::Unknown(to))?;
         fitness(m, last_log)?;
-        return Ok(to);
+        return Ok(vec![to]);
     }
     let mut why = Vec::new();
-    let best = members
+    let mut fit: Vec<&Member> = members
         .iter()
         .filter(|m| m.id != me)
         .filter(|m| match fitness(m, last_log) {
@@ -126,15 +139,17 @@ pub fn choose_target(
                 false
             }
         })
-        // Furthest along first; the lower id on a tie, so the choice is predictable.
-        .max_by_key(|m| (m.matched, std::cmp::Reverse(m.id)));
-    best.map(|m| m.id).ok_or_else(|| {
-        PlanError::NoCandidate(if why.is_empty() {
+        .collect();
+    // Furthest along first; the lower id on a tie, so the choice is predictable.
+    fit.sort_by_key(|m| (std::cmp::Reverse(m.matched), m.id));
+    if fit.is_empty() {
+        return Err(PlanError::NoCandidate(if why.is_empty() {
             "no other member".into()
         } else {
             why.join("; ")
-        })
-    })
+        }));
+    }
+    Ok(fit.into_iter().map(|m| m.id).collect())
 }
 
 #[cfg(test)]
@@ -231,6 +246,8 @@ mod tests {
             m(4, true, true, Some(100)),
         ];
         assert_eq!(choose_target(1, None, &members, Some(100)), Ok(3));
+        assert_eq!(candidates(1, None, &members, Some(100)), Ok(vec![3, 2]));
+        assert_eq!(candidates(1, Some(2), &members, Some(100)), Ok(vec![2]));
         let tie = [
             m(1, true, false, None),
             m(3, true, false, Some(5)),

@@ -175,21 +175,42 @@ async fn check(
                 .and_then(|l| l.as_ref().map(|l| l.index)),
         })
         .collect();
-    let to = plan::choose_target(me, req.to, &members, m.last_log_index)?;
-    let target_node = membership.get_node(&to).ok_or(PlanError::Unknown(to))?;
-    let target = Target {
-        id: to,
-        raft_addr: target_node.raft_addr.clone(),
-        hostname: Some(target_node.hostname.clone())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| format!("node {to}")),
-    };
-    let report = target_report(node, &target).await?;
-    if report.is_primary.is_none() {
-        return Err(HandoffError::Refused(format!(
-            "node {to} runs no LiteFS of its own (it is not started with `litefs-py run`)"
-        )));
+    let mut refused = Vec::new();
+    let mut chosen = None;
+    for to in plan::candidates(me, req.to, &members, m.last_log_index)? {
+        let target_node = membership.get_node(&to).ok_or(PlanError::Unknown(to))?;
+        let target = Target {
+            id: to,
+            raft_addr: target_node.raft_addr.clone(),
+            hostname: Some(target_node.hostname.clone())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("node {to}")),
+        };
+        let report = match target_report(node, &target).await {
+            Ok(r) => r,
+            Err(e) if req.to.is_some() => return Err(e),
+            Err(e) => {
+                refused.push(e.to_string());
+                continue;
+            }
+        };
+        if report.is_primary.is_none() {
+            refused.push(format!(
+                "node {to} runs no LiteFS of its own (it is not started with `litefs-py run`)"
+            ));
+        } else if report.stopping {
+            refused.push(format!("node {to} is stopping"));
+        } else {
+            chosen = Some(target);
+            break;
+        }
     }
+    let Some(target) = chosen else {
+        return Err(HandoffError::Refused(match req.to {
+            Some(_) => refused.join("; "),
+            None => format!("no other data voter can take over: {}", refused.join("; ")),
+        }));
+    };
     if !local.litefs.is_primary().await? {
         return Err(HandoffError::Refused(format!(
             "the local LiteFS (node {me}) is not primary yet: nothing to hand off; retry in a moment"

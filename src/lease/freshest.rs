@@ -450,6 +450,7 @@ mod tests {
             is_primary,
             positions: at(&[("app.db", 3)]),
             error: error.map(Into::into),
+            stopping: false,
         };
         assert_eq!(
             peer_answer(report(None, None)),

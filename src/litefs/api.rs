@@ -83,6 +83,7 @@ impl LiteFsApi {
             is_primary: Some(primary.unwrap_or(false)),
             positions: positions.unwrap_or_default(),
             error: (!errors.is_empty()).then(|| errors.join("; ")),
+            stopping: false,
         }
     }
 

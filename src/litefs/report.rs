@@ -20,6 +20,9 @@ pub struct LocalReport {
     /// timeout message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// This node's `run` is stopping (a stop signal came): it must not be handed the primary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
 }
 
 impl LocalReport {
@@ -29,6 +32,7 @@ impl LocalReport {
             is_primary: None,
             positions: Positions::new(),
             error: None,
+            stopping: false,
         }
     }
 
@@ -51,6 +55,7 @@ mod tests {
             is_primary: Some(false),
             positions: Positions::new(),
             error: Some("LiteFS: connection refused".into()),
+            stopping: false,
         };
         assert_eq!(
             r.with_error("app.db: missing".into()),
@@ -60,5 +65,6 @@ mod tests {
         let old: LocalReport =
             serde_json::from_str(r#"{"is_primary":true,"positions":{}}"#).unwrap();
         assert!(old.error.is_none());
+        assert!(!old.stopping);
     }
 }

@@ -255,6 +255,31 @@ impl Node {
         self.services.failure()
     }
 
+    /// Whether `.role` says `primary`: under `run`, this node leads and its LiteFS holds the
+    /// lease.
+    pub fn is_primary(&self) -> bool {
+        self.services.state.load().view().role() == litefs_py_fuse::Role::Primary
+    }
+
+    /// This node is stopping: no handoff hands it the primary from now on.
+    pub fn set_stopping(&self) {
+        self.services.handoff.set_stopping();
+    }
+
+    /// Starts the handoff of a primary that is stopping ([`Handoff::handoff_before_stop`]) on
+    /// the node's runtime; its outcome (the handoff's message, or why it failed) arrives on the
+    /// receiver. Not waited for here: the caller bounds the wait, and keeps handling signals and
+    /// children meanwhile.
+    pub fn start_stop_handoff(&self) -> std::sync::mpsc::Receiver<Result<String, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = self.services.handoff.clone();
+        self.rt.spawn(async move {
+            let outcome = h.handoff_before_stop().await;
+            let _ = tx.send(outcome.map(|o| o.message).map_err(|e| e.to_string()));
+        });
+        rx
+    }
+
     /// Stops the lease API, then raft and the servers, bounded in time.
     pub fn shutdown(self) {
         self.rt.block_on(self.services.shutdown());
@@ -266,6 +291,7 @@ impl Node {
 struct Services {
     raft: Arc<RaftNode>,
     state: StateHandle,
+    handoff: Arc<Handoff>,
     lease: Mutex<Option<LeaseServer>>,
     stop: watch::Sender<bool>,
     tasks: TaskSet,
@@ -355,6 +381,7 @@ impl Services {
         let services = Services {
             raft: raft.clone(),
             state: state.clone(),
+            handoff: handoff.clone(),
             lease: Mutex::new(lease_server),
             stop,
             tasks: TaskSet::default(),

@@ -34,6 +34,7 @@ pub mod node;
 pub mod peers;
 pub mod serve;
 pub mod server;
+pub mod silence;
 pub mod state_machine;
 pub mod store;
 pub mod tasks;

@@ -194,6 +194,8 @@ pub struct Transport {
     scheme: &'static str,
     client: reqwest::Client,
     warnings: LogLimiter,
+    /// Peers that do not answer: quiet while they start ([`super::silence`]).
+    silence: super::silence::Silence,
 }
 
 impl Transport {
@@ -236,6 +238,7 @@ impl Transport {
             scheme,
             client,
             warnings: LogLimiter::default(),
+            silence: Default::default(),
         }))
     }
 
@@ -273,17 +276,36 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let result = self.call_inner(target, addr, path, body, timeout).await;
-        if let Err(e) = &result {
-            let kind = e.kind();
-            self.peers.rpc_error(target, kind);
-            // A dead or misconfigured peer fails every heartbeat: say so once per interval.
-            let loud = !matches!(e, CallError::Blocked | CallError::Http { .. });
-            if loud
-                && self
+        let e = match &result {
+            Ok(_) => {
+                self.silence.answered(target);
+                return result;
+            }
+            Err(e) => e,
+        };
+        let kind = e.kind();
+        self.peers.rpc_error(target, kind);
+        match e {
+            CallError::Blocked | CallError::Http { .. } => {}
+            // Not up (yet), or gone for a restart: normal for a while, then one warning.
+            CallError::Unreachable { .. } | CallError::Timeout { .. } => {
+                match self.silence.failed(target, Instant::now()) {
+                    None => tracing::debug!(peer = target, "{e}"),
+                    Some(silent) => tracing::warn!(
+                        peer = target,
+                        "node {target} at {addr} has not answered for {}s ({e}): check that litefs-py runs there, that {addr} is its node.raft-addr (this node's cluster.peers), and that the port is open between the nodes",
+                        silent.as_secs()
+                    ),
+                }
+            }
+            // A misconfigured peer fails every heartbeat: say so at once, once per interval.
+            _ => {
+                if self
                     .warnings
                     .should_log(&format!("{addr} {}", kind.as_str()))
-            {
-                tracing::warn!(peer = target, "{e}");
+                {
+                    tracing::warn!(peer = target, "{e}");
+                }
             }
         }
         result

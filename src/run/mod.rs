@@ -10,6 +10,12 @@
 //! With `proxy:` configured, the proxy starts right after the node and stops first
 //! ([`proxy`]).
 //!
+//! A stop signal (SIGTERM/SIGINT) on the node whose LiteFS is primary hands the primary off
+//! first, through the same steps as `litefs-py handoff` ([`crate::handoff`]), bounded by
+//! `run.stop-handoff-timeout`; the app gets the signal once that is done, so it serves (and its
+//! writes pause about a second) meanwhile. `run.handoff-on-stop: false` or `--no-handoff` skips
+//! it. A failed or timed-out handoff is logged and the stop goes on: the others fail over.
+//!
 //! Shutdown (SIGTERM/SIGINT, or any of the three ending): the app first (the signal passed on,
 //! `run.grace` to exit, then SIGKILL), then the shim is unmounted, then LiteFS gets SIGTERM
 //! while the lease API still answers (so it releases the lease), SIGKILL and a lazy unmount of
@@ -119,6 +125,10 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
     /// `run.grace`, or `--grace`.
     pub grace: Duration,
+    /// `run.handoff-on-stop`, unless `--no-handoff`.
+    pub handoff_on_stop: bool,
+    /// `run.stop-handoff-timeout`.
+    pub stop_handoff_timeout: Duration,
     /// Where the generated litefs.yml goes.
     pub litefs_config: PathBuf,
     /// FUSE `allow_other` on the shim (an app running as another user).
@@ -142,6 +152,8 @@ impl RunOptions {
             grace: config.run.grace,
             migrate: config.run.migrate.clone(),
             migrate_timeout: config.run.migrate_timeout,
+            handoff_on_stop: config.run.handoff_on_stop,
+            stop_handoff_timeout: config.run.stop_handoff_timeout,
             litefs_config: config.run.litefs_config_path(&config.cluster.data_dir),
             config,
             command,

@@ -61,6 +61,12 @@ pub(super) struct Supervisor {
     app_signalled: bool,
     /// The first SIGTERM/SIGINT.
     stop_signal: Option<i32>,
+    /// How many SIGTERM/SIGINT came (a second one stops waiting for the stop handoff).
+    stop_signals: u32,
+    /// The stop signal held back from the app while this primary hands off (then passed on).
+    held_signal: Option<i32>,
+    /// The stop handoff was tried, or found not to apply: never twice.
+    handoff_tried: bool,
     litefs_was_ready: bool,
     /// `shutdown` ran: `Drop` must not run it again (LiteFS may still show as running when
     /// SIGKILL did not take it away).
@@ -96,6 +102,9 @@ impl Supervisor {
             app: None,
             app_signalled: false,
             stop_signal: None,
+            stop_signals: 0,
+            held_signal: None,
+            handoff_tried: false,
             litefs_was_ready: false,
             shut_down: false,
             migration: None,
@@ -122,7 +131,17 @@ impl Supervisor {
                 continue;
             };
             let stop = signal == libc::SIGTERM || signal == libc::SIGINT;
-            if self.app_running() {
+            if stop {
+                self.stop_signals += 1;
+                if let Some(d) = self.daemon.as_ref().filter(|_| self.stop_signals == 1) {
+                    d.set_stopping();
+                }
+            }
+            // The primary's app keeps serving while it hands off; it gets the signal after.
+            let hold = stop && !from_kernel && self.stop_signals == 1 && self.will_hand_off();
+            if self.app_running() && hold {
+                self.held_signal = Some(signal);
+            } else if self.app_running() {
                 if !from_kernel {
                     let pid = self.app.as_ref().map_or(0, |a| a.pid);
                     children::signal(pid, signal);
@@ -324,6 +343,7 @@ impl Supervisor {
             if let Some(code) = self.must_stop() {
                 // A stop signal while the app runs: its status is known once it has stopped.
                 return Ok(if self.stop_signal.is_some() {
+                    self.hand_off_before_stop();
                     self.stop_app();
                     self.app
                         .as_ref()
@@ -422,8 +442,9 @@ impl Supervisor {
             return;
         };
         if !self.app_signalled {
-            tracing::info!("stopping the app (SIGTERM)");
-            children::signal(pid, libc::SIGTERM);
+            let signal = self.held_signal.take().unwrap_or(libc::SIGTERM);
+            tracing::info!("stopping the app ({})", signal_name(signal));
+            children::signal(pid, signal);
             self.app_signalled = true;
         }
         let grace = self.opts.grace;
@@ -466,11 +487,73 @@ impl Supervisor {
         }
     }
 
-    /// Stops whatever runs, in order: the app, the shim, the probe, LiteFS, raft.
+    /// Whether a stop signal now makes this node hand off first: `run.handoff-on-stop`, not
+    /// tried yet, and this node's LiteFS is primary.
+    fn will_hand_off(&self) -> bool {
+        self.opts.handoff_on_stop
+            && !self.handoff_tried
+            && self.litefs_running()
+            && self.daemon.as_ref().is_some_and(Node::is_primary)
+    }
+
+    /// After a stop signal, on the primary: hands the primary to the freshest healthy replica
+    /// (the steps of `litefs-py handoff`), waiting up to `run.stop-handoff-timeout` while the
+    /// app keeps serving. Whatever the outcome, one line says it and the stop goes on.
+    fn hand_off_before_stop(&mut self) {
+        if self.stop_signal.is_none() || !self.will_hand_off() {
+            self.handoff_tried = true;
+            return;
+        }
+        self.handoff_tried = true;
+        let Some(rx) = self.daemon.as_ref().map(Node::start_stop_handoff) else {
+            return;
+        };
+        let timeout = self.opts.stop_handoff_timeout;
+        tracing::info!(
+            ?timeout,
+            "this node is the primary: handing it off before stopping (run.handoff-on-stop; a second signal skips it)"
+        );
+        let deadline = Instant::now() + timeout;
+        let outcome = loop {
+            match rx.try_recv() {
+                Ok(outcome) => break Some(outcome),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    break Some(Err("the handoff task ended without an outcome".to_string()));
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+            if self.stop_signals > 1 {
+                tracing::warn!(
+                    "a second stop signal: not waiting for the handoff; stopping (the other nodes fail over)"
+                );
+                return;
+            }
+            if Instant::now() >= deadline || !self.litefs_running() {
+                break None;
+            }
+            self.poll(Duration::from_millis(20));
+        };
+        match outcome {
+            Some(Ok(message)) => tracing::info!("handed off before stopping: {message}"),
+            Some(Err(e)) => tracing::warn!(
+                "the handoff before stopping failed: {e}; stopping anyway (the other nodes fail over)"
+            ),
+            None if !self.litefs_running() => tracing::warn!(
+                "LiteFS exited during the handoff before stopping; stopping (the other nodes fail over)"
+            ),
+            None => tracing::warn!(
+                "the handoff before stopping did not finish within {timeout:?} (run.stop-handoff-timeout); stopping anyway (the other nodes fail over)"
+            ),
+        }
+    }
+
+    /// Stops whatever runs, in order: the primary handed off (after a stop signal), the app,
+    /// the shim, the probe, LiteFS, raft.
     pub(super) fn shutdown(&mut self) {
         if std::mem::replace(&mut self.shut_down, true) {
             return;
         }
+        self.hand_off_before_stop();
         self.stop_app();
         self.stop_migration();
         if let Some(shim) = self.shim.take()

@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use fuser::{
@@ -16,6 +17,7 @@ use crate::fs::{Caller, ShimFs, TimeSpec};
 use crate::fs_io::{Opened, XattrReply};
 use crate::metrics::{InFlight, Op};
 use crate::rangeset::EOF;
+use crate::repeats::{Repeats, Verdict};
 
 /// Lower files change under us (LiteFS applies replicated pages and rewrites `-shm` itself), so
 /// the kernel must not cache their entries or attributes: every TTL is zero.
@@ -77,14 +79,29 @@ pub(super) fn fail(t: &mut InFlight<'_>, e: &FsError) -> Errno {
 }
 
 /// Logs a failed request: at debug when the error is an ordinary answer (a missing file, a
-/// lock held elsewhere), at warn when it points at a problem in the shim.
+/// lock held elsewhere), at warn when it points at a problem in the shim, or below it; a warning
+/// that repeats (every request fails once LiteFS is gone) is logged once per interval with a
+/// count ([`crate::repeats`]).
 pub(super) fn log_failure(op: Op, e: &FsError) -> Errno {
+    static REPEATS: LazyLock<Repeats> = LazyLock::new(Repeats::default);
     let errno = e.errno();
     let (op, code) = (op.name(), i32::from(errno));
     if e.is_expected() {
         tracing::debug!(op, errno = code, error = %e, "request failed");
-    } else {
-        tracing::warn!(op, errno = code, error = %e, "request failed");
+        return errno;
+    }
+    match REPEATS.check(op, code, std::time::Instant::now()) {
+        Verdict::Log { suppressed: 0 } => {
+            tracing::warn!(op, errno = code, error = %e, "request failed")
+        }
+        Verdict::Log { suppressed } => tracing::warn!(
+            op,
+            errno = code,
+            error = %e,
+            suppressed,
+            "request failed (and {suppressed} more like it since the last one logged)"
+        ),
+        Verdict::Quiet => tracing::debug!(op, errno = code, error = %e, "request failed"),
     }
     errno
 }
