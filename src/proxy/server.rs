@@ -9,25 +9,43 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::{DRAIN, Shared, handler};
 
 /// A client gets this long to send a request's headers (a slowloris holds one task, not more).
+/// It also bounds an idle keep-alive connection: the wait for its next request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Open client connections at most (each holds a task and a descriptor). At the limit the proxy
+/// stops accepting, and the kernel's backlog holds newcomers until a connection ends: a flood
+/// of idle connections cannot take every descriptor the node's own servers and LiteFS need.
+const MAX_CONNECTIONS: usize = 4096;
 
 pub async fn serve(listener: TcpListener, sh: Arc<Shared>, stop: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let stopping = stopped(stop.clone());
     tokio::pin!(stopping);
     loop {
+        // Waits here while MAX_CONNECTIONS are open (the semaphore is never closed).
+        let permit = tokio::select! {
+            () = &mut stopping => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             () = &mut stopping => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(connection(stream, peer, sh.clone(), stop.clone()));
+                    let (sh, stop) = (sh.clone(), stop.clone());
+                    conns.spawn(async move {
+                        connection(stream, peer, sh, stop).await;
+                        drop(permit);
+                    });
                 }
                 // Out of file descriptors and the like: logged, and a moment to recover.
                 Err(e) => {
