@@ -26,8 +26,10 @@ use crate::virtual_files::{StateHandle, VirtualFile};
 /// How regular files reach the application (docs/architecture.md, "Data-path modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DataPath {
-    /// Every file is a shim file: data through kernel passthrough, locks forwarded.
+    /// `Symlink` over LiteFS's own mount, `Passthrough` over any other lower dir.
     #[default]
+    Auto,
+    /// Every file is a shim file: data through kernel passthrough, locks forwarded.
     Passthrough,
     /// Regular files appear as symlinks into the lower dir, so SQLite's I/O and locks bypass
     /// the shim entirely; the shim serves lookups, listings and the virtual files.
@@ -90,6 +92,10 @@ pub struct ShimFs {
     metrics: Arc<FuseMetrics>,
     /// The shared state page this mount attached (closed when the shim goes away).
     page: Option<Arc<crate::state_page::StatePage>>,
+    /// Symlink mode over LiteFS: the root's names are links (`name_links`).
+    pub(crate) links: Option<crate::name_links::NameLinks>,
+    /// The lower root's owner, for the attributes of the shim's own files.
+    root_owner: (u32, u32),
 }
 
 impl Drop for ShimFs {
@@ -188,6 +194,19 @@ impl ShimFs {
         )
         .map_err(|e| io::Error::new(e.kind(), format!("/proc/self/fd (is /proc mounted?): {e}")))?;
         let lower_is_litefs = crate::mountinfo::is_litefs_mount(&lower_path);
+        let data_path = match data_path {
+            DataPath::Auto if lower_is_litefs => DataPath::Symlink,
+            DataPath::Auto => DataPath::Passthrough,
+            chosen => chosen,
+        };
+        let links = (data_path == DataPath::Symlink && lower_is_litefs)
+            .then(|| crate::name_links::NameLinks::new(&lower_path));
+        tracing::info!(
+            ?data_path,
+            lower_is_litefs,
+            name_links = links.is_some(),
+            "data path chosen"
+        );
         let fs = ShimFs {
             inodes: InodeTable::new(root_fd, &root_st),
             handles: HandleTable::default(),
@@ -202,6 +221,8 @@ impl ShimFs {
             waiters: crate::waiters::Waiters::default(),
             started: SystemTime::now(),
             page: None,
+            links,
+            root_owner: (root_st.st_uid, root_st.st_gid),
         };
         let mut fs = fs;
         fs.page = fs.state.attach_page(&fs.lower_path);
@@ -216,6 +237,19 @@ impl ShimFs {
 
     pub fn lower_path(&self) -> &Path {
         &self.lower_path
+    }
+
+    /// The data path in use (`Auto` resolved).
+    pub fn data_path(&self) -> DataPath {
+        self.data_path
+    }
+
+    pub(crate) fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    pub(crate) fn root_owner(&self) -> (u32, u32) {
+        self.root_owner
     }
 
     pub fn state(&self) -> &StateHandle {
@@ -294,7 +328,8 @@ impl ShimFs {
     pub(crate) fn virtual_attr(&self, f: VirtualFile) -> FsResult<FileAttr> {
         let snap = self.state.load();
         let contents = snap.contents(f, Instant::now()).ok_or(FsError::NotFound)?;
-        let root = sys::fstat(self.inodes.root().fd())?;
+        // The owner as of the mount: no lower call per role check.
+        let (uid, gid) = self.root_owner;
         Ok(FileAttr {
             ino: INodeNo(f.ino()),
             size: contents.len() as u64,
@@ -306,8 +341,8 @@ impl ShimFs {
             kind: FileType::RegularFile,
             perm: 0o444,
             nlink: 1,
-            uid: root.st_uid,
-            gid: root.st_gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -375,6 +410,9 @@ impl ShimFs {
         if let Some(f) = self.virtual_at(parent, name) {
             return self.virtual_attr(f);
         }
+        if let Some(attr) = self.link_lookup(parent, name) {
+            return Ok(attr);
+        }
         let parent = self.inodes.get(parent)?;
         if !parent.is_dir() {
             return Err(FsError::NotDirectory);
@@ -387,6 +425,9 @@ impl ShimFs {
         if VirtualFile::from_ino(ino).is_some() {
             return;
         }
+        if self.is_link(ino) {
+            return self.link_forget(ino, nlookup);
+        }
         // Dropping the last Arc closes the O_PATH fd and any idle lock fds.
         drop(self.inodes.forget(ino, nlookup));
     }
@@ -394,6 +435,9 @@ impl ShimFs {
     pub fn getattr(&self, ino: u64) -> FsResult<FileAttr> {
         if let Some(f) = VirtualFile::from_ino(ino) {
             return self.virtual_attr(f);
+        }
+        if self.is_link(ino) {
+            return self.link_getattr(ino);
         }
         let inode = self.inodes.get(ino)?;
         let st = sys::fstat(inode.fd())?;
@@ -407,6 +451,10 @@ impl ShimFs {
             } else {
                 FsError::PinnedVirtual(f.name())
             });
+        }
+        if self.is_link(ino) {
+            // A link is the shim's, not LiteFS's: it has nothing to change.
+            return Err(FsError::Lower(io::Error::from_raw_os_error(libc::EPERM)));
         }
         let inode = self.inodes.get(ino)?;
         if inode.is_symlink_view() {
@@ -457,6 +505,9 @@ impl ShimFs {
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if self.is_link(ino) {
+            return self.link_target(ino);
+        }
         let inode = self.inodes.get(ino)?;
         if inode.is_symlink_view() {
             return self.symlink_target(&inode);
@@ -559,6 +610,7 @@ impl ShimFs {
     ) -> FsResult<()> {
         self.refuse_virtual_name(parent, name)?;
         self.refuse_virtual_name(newparent, newname)?;
+        self.refuse_link_rename(parent, newparent)?;
         let from = self.inodes.get(parent)?;
         let to = self.inodes.get(newparent)?;
         Ok(with_name(name, |old| {

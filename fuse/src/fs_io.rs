@@ -438,6 +438,14 @@ impl ShimFs {
                 self.warn_shadowed(f);
                 return false;
             }
+            if dir.id == ROOT_ID
+                && e.kind != FileType::Directory
+                && let Some(id) = self.link_listed(&e.name)
+            {
+                e.kind = FileType::Symlink;
+                e.ino = id;
+                return true;
+            }
             let view = if symlink_mode && e.kind == FileType::RegularFile {
                 e.kind = FileType::Symlink;
                 View::Symlink

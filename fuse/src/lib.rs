@@ -21,6 +21,7 @@ mod locks;
 mod metrics;
 mod mount;
 pub mod mountinfo;
+mod name_links;
 mod rangeset;
 #[cfg(test)]
 mod rangeset_props;

@@ -17,17 +17,24 @@
 //! | 20 | u32 | flags: bit 0 = closed (the daemon stopped: ask the mount) |
 //! | 24 | u32 | role: 0 primary, 1 replica, 2 electing, 3 witness |
 //! | 32 | u64 | `primary` valid until, CLOCK_BOOTTIME ns (0: no bound) |
+//! | 40 | u32 | length of the `.health` mirror (flag bit 1 set: it is there) |
+//! | 48 | bytes | the `.health` mirror: JSON, the fields of `.health` that do not depend on the
+//! instant of reading, plus `quorum_ack_boot_ns` and `leader_contact_boot_ns` (CLOCK_BOOTTIME
+//! stamps the reader turns into the `ms_since_*` ages; `role`, `primary_valid_ms` and, for an
+//! expired `primary`, `primary` come from the fields above) |
 //!
 //! A reader reads the counter (acquire), the fields, then the counter again, and retries if it
 //! was odd or changed. A `primary` whose deadline has passed reads as `electing`: the page
 //! carries the same expiry as `.role`, so a stalled daemon cannot leave `primary` up in it.
+//! The mirror lets `litefs.state()` answer without a FUSE round trip too: `.health` renders
+//! its ages from the same published stamps, so both say the same thing at the same instant.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 
 use parking_lot::Mutex;
 
@@ -37,12 +44,17 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"LFPYROLE");
 pub const VERSION: u32 = 1;
 pub const SIZE: usize = 4096;
 pub const FLAG_CLOSED: u32 = 1;
+pub const FLAG_HEALTH: u32 = 2;
 
 const OFF_SEQ: usize = 8;
 const OFF_VERSION: usize = 16;
 const OFF_FLAGS: usize = 20;
 const OFF_ROLE: usize = 24;
 const OFF_UNTIL: usize = 32;
+const OFF_HEALTH_LEN: usize = 40;
+const OFF_HEALTH: usize = 48;
+/// The longest `.health` mirror the page holds (a longer one is left out: readers use the mount).
+pub const HEALTH_MAX: usize = SIZE - OFF_HEALTH;
 
 pub fn role_code(r: Role) -> u32 {
     match r {
@@ -168,8 +180,9 @@ impl StatePage {
         unsafe { &*self.base.add(off).cast::<AtomicU32>() }
     }
 
-    /// Writes one state: the role and, for a primary, its deadline (CLOCK_BOOTTIME ns).
-    pub fn write(&self, role: Role, primary_until_boot: Option<u64>, closed: bool) {
+    /// Writes one state: the role, for a primary its deadline (CLOCK_BOOTTIME ns), and the
+    /// `.health` mirror (left out if longer than [`HEALTH_MAX`]).
+    pub fn write(&self, role: Role, primary_until_boot: Option<u64>, closed: bool, health: &[u8]) {
         let _w = self.write.lock();
         let seq = self.u64_at(OFF_SEQ);
         let s = seq.load(Ordering::Relaxed) | 1;
@@ -179,14 +192,28 @@ impl StatePage {
             .store(role_code(role), Ordering::Relaxed);
         self.u64_at(OFF_UNTIL)
             .store(primary_until_boot.unwrap_or(0), Ordering::Relaxed);
-        self.u32_at(OFF_FLAGS)
-            .store(if closed { FLAG_CLOSED } else { 0 }, Ordering::Relaxed);
+        let mut flags = if closed { FLAG_CLOSED } else { 0 };
+        if !health.is_empty() && health.len() <= HEALTH_MAX {
+            for (i, b) in health.iter().enumerate() {
+                self.u8_at(OFF_HEALTH + i).store(*b, Ordering::Relaxed);
+            }
+            self.u32_at(OFF_HEALTH_LEN)
+                .store(health.len() as u32, Ordering::Relaxed);
+            flags |= FLAG_HEALTH;
+        }
+        self.u32_at(OFF_FLAGS).store(flags, Ordering::Relaxed);
         seq.store(s.wrapping_add(1), Ordering::Release);
+    }
+
+    fn u8_at(&self, off: usize) -> &AtomicU8 {
+        assert!(off < SIZE);
+        // SAFETY: `off` is inside the mapping, which lives as long as `self`.
+        unsafe { &*self.base.add(off).cast::<AtomicU8>() }
     }
 
     /// Marks the page closed (readers go back to the mount) and removes its name.
     pub fn close(&self) {
-        self.write(Role::Electing, None, true);
+        self.write(Role::Electing, None, true, &[]);
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -274,12 +301,12 @@ mod tests {
         let path = dir.path().join("page");
         let page = StatePage::create(&path).unwrap();
         let base = page.base.cast_const();
-        page.write(Role::Replica, None, false);
+        page.write(Role::Replica, None, false, b"{}");
         assert_eq!(read(base, || 5), PageRead::Role(Role::Replica));
-        page.write(Role::Primary, Some(100), false);
+        page.write(Role::Primary, Some(100), false, &[]);
         assert_eq!(read(base, || 99), PageRead::Role(Role::Primary));
         assert_eq!(read(base, || 100), PageRead::Role(Role::Electing));
-        page.write(Role::Primary, None, false);
+        page.write(Role::Primary, None, false, &[b'x'; HEALTH_MAX + 1]);
         assert_eq!(read(base, || u64::MAX), PageRead::Role(Role::Primary));
         let mode = std::fs::metadata(&path).unwrap();
         assert_eq!(
@@ -289,6 +316,24 @@ mod tests {
         page.close();
         assert_eq!(read(base, || 0), PageRead::AskTheMount);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_health_mirror_is_written_when_it_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let page = StatePage::create(&dir.path().join("page")).unwrap();
+        page.write(Role::Replica, None, false, br#"{"term":3}"#);
+        assert_eq!(page.u32_at(OFF_FLAGS).load(Ordering::Relaxed), FLAG_HEALTH);
+        let len = page.u32_at(OFF_HEALTH_LEN).load(Ordering::Relaxed) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| page.u8_at(OFF_HEALTH + i).load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(bytes, br#"{"term":3}"#);
+        // Too long for the page: left out, and readers ask the mount for `.health`.
+        page.write(Role::Replica, None, false, &[b' '; HEALTH_MAX + 1]);
+        assert_eq!(page.u32_at(OFF_FLAGS).load(Ordering::Relaxed), 0);
+        page.close();
+        assert_eq!(page.u32_at(OFF_FLAGS).load(Ordering::Relaxed), FLAG_CLOSED);
     }
 
     #[test]

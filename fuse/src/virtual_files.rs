@@ -207,6 +207,24 @@ struct Health<'a> {
     version: &'static str,
 }
 
+/// The `.health` mirror in the shared page (`state_page`): what [`Health`] says that does
+/// not depend on the instant of reading, and the stamps its ages are measured from.
+#[derive(Serialize)]
+struct PageHealth<'a> {
+    node_id: u64,
+    hostname: &'a str,
+    primary: Option<&'a str>,
+    term: u64,
+    leader_id: Option<u64>,
+    quorum_ok: bool,
+    quorum_ack_boot_ns: Option<u64>,
+    leader_contact_boot_ns: Option<u64>,
+    lag_ms: Option<i64>,
+    litefs: Option<LiteFsStatus>,
+    state_page: Option<&'a str>,
+    version: &'static str,
+}
+
 /// One published state, pre-rendered.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -357,6 +375,33 @@ impl Snapshot {
         }
     }
 
+    /// The `.health` mirror for the shared page (see [`PageHealth`]).
+    fn render_page_health(&self) -> Vec<u8> {
+        let v = &self.view;
+        let (now, now_boot) = (Instant::now(), boottime_ns());
+        let stamp = |t: Option<Instant>| {
+            t.map(|t| {
+                let ago = u64::try_from(now.saturating_duration_since(t).as_nanos());
+                now_boot.saturating_sub(ago.unwrap_or(u64::MAX))
+            })
+        };
+        let health = PageHealth {
+            node_id: v.node_id,
+            hostname: &v.hostname,
+            primary: v.primary_hostname(),
+            term: v.term,
+            leader_id: v.leader_id,
+            quorum_ok: v.quorum_ok,
+            quorum_ack_boot_ns: stamp(v.last_quorum_ack),
+            leader_contact_boot_ns: stamp(v.last_leader_contact),
+            lag_ms: v.lag_ms,
+            litefs: v.litefs,
+            state_page: self.state_page.as_deref(),
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        serde_json::to_vec(&health).expect("health serialises")
+    }
+
     fn render_health(&self, now: Instant) -> Vec<u8> {
         let v = &self.view;
         let age =
@@ -469,9 +514,10 @@ impl StateHandle {
         // sees a state the mount does not show yet).
         let role = snapshot.view.role();
         let until = snapshot.primary_until_boot;
+        let health = page.as_ref().map(|_| snapshot.render_page_health());
         self.inner.store(Arc::new(snapshot));
-        if let Some(page) = page {
-            page.write(role, until, false);
+        if let (Some(page), Some(health)) = (page, health) {
+            page.write(role, until, false, &health);
         }
     }
 

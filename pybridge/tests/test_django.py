@@ -136,6 +136,47 @@ def test_role_change_seen_by_an_open_connection(cluster: Cluster):
         assert "no primary is known" in second[op]["message"]
 
 
+def test_write_lock_granted_after_demotion_is_given_back(
+    mount_factory: testing.MountFactory, tmp_path: Path
+):
+    """The backend's write gate, second look (symlink data path: SQLite's locks do not cross
+    the shim, so the shim's own gate cannot see them). A write transaction passes the role
+    check at BEGIN IMMEDIATE while the primary is primary, then waits for the write lock held by
+    another process; meanwhile the node loses the primary role (its only peer stops). Once the
+    lock is granted, the backend asks again, rolls back, and raises NotPrimary: nothing is
+    written."""
+    cluster = wait_cluster(
+        testing.mount_cluster(mount_factory, tmp_path, [1, 2], data_path="symlink")
+    )
+    assert (cluster.primary.mnt / ".role").read_text() == "primary\n"
+    migrate(cluster.primary.mnt)
+    assert (cluster.primary.mnt / "app.db").is_symlink()
+    options = {"timeout": 60}
+    holder = spawn_scenario(cluster.primary.mnt, "hold", "0", DJP_OPTIONS=options)
+    waiter = None
+    try:
+        assert json.loads(holder.stdout.readline()) == {"locked": True}
+        waiter = spawn_scenario(cluster.primary.mnt, "write_txn", "0", DJP_OPTIONS=options)
+        assert json.loads(waiter.stdout.readline()) == {"starting": True}
+        time.sleep(0.5)  # the waiter passed its role check and waits at BEGIN IMMEDIATE
+        cluster.replica.mount.stop()
+        deadline = time.monotonic() + 10
+        while cluster.primary.role() == "primary":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        holder.stdin.write("commit\n")
+        holder.stdin.flush()
+        out = json.loads(waiter.stdout.readline())
+    finally:
+        err = holder.communicate(timeout=30)[1]
+        if waiter is not None:
+            waiter.communicate(timeout=30)
+    assert holder.returncode == 0, err
+    assert out.get("not_primary") and out["type"] == "NotPrimary", out
+    names = scenario(cluster.primary.mnt, "names")
+    assert "holder" in names and "waiter" not in names, names
+
+
 def test_immediate_second_writer_waits(shim):
     """Default IMMEDIATE: a read-then-write transaction started while another process holds
     the write lock waits at BEGIN and succeeds once the holder commits; with DEFERRED (the

@@ -4,6 +4,7 @@ mounts."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import subprocess
 import sys
@@ -197,8 +198,8 @@ def test_state_pickles_and_deep_copies(shim):
             again.raw["role"] = "replica"  # type: ignore[index]
 
 
-def _role_opens(node: testing.MountNode) -> float:
-    """``.role`` opens the node's shim has served, from its /metrics."""
+def _role_opens(node: testing.MountNode, file: str = ".role") -> float:
+    """Opens of ``file`` the node's shim has served, from its /metrics."""
     addr = next(
         line.split(":", 1)[1].strip().strip("'\"")
         for line in node.config.read_text().splitlines()
@@ -206,7 +207,7 @@ def _role_opens(node: testing.MountNode) -> float:
     )
     with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
         text = r.read().decode()
-    prefix = 'litefs_py_fuse_virtual_opens_total{file=".role"} '
+    prefix = f'litefs_py_fuse_virtual_opens_total{{file="{file}"}} '
     return next(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
 
 
@@ -231,3 +232,35 @@ def test_is_primary_reads_the_shared_page_not_the_mount(cluster: Cluster):
         assert time.monotonic() < deadline, "the page never said electing"
         time.sleep(0.05)
     assert litefs.state(cluster.replica.mnt).role == "electing"
+
+
+def test_state_reads_the_pages_mirror_of_health(cluster: Cluster):
+    """``state()`` answers from the shared page's mirror of ``.health`` (one ``.health`` read a
+    second to check the page, not one per call), and says what ``.health`` says: the same
+    fields and values, the ages within the time between the two reads. Once the primary is
+    gone, the replica's mirror says electing and no primary, as ``.health`` does."""
+    ages = ("ms_since_quorum_ack", "ms_since_leader_contact", "primary_valid_ms")
+    for node in (cluster.primary, cluster.replica):
+        litefs.state(node.mnt)  # finds the page (one .health read)
+        before = _role_opens(node, ".health")
+        t0 = time.monotonic()
+        states = [litefs.state(node.mnt) for _ in range(200)]
+        if time.monotonic() - t0 < 0.9:  # the page is rechecked once a second
+            assert _role_opens(node, ".health") == before, "state() went through the mount"
+        mirrored = states[-1].raw
+        fused = json.loads((node.mnt / ".health").read_text())
+        assert set(mirrored) == set(fused), (mirrored, fused)
+        for key, value in fused.items():
+            if key in ages and value is not None:
+                assert mirrored[key] is not None, key
+                assert abs(mirrored[key] - value) < 1000, (key, mirrored[key], value)
+            else:
+                assert mirrored[key] == value, (key, mirrored[key], value)
+    cluster.primary.mount.stop()
+    deadline = time.monotonic() + 10
+    while litefs.state(cluster.replica.mnt).role != "electing":
+        assert time.monotonic() < deadline, "the mirror never said electing"
+        time.sleep(0.05)
+    s = litefs.state(cluster.replica.mnt)
+    fused = json.loads((cluster.replica.mnt / ".health").read_text())
+    assert s.primary is None and fused["primary"] is None and fused["role"] == "electing"

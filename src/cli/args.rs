@@ -236,10 +236,13 @@ pub struct ConfigArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DataPathArg {
+    /// symlink over LiteFS's own mount (the production stack), passthrough over any other dir.
+    Auto,
     /// Every file is a shim file: data via kernel passthrough, locks forwarded per owner.
     Passthrough,
     /// Regular files appear as symlinks into the lower dir: SQLite's I/O and locks bypass
-    /// the shim (tools that refuse symlinks, O_NOFOLLOW, will not open them).
+    /// the shim and its write gate (tools that refuse symlinks, O_NOFOLLOW, will not open
+    /// them).
     Symlink,
 }
 
@@ -258,7 +261,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR")]
     pub lower: Option<PathBuf>,
 
-    /// How database files reach the app [default: mount.data-path, else passthrough].
+    /// How database files reach the app [default: mount.data-path, else auto].
     #[arg(long, value_enum)]
     pub data_path: Option<DataPathArg>,
 

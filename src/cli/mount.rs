@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::config::{Config, DataPathMode};
+use crate::config::Config;
 use crate::node::Node;
 use anyhow::Context;
 use litefs_py_fuse::{ClusterView, DataPath, MountOptions, StateHandle};
@@ -38,9 +38,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .or_else(|| config.as_ref().map(|c| c.mount.lower.clone()))
         .unwrap_or_else(crate::config::default_lower);
     let mut opts = MountOptions::new(&lower, &args.mountpoint);
-    opts.data_path = match (args.data_path, config.as_ref().map(|c| &c.mount.data_path)) {
-        (Some(DataPathArg::Symlink), _) | (None, Some(DataPathMode::Symlink)) => DataPath::Symlink,
-        _ => DataPath::Passthrough,
+    opts.data_path = match (args.data_path, config.as_ref()) {
+        (Some(DataPathArg::Auto), _) | (None, None) => DataPath::Auto,
+        (Some(DataPathArg::Passthrough), _) => DataPath::Passthrough,
+        (Some(DataPathArg::Symlink), _) => DataPath::Symlink,
+        (None, Some(c)) => c.mount.data_path.for_shim(),
     };
     opts.allow_other = args.allow_other;
     if let Some(n) = args.threads {

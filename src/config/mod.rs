@@ -59,9 +59,22 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DataPathMode {
+    /// `symlink` over LiteFS's own mount, `passthrough` over any other lower dir.
     #[default]
+    Auto,
     Passthrough,
     Symlink,
+}
+
+impl DataPathMode {
+    /// The shim's setting for this mode.
+    pub fn for_shim(&self) -> litefs_py_fuse::DataPath {
+        match self {
+            DataPathMode::Auto => litefs_py_fuse::DataPath::Auto,
+            DataPathMode::Passthrough => litefs_py_fuse::DataPath::Passthrough,
+            DataPathMode::Symlink => litefs_py_fuse::DataPath::Symlink,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -628,7 +641,7 @@ lease:
         assert_eq!(c.cluster.peers.len(), 3);
         assert_eq!(c.lease.ttl, Duration::from_secs(3));
         assert_eq!(c.mount.dir, PathBuf::from("/litefs"));
-        assert_eq!(c.mount.data_path, DataPathMode::Passthrough);
+        assert_eq!(c.mount.data_path, DataPathMode::Auto);
         assert_eq!(c.litefs_advertise_url(), "http://node-a:20202");
         // The effective config round-trips.
         let again = Config::parse(&c.to_yaml()).unwrap();

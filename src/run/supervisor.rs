@@ -8,11 +8,10 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use litefs_py_fuse::{DataPath, MountOptions, MountedShim};
+use litefs_py_fuse::{MountOptions, MountedShim};
 
 use super::children::{self, Event, Events, describe, shell_code, signal_name};
 use super::{RunError, RunOptions, exit};
-use crate::config::DataPathMode;
 use crate::fence::{Feed, Fencer, Target};
 use crate::litefs::probe::Probe;
 use crate::litefs::process::LiteFs;
@@ -301,10 +300,7 @@ impl Supervisor {
         tracing::info!(elapsed = ?started.elapsed(), "LiteFS is mounted and serving");
 
         let mut opts = MountOptions::new(&lower, &config.mount.dir);
-        opts.data_path = match config.mount.data_path {
-            DataPathMode::Passthrough => DataPath::Passthrough,
-            DataPathMode::Symlink => DataPath::Symlink,
-        };
+        opts.data_path = config.mount.data_path.for_shim();
         opts.allow_other = self.opts.allow_other;
         let state = match &self.daemon {
             Some(d) => d.state().clone(),

@@ -37,6 +37,9 @@ pub struct Cluster {
 pub struct Mount {
     pub dir: PathBuf,
     pub lower: PathBuf,
+    /// `mount.data-path`; `None`: litefs-py's default (`auto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -166,7 +169,16 @@ impl Config {
         self.mount = Some(Mount {
             dir: dir.to_path_buf(),
             lower: lower.to_path_buf(),
+            data_path: None,
         });
+        self
+    }
+
+    /// `mount.data-path` (after [`Config::mount`]); `None` leaves litefs-py's default.
+    pub fn data_path(mut self, mode: Option<&str>) -> Config {
+        if let Some(m) = &mut self.mount {
+            m.data_path = mode.map(str::to_string);
+        }
         self
     }
 

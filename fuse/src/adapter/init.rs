@@ -30,6 +30,10 @@ pub(super) fn negotiate(fs: &ShimFs, config: &mut KernelConfig) -> io::Result<()
             let _ = config.add_capabilities(optional);
         }
     }
+    // Name links never change (fuse/src/name_links.rs): the kernel may keep their targets.
+    if fs.caches_symlinks() && caps.contains(InitFlags::FUSE_CACHE_SYMLINKS) {
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+    }
     if fs.passthrough_state() == PassthroughState::Unavailable {
         // Turned off by the mount options: do not ask the kernel for it either.
     } else if caps.contains(InitFlags::FUSE_PASSTHROUGH) {

@@ -41,7 +41,7 @@ use crate::fs::{SetAttr, ShimFs};
 use crate::metrics::{FuseMetrics, Op};
 use crate::rangeset::UNLCK;
 use crate::sys::LockRange;
-use reply::{GENERATION, TTL, caller, fail, fill_dir, fill_dir_plus, lock_end, time_spec};
+use reply::{GENERATION, caller, fail, fill_dir, fill_dir_plus, lock_end, time_spec};
 
 pub struct FuseAdapter {
     fs: Arc<ShimFs>,
@@ -63,7 +63,7 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (_span, mut t) = serve!(self, Lookup, req, parent = parent.0, name = ?name);
         match self.fs.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(attr) => reply.entry(&self.fs.cache_ttl(attr.ino.0), &attr, GENERATION),
             Err(e) => reply.error(fail(&mut t, &e)),
         }
     }
@@ -76,7 +76,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let (_span, mut t) = serve!(self, Getattr, req, ino = ino.0, fh = fh.map(|f| f.0));
         match self.fs.getattr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&self.fs.cache_ttl(attr.ino.0), &attr),
             Err(e) => reply.error(fail(&mut t, &e)),
         }
     }
@@ -110,7 +110,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
         };
         match self.fs.setattr(ino.0, set) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&self.fs.cache_ttl(attr.ino.0), &attr),
             Err(e) => reply.error(fail(&mut t, &e)),
         }
     }
@@ -135,7 +135,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (_span, mut t) = serve!(self, Mknod, req, parent = parent.0, name = ?name);
         match self.fs.mknod(caller(req), parent.0, name, mode, rdev) {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(attr) => reply.entry(&self.fs.cache_ttl(attr.ino.0), &attr, GENERATION),
             Err(e) => reply.error(fail(&mut t, &e)),
         }
     }
@@ -151,7 +151,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (_span, mut t) = serve!(self, Mkdir, req, parent = parent.0, name = ?name);
         match self.fs.mkdir(caller(req), parent.0, name, mode) {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(attr) => reply.entry(&self.fs.cache_ttl(attr.ino.0), &attr, GENERATION),
             Err(e) => reply.error(fail(&mut t, &e)),
         }
     }
@@ -182,7 +182,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (_span, mut t) = serve!(self, Symlink, req, parent = parent.0, name = ?link_name);
         match self.fs.symlink(caller(req), parent.0, link_name, target) {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(attr) => reply.entry(&self.fs.cache_ttl(attr.ino.0), &attr, GENERATION),
             Err(e) => reply.error(fail(&mut t, &e)),
         }
     }
@@ -222,7 +222,7 @@ impl Filesystem for FuseAdapter {
             self, Link, req, ino = ino.0, newparent = newparent.0, newname = ?newname
         );
         match self.fs.link(ino.0, newparent.0, newname) {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(attr) => reply.entry(&self.fs.cache_ttl(attr.ino.0), &attr, GENERATION),
             Err(e) => reply.error(fail(&mut t, &e)),
         }
     }

@@ -20,7 +20,8 @@ use crate::rangeset::EOF;
 use crate::repeats::{Repeats, Verdict};
 
 /// Lower files change under us (LiteFS applies replicated pages and rewrites `-shm` itself), so
-/// the kernel must not cache their entries or attributes: every TTL is zero.
+/// the kernel must not cache their entries or attributes: their TTL is zero (the shim's own
+/// stable name links have theirs, `ShimFs::cache_ttl`).
 pub(super) const TTL: Duration = Duration::ZERO;
 pub(super) const GENERATION: Generation = Generation(0);
 
@@ -158,7 +159,7 @@ pub(super) fn fill_dir_plus(
             INodeNo(attr.ino.0),
             i as u64 + 1,
             OsStr::from_bytes(&e.name),
-            &TTL,
+            &fs.cache_ttl(attr.ino.0),
             &attr,
             GENERATION,
         ) {

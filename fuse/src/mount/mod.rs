@@ -47,7 +47,7 @@ impl MountOptions {
         MountOptions {
             lower: lower.into(),
             mountpoint: mountpoint.into(),
-            data_path: DataPath::Passthrough,
+            data_path: DataPath::Auto,
             allow_other: false,
             threads: default_threads(),
             auto_unmount: true,

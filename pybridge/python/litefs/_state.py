@@ -8,8 +8,11 @@ per call. Its ``primary`` carries the same deadline as ``.role``: past it, the p
 ``electing`` even if the daemon is stopped. Without a page (a shim that has none, a closed page
 after the daemon stopped, a CPU that orders loads weakly) the role is read from ``.role``
 through the mount (a few microseconds: the shim answers from memory, and the read runs in Rust
-with the GIL released). Everything else reads ``.health``. The mount is the ``mount`` argument,
-else ``$LITEFS_DIR``, else ``/litefs`` (looked up at each call, never at import).
+with the GIL released). ``state()`` reads the page's mirror of ``.health`` the same way (the same
+fields; the ages are measured now from the stamps the shim published, as ``.health`` measures
+them when it is opened), and ``.health`` through the mount without one. The mount is the
+``mount`` argument, else ``$LITEFS_DIR``, else ``/litefs`` (looked up at each call, never at
+import).
 """
 
 from __future__ import annotations
@@ -165,6 +168,11 @@ def state(mount: Mount | None = None) -> State:
     Raises :class:`NotMounted` if no litefs-py mount answers there.
     """
     path = mount_path(mount)
+    if _PAGE_OK:
+        page = _page_for(path)
+        mirrored = page.health() if page is not None else None
+        if mirrored is not None:
+            return State.from_health(path, mirrored)
     text = _native.read_health(path)
     try:
         health = json.loads(text)
@@ -176,12 +184,16 @@ def state(mount: Mount | None = None) -> State:
 
 
 # The shared state page (the shim's `state_page` module): magic, seqlock counter, version,
-# flags, role, padding, `primary` deadline on CLOCK_BOOTTIME (0: none).
+# flags, role, padding, `primary` deadline on CLOCK_BOOTTIME (0: none), the length of the
+# `.health` mirror, padding, the mirror.
 _PAGE_MAGIC = int.from_bytes(b"LFPYROLE", "little")
 _PAGE_VERSION = 1
 _PAGE_SIZE = 4096
 _PAGE_SEQ = struct.Struct("<Q")
-_PAGE_BODY = struct.Struct("<IIIxxxxQ")
+_PAGE_BODY = struct.Struct("<IIIxxxxQI")
+_PAGE_HEALTH = 48
+_PAGE_CLOSED = 1
+_PAGE_HAS_HEALTH = 2
 _PAGE_ROLES = ("primary", "replica", "electing", "witness")
 #: How often a process checks, through the mount, that its page is still the mount's.
 _PAGE_RECHECK_S = 1.0
@@ -196,8 +208,9 @@ class _Page:
     def __init__(self, mm: mmap.mmap) -> None:
         self.mm = mm
 
-    def role(self) -> str | None:
-        """The role as of now, or None: not a page of this version, closed, or busy."""
+    def _read(self, with_health: bool) -> tuple[str, int, bytes | None] | None:
+        """One consistent reading: (role as of now, `primary` deadline, the mirror if asked
+        for and present), or None: not a page of this version, closed, or busy."""
         mm = self.mm
         if _PAGE_SEQ.unpack_from(mm, 0)[0] != _PAGE_MAGIC:
             return None
@@ -205,15 +218,51 @@ class _Page:
             (s1,) = _PAGE_SEQ.unpack_from(mm, 8)
             if s1 & 1:
                 continue
-            version, flags, role, until = _PAGE_BODY.unpack_from(mm, 16)
+            version, flags, role, until, length = _PAGE_BODY.unpack_from(mm, 16)
+            mirror = None
+            if with_health and flags & _PAGE_HAS_HEALTH and length <= _PAGE_SIZE - _PAGE_HEALTH:
+                mirror = mm[_PAGE_HEALTH : _PAGE_HEALTH + length]
             if _PAGE_SEQ.unpack_from(mm, 8)[0] != s1:
                 continue
-            if version != _PAGE_VERSION or flags & 1 or role >= len(_PAGE_ROLES):
+            if version != _PAGE_VERSION or flags & _PAGE_CLOSED or role >= len(_PAGE_ROLES):
                 return None
             if role == 0 and until and time.clock_gettime_ns(time.CLOCK_BOOTTIME) >= until:
-                return "electing"
-            return _PAGE_ROLES[role]
+                return "electing", until, mirror
+            return _PAGE_ROLES[role], until, mirror
         return None
+
+    def role(self) -> str | None:
+        """The role as of now, or None: not a page of this version, closed, or busy."""
+        read = self._read(False)
+        return None if read is None else read[0]
+
+    def health(self) -> dict[str, Any] | None:
+        """What ``.health`` says now, from the mirror, or None (no mirror: ask the mount)."""
+        read = self._read(True)
+        if read is None:
+            return None
+        role, until, mirror = read
+        if mirror is None:
+            return None
+        try:
+            health = json.loads(mirror)
+        except ValueError:
+            return None
+        if not isinstance(health, dict):
+            return None
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        for stamp, age in (
+            ("quorum_ack_boot_ns", "ms_since_quorum_ack"),
+            ("leader_contact_boot_ns", "ms_since_leader_contact"),
+        ):
+            t = health.pop(stamp, None)
+            health[age] = max(0, now - t) // 1_000_000 if isinstance(t, int) else None
+        primary = role == "primary"
+        health["role"] = role
+        if role == "electing" and until:
+            health["primary"] = None  # the primary answer ran out: no primary known
+        health["primary_valid_ms"] = (until - now) // 1_000_000 if primary and until else None
+        return health
 
 
 #: Per mount: when it was last checked through the mount, and its page (None: it has none).
@@ -249,17 +298,23 @@ def _open_page(mount: str) -> _Page | None:
         os.close(fd)
 
 
+def _page_for(mount: str) -> _Page | None:
+    """The page of ``mount``, checked through the mount at most once a second per process."""
+    now = time.monotonic()
+    checked, page = _pages.get(mount, (0.0, None))
+    if now - checked > _PAGE_RECHECK_S:
+        # First use in this process, or time to check that the page is still the mount's (a
+        # remount over another lower dir has another page): one read of .health.
+        page = _open_page(mount)
+        _pages[mount] = (now, page)
+    return page
+
+
 def read_role(mount: str) -> str:
     """``.role`` of ``mount`` (without its newline): from the shared page when there is one,
     else through the mount. Raises :class:`NotMounted` if no litefs-py mount answers there."""
     if _PAGE_OK:
-        now = time.monotonic()
-        checked, page = _pages.get(mount, (0.0, None))
-        if now - checked > _PAGE_RECHECK_S:
-            # First use in this process, or time to check that the page is still the mount's (a
-            # remount over another lower dir has another page): one read of .health.
-            page = _open_page(mount)
-            _pages[mount] = (now, page)
+        page = _page_for(mount)
         if page is not None:
             role = page.role()
             if role is not None:

@@ -111,6 +111,11 @@ def hold(seconds: str) -> dict[str, Any]:
     return {"committed": True}
 
 
+def names() -> list[str]:
+    """The names of every entry (a read: works on any node)."""
+    return list(Entry.objects.values_list("name", flat=True))
+
+
 def write_txn(pause: str) -> dict[str, Any]:
     """A read-then-write transaction, the pattern that fails at its write under DEFERRED while
     another writer holds the lock (SQLite cannot upgrade a stale read snapshot). Says when it
@@ -310,6 +315,7 @@ def main() -> None:
         "ops": ops,
         "hold": hold,
         "write_txn": write_txn,
+        "names": names,
         "client": client,
         "phases": phases,
         "bypass": bypass,

@@ -45,6 +45,8 @@ pub struct Options {
     pub raft: config::Raft,
     /// `lease.ttl`; `None`: litefs-py's default (what users get).
     pub lease_ttl: Option<String>,
+    /// `mount.data-path` of `run` nodes; `None`: litefs-py's default (what users get).
+    pub data_path: Option<String>,
     /// How the node processes are spawned (the benchmark's own process group and parent-death
     /// signal); their logs always append across restarts.
     pub spawn: process::Options,
@@ -77,6 +79,7 @@ impl Options {
             log_level: None,
             raft: config::Raft::default(),
             lease_ttl: None,
+            data_path: None,
             // SIGTERM to a node whose test process dies without running the guards (a test
             // binary killed from outside): it unmounts itself instead of running on as an
             // orphan. Nodes are started on the test's own thread, which outlives them.

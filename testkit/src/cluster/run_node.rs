@@ -76,6 +76,7 @@ impl RunNode {
         .peers(peers)
         .secret_file(secret)
         .mount(&root.join("mnt"), &root.join("lower"))
+        .data_path(opts.data_path.as_deref())
         .lease(&ports.lease, opts.lease_ttl.as_deref())
         .litefs(litefs, &root.join("litefs-data"), &ports.litefs)
         .run_grace("5s")

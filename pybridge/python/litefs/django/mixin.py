@@ -327,6 +327,24 @@ class LiteFSMixin:
             self._litefs_write_txn = primary and mode in ("IMMEDIATE", "EXCLUSIVE")
         self._litefs_txn_wrote = False
         self.cursor().execute(f"BEGIN {mode}" if mode else "BEGIN")
+        if self._litefs_write_txn and self._litefs_mount is not None:
+            self._litefs_recheck_after_lock()
+
+    def _litefs_recheck_after_lock(self) -> None:
+        """The write gate, second look: the write lock is held now, so the role is asked once
+        more. A process that passed the first look and then stalled (SIGSTOP, a frozen host)
+        while another node became primary gives the lock back instead of writing. Over LiteFS
+        the data path does not cross the shim (symlink mode), so this is the gate the shim
+        keeps in passthrough mode (docs/architecture.md, "Data-path modes")."""
+        if self._litefs_read_role():
+            return
+        self._litefs_write_txn = False
+        conn = self.connection
+        if conn is not None and conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if conn is not None:
+            self._litefs_apply(conn, False)
+        raise self._litefs_not_primary(None)
 
     def _commit(self) -> None:
         wrote = self._litefs_write_txn or self._litefs_txn_wrote

@@ -304,7 +304,11 @@ class MountNode:
 
 
 def mount_cluster(
-    factory: MountFactory, base: Path, ids: Sequence[int], ready_timeout: float = 15.0
+    factory: MountFactory,
+    base: Path,
+    ids: Sequence[int],
+    ready_timeout: float = 15.0,
+    data_path: str | None = None,
 ) -> list[MountNode]:
     """``litefs-py mount --config`` nodes of one raft cluster (``ids[0]`` bootstraps), each
     with its own lower dir, mount point and loopback ports under ``base/node<id>``; the
@@ -329,6 +333,7 @@ def mount_cluster(
             mount_dir=d / "mnt",
             lower=d / "lower",
             lease_addr=f"127.0.0.1:{free_port()}",
+            data_path=data_path,
         )
         config = yml.write(d / "litefs-py.yml")
         args = [str(factory.binary), "mount", "--config", str(config), str(d / "mnt")]

@@ -55,6 +55,8 @@ class NodeYml:
     lease_ttl: str | None = None
     litefs: LiteFSYml | None = None
     run_grace: str | None = None
+    #: ``mount.data-path`` (``auto``, ``passthrough``, ``symlink``); None: the default.
+    data_path: str | None = None
     #: Further top-level sections or keys, merged in last (e.g. ``{"raft": {...}}``).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -79,6 +81,8 @@ class NodeYml:
             "mount": {"dir": os.fspath(self.mount_dir), "lower": os.fspath(self.lower)},
             "lease": lease,
         }
+        if self.data_path is not None:
+            doc["mount"]["data-path"] = self.data_path
         if self.litefs is not None:
             doc["litefs"] = self.litefs.to_dict()
         if self.run_grace is not None:
