@@ -528,12 +528,13 @@ def test_open_connections_follow_a_failover(mount_factory, tmp_path: Path):
 
 def test_role_reads_per_request(shim):
     """Reads never read .role once seen; the classification survives reconnects. Per unit
-    (connect, two reads, one write transaction): at connect, at BEGIN, and nothing more."""
+    (connect, two reads, one write transaction): at connect, at BEGIN, once BEGIN IMMEDIATE
+    holds the write lock (the write gate's second look), and nothing more."""
     migrate(shim.mnt)
     out = scenario(shim.mnt, "role_reads")
     first, *later = out["per_unit"]
     assert first > later[0], out
-    assert later == [2, 2], out
+    assert later == [3, 3], out
 
 
 def test_commit_refused_after_demotion_is_not_primary(shim):
