@@ -191,12 +191,14 @@ fn run_workers(
         .map(|r| r.ops as f64 / r.elapsed_s.max(1e-9))
         .sum();
     // The workers' slices line up in time (they start together): summed, they are the rate of
-    // all of them in that slice.
-    let n = results
-        .iter()
-        .map(|r| r.slice_rates.len())
-        .min()
-        .unwrap_or(0);
+    // all of them in that slice. A worker with fewer slices had a request span a boundary, and
+    // its slices no longer line up: then no spread rather than a wrong one.
+    let n = results.first().map_or(0, |r| r.slice_rates.len());
+    let n = if results.iter().all(|r| r.slice_rates.len() == n) {
+        n
+    } else {
+        0
+    };
     let slices: Vec<f64> = (0..n)
         .map(|i| results.iter().map(|r| r.slice_rates[i]).sum())
         .collect();
