@@ -1,6 +1,8 @@
 //! `litefs-py-bench`: what the litefs-py FUSE shim costs. Every workload runs directly on a
 //! lower dir and through the shim (one `litefs-py mount` child per data-path mode) in the same
-//! run; optionally the same over a single-node LiteFS. Prints tables, writes JSON.
+//! run; optionally the same over a single-node LiteFS, where the plain request pattern of an
+//! app (a new connection per request, from several processes) runs too (see `requests.rs`).
+//! Prints tables, writes JSON.
 //!
 //! `litefs-py-bench failover` measures something else: how long a 3-node cluster takes to agree
 //! on a new primary after kill -9 of the current one (see `failover.rs`);
