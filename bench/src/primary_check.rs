@@ -265,21 +265,29 @@ mod tests {
     use litefs_py_fuse::Role;
     use litefs_py_fuse::state_page::StatePage;
 
+    /// A `.health` mirror, which sets another flag bit: the role reader must not mind it.
+    const MIRROR: &[u8] = br#"{"term":1}"#;
+
     #[test]
     fn reads_what_the_shims_writer_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("page");
         let writer = StatePage::create(&path).unwrap();
-        writer.write(Role::Replica, None, false);
+        writer.write(Role::Replica, None, false, MIRROR);
         let page = Page::open(&path).unwrap();
         assert_eq!(page.role(), Some("replica"));
-        writer.write(Role::Primary, None, false);
+        writer.write(Role::Primary, None, false, MIRROR);
         assert_eq!(page.role(), Some("primary"));
-        writer.write(Role::Primary, Some(boottime_ns() + 60_000_000_000), false);
+        writer.write(
+            Role::Primary,
+            Some(boottime_ns() + 60_000_000_000),
+            false,
+            MIRROR,
+        );
         assert_eq!(page.role(), Some("primary"));
-        writer.write(Role::Primary, Some(1), false);
+        writer.write(Role::Primary, Some(1), false, MIRROR);
         assert_eq!(page.role(), Some("electing"), "a primary past its deadline");
-        writer.write(Role::Witness, None, false);
+        writer.write(Role::Witness, None, false, &[]);
         assert_eq!(page.role(), Some("witness"));
         writer.close();
         assert_eq!(
@@ -295,7 +303,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("page");
         let writer = StatePage::create(&path).unwrap();
-        writer.write(Role::Primary, None, false);
+        writer.write(Role::Primary, None, false, MIRROR);
         assert!(Page::open(&path).is_some());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(Page::open(&path).is_none());
@@ -312,7 +320,7 @@ mod tests {
         std::fs::create_dir(&mount).unwrap();
         let path = dir.path().join("page");
         let writer = StatePage::create(&path).unwrap();
-        writer.write(Role::Primary, None, false);
+        writer.write(Role::Primary, None, false, MIRROR);
         let health = serde_json::json!({ "role": "primary", "state_page": path });
         std::fs::write(mount.join(".health"), health.to_string()).unwrap();
         std::fs::write(mount.join(".role"), "replica\n").unwrap();
