@@ -1,6 +1,8 @@
 //! `litefs-py-bench`: what the litefs-py FUSE shim costs. Every workload runs directly on a
 //! lower dir and through the shim (one `litefs-py mount` child per data-path mode) in the same
-//! run; optionally the same over a single-node LiteFS. Prints tables, writes JSON.
+//! run; optionally the same over a single-node LiteFS, where the plain request pattern of an
+//! app (a new connection per request, from several processes) runs too (see `requests.rs`).
+//! Prints tables, writes JSON.
 //!
 //! `litefs-py-bench failover` measures something else: how long a 3-node cluster takes to agree
 //! on a new primary after kill -9 of the current one (see `failover.rs`);
@@ -12,7 +14,9 @@ mod litefs_failover;
 mod measure;
 mod micro;
 mod mounts;
+mod primary_check;
 mod report;
+mod requests;
 mod run;
 mod sys;
 mod workloads;
@@ -68,6 +72,11 @@ struct Args {
     #[arg(long, value_name = "N")]
     cpu: Option<usize>,
 
+    /// Processes making the plain requests over LiteFS (a new connection, a primary check,
+    /// two selects or one insert, close; each process loops).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    request_procs: u16,
+
     /// Where the JSON goes [default: target/bench of the workspace this binary was built in].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -82,10 +91,21 @@ enum Mode {
     /// `litefs-py run` and its LiteFS) until a survivor's shim commits a write; p50/p99 over
     /// many kills, the killed node rejoining before the next; JSON as litefs-failover-*.json.
     LitefsFailover(litefs_failover::LiteFsFailoverArgs),
+    /// One process of the plain-request workload (started by the benchmark itself).
+    #[command(hide = true)]
+    ReqWorker(requests::WorkerArgs),
 }
 
 fn main() {
     let mut args = Args::parse();
+    if let Some(Mode::ReqWorker(w)) = args.mode.take_if(|m| matches!(m, Mode::ReqWorker(_))) {
+        // No handlers here: the benchmark stops its workers with SIGTERM, which must end them.
+        if let Err(e) = requests::worker(w) {
+            eprintln!("litefs-py-bench req-worker: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = install_signal_handlers() {
         eprintln!("litefs-py-bench: {e:#}");
         std::process::exit(1);
@@ -95,6 +115,7 @@ fn main() {
         None => run(args),
         Some(Mode::Failover(f)) => run_failover(f),
         Some(Mode::LitefsFailover(f)) => run_litefs_failover(f),
+        Some(Mode::ReqWorker(_)) => unreachable!("handled above"),
     };
     if let Err(e) = result {
         eprintln!("litefs-py-bench: {e:#}");
@@ -228,10 +249,15 @@ fn run(args: Args) -> Result<()> {
         path: &shim_bin,
         threads: args.threads,
     };
+    let plan = requests::Plan {
+        exe: std::env::current_exe().context("locating this binary")?,
+        procs: usize::from(args.request_procs),
+        logs: tmp.path().to_path_buf(),
+    };
     let plain = run::plain(&s, &bin, tmp.path())?;
     let (litefs_sec, litefs_status): (Option<Section>, String) = match &litefs_bin {
         Err(why) => (None, format!("skipped: {why}")),
-        Ok(b) => match run::over_litefs(&s, &bin, b, tmp.path()) {
+        Ok(b) => match run::over_litefs(&s, &bin, b, tmp.path(), &plan) {
             Ok(sec) => (Some(sec), format!("ran with {}", b.display())),
             Err(e) if measure::check_stop().is_err() => return Err(e),
             Err(e) => (None, format!("failed: {e:#}")),
@@ -259,6 +285,7 @@ fn run(args: Args) -> Result<()> {
             "files": s.files,
             "shim_threads": args.threads,
             "pinned_cpu": args.cpu,
+            "request_procs": args.request_procs,
         },
         "sections": std::iter::once(&plain).chain(litefs_sec.as_ref()).map(Section::to_json).collect::<Vec<_>>(),
         "litefs_baseline": litefs_status,

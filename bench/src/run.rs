@@ -10,7 +10,9 @@ use litefs_py_testkit::mount::is_mounted;
 
 use crate::measure::{Col, Kind, Metric, Settings, Target, check_stop};
 use crate::mounts::{Shim, ShimOptions};
+use crate::primary_check::{Counts, How};
 use crate::report::Section;
+use crate::requests::{self, ReqKind};
 use crate::{micro, sys, workloads};
 
 const SELECT_DB: &str = "select.db";
@@ -235,18 +237,57 @@ pub fn plain(s: &Settings, bin: &ShimBinary<'_>, base: &Path) -> Result<Section>
     Ok(sec)
 }
 
-/// What the LiteFS section measures in one column: (a), (b), and `.primary`.
+/// The plain request pattern (see `requests`), reads then writes; notes what the primary
+/// checks read, so that the table says which check each column did.
+fn plain_requests(
+    sec: &mut Section,
+    t: &Target,
+    s: &Settings,
+    plan: &requests::Plan,
+) -> Result<()> {
+    let how = if t.is_shim() {
+        How::ShimRole
+    } else {
+        How::LitefsPrimaryFile
+    };
+    for kind in [ReqKind::Read, ReqKind::Write] {
+        let mut seen = Counts::default();
+        let name = kind.name(plan.procs);
+        step(sec, t, kind.key(), &name, || {
+            let (m, c) = requests::run(t, s, plan, how, kind)?;
+            seen = c;
+            Ok(m)
+        })?;
+        if seen != Counts::default() {
+            sec.notes.push(format!(
+                "plain request, {} [{}]: primary check = {}; in the timed window: {} state page reads, {} .role, {} .health, {} .primary",
+                kind.label(),
+                sec.columns[t.col as usize],
+                how.describe(),
+                seen.page,
+                seen.role_file,
+                seen.health,
+                seen.primary_file,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What the LiteFS section measures in one column: (a), (b), plain requests, and `.primary`.
 fn litefs_column(
     sec: &mut Section,
     t: &Target,
     s: &Settings,
     db: &SelectDb,
     litefs_pid: u32,
+    plan: &requests::Plan,
 ) -> Result<()> {
     step(sec, t, "write_txn", "(a) 1-row write txn", || {
         workloads::write_txns(t, s)
     })?;
     selects(sec, t, s, db)?;
+    plain_requests(sec, t, s, plan)?;
     step(
         sec,
         t,
@@ -270,6 +311,7 @@ pub fn over_litefs(
     bin: &ShimBinary<'_>,
     litefs_bin: &Path,
     base: &Path,
+    plan: &requests::Plan,
 ) -> Result<Section> {
     let mut sec = Section::new("shim over LiteFS", ["litefs", "passthrough", "symlink"]);
     let dir = mkdir(base.join("litefs"))?;
@@ -291,14 +333,14 @@ pub fn over_litefs(
         lower: lower.clone(),
         shim_pid: None,
     };
-    let result = litefs_column(&mut sec, &base_t, s, &db, pid).and_then(|()| {
+    let result = litefs_column(&mut sec, &base_t, s, &db, pid, plan).and_then(|()| {
         shim_columns(
             &mut sec,
             bin,
             &lower,
             &mnt,
             ["lfs-pt", "lfs-sym"],
-            |sec, t| litefs_column(sec, t, s, &db, pid),
+            |sec, t| litefs_column(sec, t, s, &db, pid, plan),
         )
     });
     // Shims are down by now (each is stopped inside shim_columns); LiteFS goes last.

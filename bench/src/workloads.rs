@@ -20,7 +20,7 @@ use crate::sys;
 const ROW_BYTES: u64 = 1000;
 const SEQ_BUF: usize = 1 << 20;
 
-fn open_wal(path: &Path) -> Result<Connection> {
+pub fn open_wal(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -34,7 +34,7 @@ fn open_wal(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-fn remove_db(path: &Path) {
+pub fn remove_db(path: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
