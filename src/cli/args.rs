@@ -236,7 +236,7 @@ pub struct ConfigArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DataPathArg {
-    /// symlink over LiteFS's own mount (the production stack), passthrough over any other dir.
+    /// Symlink over LiteFS's own mount (the production stack), passthrough over any other dir.
     Auto,
     /// Every file is a shim file: data via kernel passthrough, locks forwarded per owner.
     Passthrough,
