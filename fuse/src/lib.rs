@@ -1,16 +1,19 @@
 //! The litefs-py FUSE shim.
 //!
-//! Mounted over LiteFS's FUSE dir (or any directory), it passes everything through — file data
-//! with kernel FUSE passthrough, POSIX locks one lower owner per client owner — and answers a
-//! few virtual files (`.primary`, `.role`, `.health`) itself from in-memory cluster state.
+//! Mounted over LiteFS's FUSE dir, it shows each name as a link into LiteFS's own mount; over any
+//! other directory it passes everything through — file data with kernel FUSE passthrough, POSIX
+//! locks one lower owner per client owner. Either way it answers a few virtual files
+//! (`.primary`, `.role`, `.health`) itself from in-memory cluster state.
 //!
-//! Layout: `fs` (+ `fs_io`) is the filesystem as plain methods on [`ShimFs`], testable without
-//! a mount, over `inode`, `handles`, `dir`, `locks`, `waiters` and the syscalls in `sys`;
+//! Layout: `fs` (+ `fs_io`, `name_links`) is the filesystem as plain methods on [`ShimFs`],
+//! testable without a mount, over `inode`, `handles`, `dir`, `attr`, `locks`, `waiters` and the
+//! syscalls in `sys`;
 //! `adapter` is the thin `fuser::Filesystem` over it, which traces and counts every request
 //! ([`FuseMetrics`]); `mount` mounts and unmounts; `virtual_files` holds the published state
 //! ([`StateHandle`]) and its renderings. The daemon sees only what is exported here.
 
 mod adapter;
+mod attr;
 mod dir;
 mod error;
 mod fs;
