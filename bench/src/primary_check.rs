@@ -3,19 +3,19 @@
 //! else `.role`; docs/architecture.md, "Virtual files"); on LiteFS alone, LiteFS's own
 //! convention (no `.primary` file: this node is the primary).
 //!
-//! The page reader is written here from the documented layout rather than taken from the fuse
-//! crate, like the Python package's: the unit tests then check that layout against the shim's
-//! own writer.
+//! The page is read with the fuse crate's own reader (`state_page::read_at`, as the Python
+//! extension's is); what is here is how a process finds, trusts and maps the page.
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use litefs_py_fuse::boottime_ns;
+use litefs_py_fuse::state_page::{PageRead, SIZE, read_at};
 
 /// How a worker decides that its node is the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -133,18 +133,6 @@ impl PrimaryCheck {
     }
 }
 
-// The page's layout (the shim's `state_page` module; docs/architecture.md, "Virtual files").
-const MAGIC: u64 = u64::from_le_bytes(*b"LFPYROLE");
-const VERSION: u32 = 1;
-const SIZE: usize = 4096;
-const OFF_SEQ: usize = 8;
-const OFF_VERSION: usize = 16;
-const OFF_FLAGS: usize = 20;
-const OFF_ROLE: usize = 24;
-const OFF_UNTIL: usize = 32;
-const FLAG_CLOSED: u32 = 1;
-const ROLES: [&str; 4] = ["primary", "replica", "electing", "witness"];
-
 /// The shim's shared state page, mapped read-only.
 pub struct Page {
     base: NonNull<u8>,
@@ -197,48 +185,13 @@ impl Page {
         NonNull::new(base.cast()).map(|base| Page { base })
     }
 
-    fn u64_at(&self, off: usize) -> &AtomicU64 {
-        // SAFETY: `off` is 8-aligned (the mapping is page-aligned) and inside the mapping,
-        // which lives as long as `self`.
-        unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU64>() }
-    }
-
-    fn u32_at(&self, off: usize) -> &AtomicU32 {
-        // SAFETY: as in `u64_at`, 4-aligned.
-        unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU32>() }
-    }
-
     /// The role as of now, or None: not a page of this version, closed, or never stable.
     pub fn role(&self) -> Option<&'static str> {
-        if self.u64_at(0).load(Ordering::Relaxed) != MAGIC
-            || self.u32_at(OFF_VERSION).load(Ordering::Relaxed) != VERSION
-        {
-            return None;
+        // SAFETY: `base` is a live, page-aligned mapping of SIZE bytes, unmapped only on drop.
+        match unsafe { read_at(self.base.as_ptr(), boottime_ns) } {
+            PageRead::Role(role) => Some(role.as_str()),
+            PageRead::AskTheMount => None,
         }
-        // Seqlock: the writer holds the counter odd between its stores; bounded retries.
-        for _ in 0..1000 {
-            let s1 = self.u64_at(OFF_SEQ).load(Ordering::Acquire);
-            if s1 & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let flags = self.u32_at(OFF_FLAGS).load(Ordering::Relaxed);
-            let role = self.u32_at(OFF_ROLE).load(Ordering::Relaxed);
-            let until = self.u64_at(OFF_UNTIL).load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            if self.u64_at(OFF_SEQ).load(Ordering::Relaxed) != s1 {
-                continue;
-            }
-            if flags & FLAG_CLOSED != 0 {
-                return None;
-            }
-            // A `primary` past its deadline reads as `electing`, as `.role` does.
-            if role == 0 && until != 0 && boottime_ns() >= until {
-                return Some("electing");
-            }
-            return ROLES.get(role as usize).copied();
-        }
-        None
     }
 }
 
@@ -247,16 +200,6 @@ impl Drop for Page {
         // SAFETY: the mapping made in `open`, unmapped once.
         unsafe { libc::munmap(self.base.as_ptr().cast(), SIZE) };
     }
-}
-
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; CLOCK_BOOTTIME exists on every kernel the shim runs on.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]
