@@ -89,7 +89,7 @@ pub struct ShimFs {
     /// call (`fs_io`, "extended attributes").
     pub(crate) lower_is_litefs: bool,
     pub(crate) waiters: crate::waiters::Waiters,
-    started: SystemTime,
+    pub(crate) started: SystemTime,
     metrics: Arc<FuseMetrics>,
     /// The shared state page this mount attached (closed when the shim goes away).
     page: Option<Arc<crate::state_page::StatePage>>,
@@ -184,14 +184,6 @@ impl ShimFs {
         self.data_path
     }
 
-    pub(crate) fn started(&self) -> SystemTime {
-        self.started
-    }
-
-    pub(crate) fn root_owner(&self) -> (u32, u32) {
-        self.root_owner
-    }
-
     pub fn state(&self) -> &StateHandle {
         &self.state
     }
@@ -268,25 +260,44 @@ impl ShimFs {
     pub(crate) fn virtual_attr(&self, f: VirtualFile) -> FsResult<FileAttr> {
         let snap = self.state.load();
         let contents = snap.contents(f, Instant::now()).ok_or(FsError::NotFound)?;
-        // The owner as of the mount: no lower call per role check.
+        let size = contents.len() as u64;
+        Ok(self.own_attr(
+            f.ino(),
+            FileType::RegularFile,
+            0o444,
+            size,
+            snap.published(),
+        ))
+    }
+
+    /// The attributes of a file the shim makes up (a virtual file, a name link): owned by the
+    /// lower root's owner as of the mount, so answering costs no lower call.
+    pub(crate) fn own_attr(
+        &self,
+        ino: u64,
+        kind: FileType,
+        perm: u16,
+        size: u64,
+        changed: SystemTime,
+    ) -> FileAttr {
         let (uid, gid) = self.root_owner;
-        Ok(FileAttr {
-            ino: INodeNo(f.ino()),
-            size: contents.len() as u64,
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
             blocks: 0,
             atime: self.started,
-            mtime: snap.published(),
-            ctime: snap.published(),
+            mtime: changed,
+            ctime: changed,
             crtime: self.started,
-            kind: FileType::RegularFile,
-            perm: 0o444,
+            kind,
+            perm,
             nlink: 1,
             uid,
             gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
-        })
+        }
     }
 
     /// Refuses any change to a virtual name at the root (create, remove, rename onto).

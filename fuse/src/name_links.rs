@@ -21,7 +21,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use fuser::{FileAttr, FileType, INodeNo};
+use fuser::{FileAttr, FileType};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
@@ -206,24 +206,8 @@ impl ShimFs {
 
     fn link_attr(&self, id: u64, name_len: usize) -> FileAttr {
         let prefix = self.links.as_ref().map_or(0, |l| l.prefix.len());
-        let (uid, gid) = self.root_owner();
-        FileAttr {
-            ino: INodeNo(id),
-            size: (prefix + name_len) as u64,
-            blocks: 0,
-            atime: self.started(),
-            mtime: self.started(),
-            ctime: self.started(),
-            crtime: self.started(),
-            kind: FileType::Symlink,
-            perm: 0o777,
-            nlink: 1,
-            uid,
-            gid,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        }
+        let size = (prefix + name_len) as u64;
+        self.own_attr(id, FileType::Symlink, 0o777, size, self.started)
     }
 }
 
