@@ -1,6 +1,7 @@
 //! Three `litefs-py run` nodes with the real LiteFS (v0.5.14) on loopback: replication through
 //! the shim, failover after kill -9 of the primary's daemon and its LiteFS, writes refused on a
-//! replica, and a partition of the primary with a sampler of every LiteFS's `/info`.
+//! replica, a partition of the primary with a sampler of every LiteFS's `/info`, and what
+//! `litefs-py status` says of every node's LiteFS position and lag (`cluster_litefs/status.rs`).
 //!
 //! Needs root, /dev/fuse and a `litefs` binary (`$LITEFS`, else `litefs` on PATH, else
 //! `~/go/bin/litefs`): locally the tests say so and pass without one, with `CI=true` they fail.
@@ -9,6 +10,8 @@
 //! printed (run with `--nocapture` to see them).
 
 mod common;
+#[path = "cluster_litefs/status.rs"]
+mod status;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -228,6 +231,10 @@ fn a_write_on_the_primary_is_readable_on_both_replicas() {
     for id in &all {
         assert_eq!(integrity(&c, *id), "ok", "node {id}");
     }
+    // `litefs-py status` on a replica: every node's TXID and lag, and a stopped node unknown.
+    let replicas: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
+    status::every_node_at_the_primarys_txid(&c, primary, replicas[0], DB);
+    status::a_stopped_node_is_unknown_with_the_reason(&mut c, replicas[0], replicas[1]);
 }
 
 #[test]

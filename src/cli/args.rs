@@ -72,6 +72,12 @@ pub enum Command {
     /// one), it hands raft leadership to a data node at once. SIGINT or SIGTERM stops it.
     Witness(WitnessArgs),
     /// Show the cluster as the local node sees it (asks the daemon on node.http-addr).
+    ///
+    /// One row per member: its raft membership, last contact and matched log index, and its
+    /// LiteFS: primary, replica, unknown or - (a witness; no LiteFS), with each database's TXID
+    /// and how many transactions it is behind the primary's ("lag"; up to 3 databases listed,
+    /// more summarised by the largest lag). The daemon asks every member's LiteFS within 1 s;
+    /// a member that does not answer shows as unknown, with the reason under the table.
     Status(StatusArgs),
     /// Change the cluster's membership, via the local node (forwarded to the leader).
     #[command(subcommand)]
@@ -174,7 +180,8 @@ pub struct StatusArgs {
     /// /etc/litefs-py.yml].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print the daemon's JSON instead of a table.
+    /// Print the daemon's JSON instead of a table (`GET /status?litefs=true`: every database's
+    /// TXID, checksum and lag per member).
     #[arg(long)]
     pub json: bool,
 }

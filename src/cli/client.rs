@@ -102,10 +102,13 @@ impl DaemonClient {
         self.send(req, path, timeout)
     }
 
-    pub fn status(&self) -> anyhow::Result<StatusReport> {
+    /// `GET /status`; with `litefs`, every member's LiteFS positions and lag too (the daemon
+    /// asks each member within 1 s, so this stays within [`STATUS_TIMEOUT`]).
+    pub fn status(&self, litefs: bool) -> anyhow::Result<StatusReport> {
+        let query = if litefs { "?litefs=true" } else { "" };
         let req = self
             .http
-            .get(format!("{}{}", self.base, paths::STATUS))
+            .get(format!("{}{}{query}", self.base, paths::STATUS))
             .timeout(STATUS_TIMEOUT);
         self.send(req, paths::STATUS, STATUS_TIMEOUT)
     }

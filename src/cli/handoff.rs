@@ -12,7 +12,7 @@ pub fn run(args: HandoffArgs) -> anyhow::Result<()> {
     if args.if_primary {
         // Not atomic with the handoff: a primary that changes in between is moved by the
         // leader's own handoff rules, or by a failover; a stop hook needs no more.
-        let status = client.status()?;
+        let status = client.status(false)?;
         if status.role != "primary" {
             println!(
                 "node {} is {}, not the primary: nothing to hand off",

@@ -2,7 +2,7 @@
 //! - [`info`]: the one client of its `GET /info`;
 //! - `api`: the local LiteFS's HTTP API (`/halt`) and positions, as the handoff and the
 //!   freshest-node check use them; `positions`: the `<db>-pos` files; `report`: what a node
-//!   tells its peers about its LiteFS;
+//!   tells its peers about its LiteFS; `lag`: a node's positions against the primary's;
 //! - [`yaml`]: the generated litefs.yml;
 //! - `process`: the `litefs mount` child of `litefs-py run`; `probe`: its readiness and
 //!   health; `state`: what the lease API and the probe learn about it, for the view.
@@ -13,6 +13,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 pub(crate) mod api;
 pub mod info;
+pub(crate) mod lag;
 pub(crate) mod positions;
 pub(crate) mod probe;
 pub(crate) mod process;

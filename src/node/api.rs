@@ -1,6 +1,8 @@
 //! HTTP on `node.http-addr`: what operators and tools talk to.
 //!
 //! - `GET /status`: [`StatusReport`](super::status::StatusReport) as JSON. Open, read-only.
+//!   `?litefs=true` adds every member's LiteFS positions and lag (each member asked on its raft
+//!   address, bounded: see [`super::litefs_status`]).
 //! - `GET /metrics`: Prometheus text. Open, read-only.
 //! - `POST /cluster/add` `{"id":4,"raft_addr":"host:port"}`, `POST /cluster/remove` `{"id":4}`:
 //!   membership changes; they require `Authorization: Bearer <cluster secret>`.
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -108,8 +110,22 @@ fn check(
     Err(Unauthorized)
 }
 
-async fn status(State(st): State<ApiState>) -> Response {
-    axum::Json(super::status::status(&st.node, &st.state)).into_response()
+/// The query of `GET /status`.
+#[derive(Debug, Default, Deserialize)]
+struct StatusQuery {
+    /// Also ask every member for its LiteFS positions (off by default: the test kit and
+    /// scrapers poll `/status` often, and the plain report asks no peer).
+    #[serde(default)]
+    litefs: bool,
+}
+
+async fn status(State(st): State<ApiState>, Query(q): Query<StatusQuery>) -> Response {
+    let report = if q.litefs {
+        super::status::status_with_litefs(&st.node, &st.state, &st.handoff).await
+    } else {
+        super::status::status(&st.node, &st.state)
+    };
+    axum::Json(report).into_response()
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {

@@ -9,6 +9,7 @@
 
 mod api;
 mod http;
+mod litefs_status;
 mod rpc;
 mod status;
 #[cfg(test)]
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub(crate) use self::api::paths;
+pub(crate) use self::litefs_status::MemberLiteFs;
 pub(crate) use self::status::StatusReport;
 use crate::config::{Config, LeaseToken};
 use crate::handoff::{self, Handoff};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use litefs_py_fuse::StateHandle;
 
+use super::litefs_status::{LiteFsSummary, MemberLiteFs};
 use crate::raft::{NodeId, RaftNode};
 
 /// One member of the cluster in /status.
@@ -31,6 +32,9 @@ pub struct MemberStatus {
     /// RPC; they must be the same on every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timing_mismatch: Option<String>,
+    /// Its LiteFS positions and lag (`GET /status?litefs=true` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub litefs: Option<MemberLiteFs>,
 }
 
 /// The body of `GET /status`. Field names are an interface: `litefs-py status --json` prints it.
@@ -57,6 +61,9 @@ pub struct StatusReport {
     /// How long after its last quorum ack a leader keeps saying `primary`.
     pub lease_bound_ms: u64,
     pub members: Vec<MemberStatus>,
+    /// Whose LiteFS positions the members' lags count from (`GET /status?litefs=true` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub litefs: Option<LiteFsSummary>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -111,6 +118,7 @@ pub fn status(node: &RaftNode, state: &StateHandle) -> StatusReport {
                     .get(id)
                     .filter(|_| !this_node)
                     .and_then(|p| p.timing_mismatch.clone()),
+                litefs: None,
             }
         })
         .collect();
@@ -137,7 +145,26 @@ pub fn status(node: &RaftNode, state: &StateHandle) -> StatusReport {
         ms_since_leader_contact: age(view.last_leader_contact),
         lease_bound_ms: ms(node.settings.timing.lease_bound()),
         members,
+        litefs: None,
     }
+}
+
+/// [`status`], with every member's LiteFS positions and lag (each member asked within
+/// [`super::litefs_status::ASK_WITHIN`]).
+pub async fn status_with_litefs(
+    node: &RaftNode,
+    state: &StateHandle,
+    handoff: &crate::handoff::Handoff,
+) -> StatusReport {
+    let asked = super::litefs_status::gather(node, handoff).await;
+    let mut report = status(node, state);
+    let (summary, mut members) = super::litefs_status::assemble(asked);
+    for m in &mut report.members {
+        // A member added between the two looks has not been asked: it stays without.
+        m.litefs = members.remove(&m.id);
+    }
+    report.litefs = Some(summary);
+    report
 }
 
 /// `/metrics`: Prometheus text exposition format 0.0.4.
