@@ -135,7 +135,8 @@ pub fn a_stopped_node_is_unknown_with_the_reason(c: &mut RunCluster, via: u64, s
             "node {id}: {v:#}"
         );
     }
-    let (table, _) = status(c, via, &[]);
+    let (table, took) = status(c, via, &[]);
+    eprintln!("status on node {via} with node {stopped} stopped ({took:?}, under load):\n{table}");
     let note = format!("node {stopped}: LiteFS position unknown: {raft_addr} ");
     assert!(table.contains(&note), "want {note:?} in\n{table}");
     drop(resume);
