@@ -74,10 +74,11 @@ pub enum Command {
     /// Show the cluster as the local node sees it (asks the daemon on node.http-addr).
     ///
     /// One row per member: its raft membership, last contact and matched log index, and its
-    /// LiteFS: primary, replica, unknown or - (a witness; no LiteFS), with each database's TXID
-    /// and how many transactions it is behind the primary's ("lag"; up to 3 databases listed,
-    /// more summarised by the largest lag). The daemon asks every member's LiteFS within 1 s;
-    /// a member that does not answer shows as unknown, with the reason under the table.
+    /// LiteFS: primary, replica, unknown, or - (no LiteFS: a witness, a `mount` node), with
+    /// each database's TXID and how many transactions it is behind the primary's ("lag"; up to
+    /// 3 databases listed, more summarised by the largest lag). The daemon asks every member's
+    /// LiteFS within 1 s; a member that does not answer shows as unknown, with the reason
+    /// under the table.
     Status(StatusArgs),
     /// Change the cluster's membership, via the local node (forwarded to the leader).
     #[command(subcommand)]
