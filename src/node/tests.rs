@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use litefs_py_fuse::Primary;
 
+use super::MemberLiteFs;
 use super::status::StatusReport;
 use super::{Parts, Services};
 use crate::config::RaftTiming;
@@ -147,6 +148,30 @@ async fn three_nodes_elect_publish_partition_and_change_membership() {
     assert!(
         demoted_after <= bound + Duration::from_millis(100),
         "cut-off leader kept saying primary for {demoted_after:?} (bound {bound:?})"
+    );
+    // Its status with LiteFS positions: the peers it cannot reach are unknown, with why; no
+    // node here runs LiteFS, so none has positions, and no lag is known.
+    let s =
+        super::status::status_with_litefs(&nodes[l].0.raft, &nodes[l].0.state, &nodes[l].0.handoff)
+            .await;
+    for m in &s.members {
+        let want = if m.id == old {
+            MemberLiteFs::None
+        } else {
+            MemberLiteFs::Unknown {
+                reason: "blocked by the test fault layer".into(),
+            }
+        };
+        assert_eq!(m.litefs.as_ref(), Some(&want), "node {}", m.id);
+    }
+    let summary = s.litefs.expect("the LiteFS summary");
+    assert_eq!(summary.primary, None);
+    assert!(
+        summary
+            .lag_unknown
+            .as_deref()
+            .is_some_and(|w| w.contains("blocked")),
+        "{summary:?}"
     );
     let rest: Vec<&Arc<TestNode>> = nodes.iter().filter(|n| n.settings.id != old).collect();
     settled(&rest, Duration::from_secs(10)).await;
