@@ -16,10 +16,13 @@ use crate::handoff::Handoff;
 use crate::litefs::lag::{DbPosition, against};
 use crate::litefs::positions::Positions;
 use crate::litefs::report::{LocalReport, REPORT_PATH};
+use crate::raft::network::CallError;
 use crate::raft::{NodeId, RaftNode};
 
 /// How long the status call waits for any one member's LiteFS report (its own included).
 pub const ASK_WITHIN: Duration = Duration::from_secs(1);
+/// The backstop over a peer call, past the transport's own [`ASK_WITHIN`].
+const BACKSTOP_MARGIN: Duration = Duration::from_millis(500);
 
 /// One member's LiteFS in `/status` (`members[].litefs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,23 +178,29 @@ pub async fn gather(node: &RaftNode, handoff: &Handoff) -> BTreeMap<NodeId, Aske
         .map(|(id, m)| (*id, m.raft_addr.clone()))
         .collect();
     let asks = members.into_iter().map(|(id, addr)| async move {
-        let ask = async {
-            if node.is_witness(id) {
-                return Ok(LocalReport::none());
-            }
-            if id == me {
-                return Ok(handoff.report().await);
-            }
-            node.transport
-                .call::<(), LocalReport>(id, &addr, REPORT_PATH, None, ASK_WITHIN)
+        let answer = if node.is_witness(id) {
+            Ok(LocalReport::none())
+        } else if id == me {
+            // Bounded here: a hung LiteFS mount can hold the `<db>-pos` reads for 2 s.
+            tokio::time::timeout(ASK_WITHIN, handoff.report())
                 .await
+                .map_err(|_| format!("this node's LiteFS did not report within {ASK_WITHIN:?}"))
+        } else {
+            let call =
+                node.transport
+                    .call::<(), LocalReport>(id, &addr, REPORT_PATH, None, ASK_WITHIN);
+            // The transport bounds its call and says so with the address; this is a backstop
+            // only, a little later so that the transport's own answer wins the race.
+            tokio::time::timeout(ASK_WITHIN + BACKSTOP_MARGIN, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(CallError::Timeout {
+                        addr: addr.clone(),
+                        timeout: ASK_WITHIN,
+                    })
+                })
                 .map_err(|e| e.to_string())
         };
-        // The transport bounds its own call; this bounds the local report (a hung LiteFS mount)
-        // and anything else.
-        let answer = tokio::time::timeout(ASK_WITHIN, ask)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {ASK_WITHIN:?}")));
         (id, answer)
     });
     futures_util::future::join_all(asks)
