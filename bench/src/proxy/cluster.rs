@@ -147,7 +147,7 @@ fn stopped(shutdown: Result<()>, error: anyhow::Error) -> anyhow::Error {
 fn why_not_up(c: &ProxyCluster, d: Durability, e: litefs_py_testkit::Error) -> anyhow::Error {
     if let Err(refused) = c.cluster.effective("proxy") {
         return anyhow!(
-            "this litefs-py refuses `proxy.durability: {}`: {refused}",
+            "this litefs-py refuses the config (proxy.durability: {}): {refused}",
             d.as_str()
         );
     }
