@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::cluster::Ready;
 use super::load::{self, Conn, Load, Request};
-use super::summary::{Comparison, Round, Summary};
+use super::summary::{Comparison, FloorAdjusted, Round, Summary};
 
 /// The read target of issue 11: reads through the proxy at >= 0.95 of the app's rate.
 pub const READ_TARGET: f64 = 0.95;
@@ -295,7 +295,8 @@ pub fn writes(r: &Ready, plan: &Plan, durability: &str) -> Result<(Value, WriteS
     Ok((doc, sums))
 }
 
-/// What `replicated` adds over `async`, per write path that goes through a proxy.
+/// What `replicated` adds over `async`, per write path that goes through a proxy: the plain
+/// difference of the two clusters' figures, and the same with each cluster's floor taken out.
 pub fn durability_cost(asy: &WriteSummaries, rep: &WriteSummaries) -> Value {
     let find = |w: &WriteSummaries, k: &str| {
         w.iter()
@@ -304,10 +305,22 @@ pub fn durability_cost(asy: &WriteSummaries, rep: &WriteSummaries) -> Value {
     };
     println!("\nreplicated vs async (separate clusters, same settings)");
     let mut out = serde_json::Map::new();
+    let (rep_floor, asy_floor) = (find(rep, "app"), find(asy, "app"));
     for k in ["primary_proxy", "forwarded"] {
         let (r, a) = (find(rep, k), find(asy, k));
         print_cmp(k, &r, &a);
-        out.insert(k.into(), compare(&r, &a));
+        let adjusted = match (&r, &rep_floor, &a, &asy_floor) {
+            (Some(r), Some(rf), Some(a), Some(af)) => {
+                let f = FloorAdjusted::of(r, rf, a, af);
+                println!("  {:<28} {}", "", f.line());
+                serde_json::to_value(f).expect("plain struct")
+            }
+            _ => Value::Null,
+        };
+        out.insert(
+            k.into(),
+            json!({ "plain": compare(&r, &a), "floor_adjusted": adjusted }),
+        );
     }
     Value::Object(out)
 }

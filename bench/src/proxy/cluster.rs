@@ -45,6 +45,9 @@ pub struct Setup {
     pub dir: Option<PathBuf>,
     /// More `proxy:` keys for every cluster (`--proxy-set KEY=VALUE`).
     pub proxy_extra: Vec<(String, String)>,
+    /// More `proxy:` keys for the `replicated` cluster only (`--replicated-set`), e.g.
+    /// `min-replicas`, which litefs-py refuses with `async`.
+    pub replicated_extra: Vec<(String, String)>,
 }
 
 /// A cluster ready to measure.
@@ -101,10 +104,15 @@ pub fn start(setup: &Setup, durability: Durability) -> Result<Ready> {
         ..Options::run(&setup.binary)
     };
     let mut extra: Vec<(&str, &str)> = vec![("durability", durability.as_str())];
+    let only_replicated = match durability {
+        Durability::Replicated => setup.replicated_extra.as_slice(),
+        Durability::Async => &[],
+    };
     extra.extend(
         setup
             .proxy_extra
             .iter()
+            .chain(only_replicated)
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
     let mut c = ProxyCluster::start(opts, &setup.litefs, NODES, &extra)
@@ -209,7 +217,7 @@ fn init_and_check(r: &Ready) -> Result<()> {
     Ok(())
 }
 
-/// `KEY=VALUE` of `--proxy-set`.
+/// `KEY=VALUE` of `--proxy-set` and `--replicated-set`.
 pub fn parse_proxy_set(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
@@ -219,7 +227,7 @@ pub fn parse_proxy_set(s: &str) -> Result<(String, String), String> {
         return Err(format!("{s:?}: both KEY and VALUE are needed"));
     }
     if k == "durability" {
-        return Err("set the durability with --durability, not --proxy-set".into());
+        return Err("set the durability with --durability".into());
     }
     Ok((k.to_string(), v.to_string()))
 }

@@ -67,6 +67,11 @@ pub struct ProxyArgs {
     #[arg(long = "proxy-set", value_name = "KEY=VALUE", value_parser = cluster::parse_proxy_set)]
     proxy_set: Vec<(String, String)>,
 
+    /// A `proxy:` key for the `replicated` cluster only (e.g. `min-replicas=1`,
+    /// `replica-wait=2s`); repeatable.
+    #[arg(long = "replicated-set", value_name = "KEY=VALUE", value_parser = cluster::parse_proxy_set)]
+    replicated_set: Vec<(String, String)>,
+
     /// A smoke run: one round of 0.5 s per case.
     #[arg(long)]
     quick: bool,
@@ -117,6 +122,7 @@ pub fn run(args: ProxyArgs, target: &Path, exe_dir: &Path) -> Result<bool> {
         litefs: litefs.clone(),
         dir: args.dir.clone(),
         proxy_extra: args.proxy_set.clone(),
+        replicated_extra: args.replicated_set.clone(),
     };
     let version = litefs_py_testkit::process::version_line(&binary);
     let litefs_version = litefs_py_testkit::process::version_line(&litefs);
@@ -209,7 +215,8 @@ pub fn run(args: ProxyArgs, target: &Path, exe_dir: &Path) -> Result<bool> {
             "warmup_per_client_round": plan.warmup,
             "write_body_bytes": plan.body,
             "durabilities": args.durability,
-            "proxy_set": args.proxy_set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "proxy_set": pairs(&args.proxy_set),
+            "replicated_set": pairs(&args.replicated_set),
             "quick": args.quick,
         },
         "reads": reads,
@@ -262,6 +269,10 @@ fn durability_cost(
             }
         }
     }
+}
+
+fn pairs(kv: &[(String, String)]) -> Vec<String> {
+    kv.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
 /// Whether any section or case of the report has an error.

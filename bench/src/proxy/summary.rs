@@ -117,6 +117,34 @@ impl Comparison {
     }
 }
 
+/// What a case adds over its own cluster's floor (the app straight), minus what the same case
+/// adds over the floor of another cluster: the difference between two clusters (two
+/// durabilities) with each one's floor taken out, so that a cluster that was slower all over
+/// (the machine's load moved between them) does not count as the durability's cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FloorAdjusted {
+    pub p50_added_ms: f64,
+    pub p99_added_ms: f64,
+}
+
+impl FloorAdjusted {
+    pub fn of(case: &Summary, floor: &Summary, base: &Summary, base_floor: &Summary) -> Self {
+        let over = |c: &Summary, f: &Summary| (c.p50_ms - f.p50_ms, c.p99_ms - f.p99_ms);
+        let ((c50, c99), (b50, b99)) = (over(case, floor), over(base, base_floor));
+        FloorAdjusted {
+            p50_added_ms: round3(c50 - b50),
+            p99_added_ms: round3(c99 - b99),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "over each cluster's floor: p50 {:+.3} ms  p99 {:+.3} ms",
+            self.p50_added_ms, self.p99_added_ms
+        )
+    }
+}
+
 /// Three decimals: µs resolution in ms, and JSON without float noise.
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
@@ -170,5 +198,15 @@ mod tests {
         assert_eq!(c.p99_added_ms, -0.5);
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(json["rate_ratio"], 0.667);
+    }
+
+    #[test]
+    fn floor_adjusted_takes_each_clusters_floor_out() {
+        let s = |ms: f64| Summary::of(&[round(&[ms * 1000.0], 0, 1.0)]).unwrap();
+        // Replicated: 25 ms through the proxy over a 21 ms floor (+4); async: 18 over 14 (+4).
+        let f = FloorAdjusted::of(&s(25.0), &s(21.0), &s(18.0), &s(14.0));
+        assert_eq!(f.p50_added_ms, 0.0);
+        let f = FloorAdjusted::of(&s(30.0), &s(20.0), &s(18.0), &s(14.0));
+        assert_eq!((f.p50_added_ms, f.p99_added_ms), (6.0, 6.0));
     }
 }
