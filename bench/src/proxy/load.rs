@@ -166,39 +166,46 @@ fn client(load: &Load, c: usize, start: &Barrier, acked: &AtomicU64) -> Result<C
         n += 1;
         format!("c{c}-{n}")
     };
-    // Warm-up: errors here mean the case cannot run at all.
-    let mut warm_err = None;
-    for _ in 0..load.warmup {
-        match send(&agent, &load.addr, &load.request, load.conn, &next_id()) {
+    // Warm-up (untimed): a failed request counts as an error all the same.
+    let (mut errors, mut first) = (0u64, None::<String>);
+    // Whether the request was answered with a 2xx; counts it either way.
+    let mut tally = |r: Result<(u16, Option<u64>)>| -> bool {
+        match r {
             Ok((s, _)) if (200..300).contains(&s) => {
                 acked.fetch_add(1, Ordering::Relaxed);
+                return true;
             }
-            Ok((s, _)) => warm_err = Some(format!("warm-up answered {s}")),
-            Err(e) => warm_err = Some(format!("warm-up: {e:#}")),
+            Ok((s, _)) => {
+                first.get_or_insert_with(|| format!("answered {s}"));
+            }
+            Err(e) => {
+                first.get_or_insert_with(|| format!("{e:#}"));
+            }
         }
+        errors += 1;
+        false
+    };
+    for _ in 0..load.warmup {
+        tally(send(
+            &agent,
+            &load.addr,
+            &load.request,
+            load.conn,
+            &next_id(),
+        ));
     }
     start.wait();
     let began = Instant::now();
     let mut lat = Vec::with_capacity(4096);
-    let (mut errors, mut first) = (0u64, warm_err);
     let mut sent = 0u64;
     while sent < load.max_per_client && began.elapsed() < load.duration {
         sent += 1;
         let id = next_id();
         let t = Instant::now();
-        match send(&agent, &load.addr, &load.request, load.conn, &id) {
-            Ok((s, _)) if (200..300).contains(&s) => {
-                lat.push(t.elapsed().as_nanos() as f64 / 1000.0);
-                acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok((s, _)) => {
-                errors += 1;
-                first.get_or_insert_with(|| format!("answered {s}"));
-            }
-            Err(e) => {
-                errors += 1;
-                first.get_or_insert_with(|| format!("{e:#}"));
-            }
+        let r = send(&agent, &load.addr, &load.request, load.conn, &id);
+        let took = t.elapsed();
+        if tally(r) {
+            lat.push(took.as_nanos() as f64 / 1000.0);
         }
         if sent.is_multiple_of(32) && check_stop().is_err() {
             break;
