@@ -117,6 +117,11 @@ pub fn run(args: ProxyArgs, target: &Path, exe_dir: &Path) -> Result<bool> {
         warmup: 10,
         body: args.body_bytes,
     };
+    ensure!(
+        plan.round >= Duration::from_millis(100),
+        "--round-ms {} is too short to time anything: give 100 or more",
+        plan.round.as_millis()
+    );
     let setup = Setup {
         binary: binary.clone(),
         litefs: litefs.clone(),
