@@ -7,7 +7,9 @@
 //! `litefs-py-bench failover` measures something else: how long a 3-node cluster takes to agree
 //! on a new primary after kill -9 of the current one (see `failover.rs`);
 //! `litefs-py-bench litefs-failover` the same with `litefs-py run` and real LiteFS, up to the
-//! first write the new primary accepts (see `litefs_failover.rs`).
+//! first write the new primary accepts (see `litefs_failover.rs`);
+//! `litefs-py-bench proxy` what litefs-py's HTTP proxy costs reads and writes on 3 such nodes,
+//! and what `durability: replicated` adds (see `proxy/`).
 
 mod failover;
 mod litefs_failover;
@@ -15,6 +17,7 @@ mod measure;
 mod micro;
 mod mounts;
 mod primary_check;
+mod proxy;
 mod report;
 mod requests;
 mod run;
@@ -91,6 +94,10 @@ enum Mode {
     /// `litefs-py run` and its LiteFS) until a survivor's shim commits a write; p50/p99 over
     /// many kills, the killed node rejoining before the next; JSON as litefs-failover-*.json.
     LitefsFailover(litefs_failover::LiteFsFailoverArgs),
+    /// The HTTP proxy on 3 `litefs-py run` nodes with real LiteFS: reads through a proxy vs
+    /// straight to the app, writes forwarded from a replica vs sent to the primary, and what
+    /// `durability: replicated` adds over `async`; JSON as proxy-*.json (or --json PATH).
+    Proxy(proxy::ProxyArgs),
     /// One process of the plain-request workload (started by the benchmark itself).
     #[command(hide = true)]
     ReqWorker(requests::WorkerArgs),
@@ -115,6 +122,7 @@ fn main() {
         None => run(args),
         Some(Mode::Failover(f)) => run_failover(f),
         Some(Mode::LitefsFailover(f)) => run_litefs_failover(f),
+        Some(Mode::Proxy(p)) => run_proxy(p),
         Some(Mode::ReqWorker(_)) => unreachable!("handled above"),
     };
     if let Err(e) = result {
@@ -145,6 +153,19 @@ fn run_litefs_failover(args: litefs_failover::LiteFsFailoverArgs) -> Result<()> 
     ensure!(
         clean,
         "litefs-failover: some kills failed, a check fired or rows are missing (see above)"
+    );
+    Ok(())
+}
+
+fn run_proxy(args: proxy::ProxyArgs) -> Result<()> {
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let clean = proxy::run(args, &target_dir()?, &exe_dir)?;
+    ensure!(
+        clean,
+        "proxy: a section or a case failed (see above; the JSON has the errors)"
     );
     Ok(())
 }

@@ -23,8 +23,9 @@ pub struct ProxyCluster {
 }
 
 impl ProxyCluster {
-    /// Nodes 1..=n with a proxy each (`extra`: more `proxy:` keys and their values, e.g.
-    /// `("primary-wait", "2s")`), started; the apps serving. Returns at once: see
+    /// Nodes 1..=n with a proxy each (`extra`: more `proxy:` keys and their values as written in
+    /// a litefs-py.yml, e.g. `("primary-wait", "2s")` or `("read-your-writes", "false")`, a
+    /// boolean), started; the apps serving. Returns at once: see
     /// [`RunCluster::wait_one_primary`].
     pub fn start(
         opts: Options,
@@ -45,7 +46,7 @@ impl ProxyCluster {
                 .set("proxy.target", app_addrs[&id].clone())
                 .set("proxy.advertise-url", format!("http://{}", proxies[&id]));
             for (k, v) in extra {
-                c = c.set(&format!("proxy.{k}"), *v);
+                c = c.set(&format!("proxy.{k}"), yaml_scalar(v));
             }
             c
         })?;
@@ -82,5 +83,27 @@ impl ProxyCluster {
         self.apps.clear();
         let ProxyCluster { cluster, .. } = self;
         cluster.shutdown()
+    }
+}
+
+/// `v` typed as litefs-py reads it from its file (`false` a boolean, `2s` a string).
+fn yaml_scalar(v: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(v).unwrap_or_else(|_| serde_yaml::Value::String(v.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::yaml_scalar;
+    use serde_yaml::Value;
+
+    #[test]
+    fn extra_values_are_typed_as_in_a_file() {
+        assert_eq!(yaml_scalar("false"), Value::Bool(false));
+        assert_eq!(yaml_scalar("2s"), Value::String("2s".into()));
+        assert_eq!(
+            yaml_scalar("replicated"),
+            Value::String("replicated".into())
+        );
+        assert_eq!(yaml_scalar("2"), Value::Number(2.into()));
     }
 }
