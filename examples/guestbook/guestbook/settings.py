@@ -2,10 +2,6 @@
 
 ``LITEFS_DIR``
     The litefs-py mount (``litefs-py run`` sets it). The database is ``$LITEFS_DIR/guestbook.db``.
-``GUESTBOOK_PRIMARY_URL``
-    Where a replica redirects writes (307): ``{primary}`` is the primary's hostname as
-    ``.primary`` shows it, e.g. ``http://{primary}:8000``. Unset: writes on a replica get 409
-    with a ``fly-replay`` header instead (for a proxy that replays them).
 ``GUESTBOOK_NODE``
     A name for this node, shown on the page (default: the litefs-py hostname).
 ``GUESTBOOK_PLAIN_DB``
@@ -31,14 +27,14 @@ INSTALLED_APPS = [
     "book",
 ]
 
+# No ReplicaWriteMiddleware: litefs-py's proxy (`proxy:` in litefs-py.yml) sits in front of
+# every node's app and forwards a replica's writes to the primary's app, so a replica's app sees
+# reads only. The client keeps talking to the node it chose: same origin, same cookies, so
+# Django's CSRF protection works as on one server (docs/django.md, "Writes on a replica").
 MIDDLEWARE = [
-    # First: on a replica, a POST is answered before anything else runs (307 to the primary).
-    "litefs.django.middleware.ReplicaWriteMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
-    # No CsrfViewMiddleware: the guestbook has no sessions or logins for CSRF to protect, and
-    # a replica's 307 sends a form to another origin (another node). An app with logins keeps
-    # it and lists every node in CSRF_TRUSTED_ORIGINS.
+    "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -78,13 +74,9 @@ else:
         }
     }
 
-PRIMARY_URL = os.environ.get("GUESTBOOK_PRIMARY_URL")
 LITEFS = {
     "MOUNT": LITEFS_DIR,
     "MAX_LAG_MS": 5_000,
-    # Off a mount (the benchmark's baseline) there are no replicas: the middleware stands by.
-    "REPLICA_WRITES": None if PLAIN_DB else "redirect" if PRIMARY_URL else "replay",
-    "PRIMARY_URL": PRIMARY_URL,
 }
 
 NODE_NAME = os.environ.get("GUESTBOOK_NODE")

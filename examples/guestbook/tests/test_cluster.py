@@ -1,20 +1,24 @@
-"""The guestbook on a real 3-node cluster (litefs-py run + LiteFS + gunicorn per node).
+"""The guestbook on a real 3-node cluster (litefs-py run --migrate + its proxy + LiteFS +
+gunicorn per node). Requests go through each node's proxy, as clients' do.
 
 The tests share one cluster and run in file order: the last one kills the primary.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.parse
 
 import pytest
 
-from api import entries, failover, post, wait_count
+from api import POSITIONS_COOKIE, entries, failover, get_entries, post, served_by, wait_count
 from cluster import HERE, Cluster
-from litefs.testing import request
+from litefs.testing import RunNode, request
 
 pytestmark = pytest.mark.litefs
 
@@ -38,12 +42,14 @@ def test_every_node_serves_and_only_the_primary_migrated(cluster: Cluster) -> No
         assert health["primary"] == p.ip
         assert request(n.url + "/").status == 200
         assert request(n.url + "/primaryz").status == (200 if n is p else 503)
-    log = p.log_path.read_text()
-    assert "is the primary: migrate" in log
+        # The app listens behind the proxy, on the proxy's target.
+        assert request(n.app_url + "/livez").status == 200
+    # run --migrate: the primary ran the command; the replicas started their app without it.
+    migrated = "this node is the primary: running the migrate command"
+    assert migrated in p.output()
+    assert "the migrate command succeeded" in p.output()
     for n in replicas:
-        log = n.log_path.read_text()
-        assert "the schema is replicated" in log, log
-        assert "is the primary: migrate" not in log
+        assert migrated not in n.output(), n.output()
 
 
 def test_write_on_the_primary_is_read_on_the_replicas(cluster: Cluster) -> None:
@@ -61,21 +67,63 @@ def test_write_on_the_primary_is_read_on_the_replicas(cluster: Cluster) -> None:
         assert d["entries"][0]["message"] == "written on the primary"
 
 
-def test_a_post_to_a_replica_is_redirected_to_the_primary(cluster: Cluster) -> None:
+def test_a_post_to_a_replica_is_served_by_the_primary(cluster: Cluster) -> None:
+    p, replicas = _primary_and_replicas(cluster)
+    before = entries(p)["count"]
+    for i, n in enumerate(replicas, 1):
+        r = post(n, "test", f"sent to replica {n.id}")
+        assert r.status == 201, r.body
+        assert served_by(r) == p.id
+        assert r.json()["node"] == p.ip
+        assert entries(p)["count"] == before + i
+        # The read-your-writes cookie: a read with it on the other replica sees the row.
+        assert POSITIONS_COOKIE in r.cookies, r.headers
+        other = next(m for m in replicas if m is not n)
+        read = get_entries(other, r.cookies)
+        assert read.status == 200, read.body
+        assert r.json()["id"] in [e["id"] for e in read.json()["entries"]]
+
+
+def _form_post(n: RunNode, cookies: dict[str, str], token: str, message: str) -> int:
+    """The HTML form, as a browser sends it (same origin, the CSRF cookie and token)."""
+    body = urllib.parse.urlencode(
+        {"name": "form", "message": message, "csrfmiddlewaretoken": token}
+    )
+    u = urllib.parse.urlsplit(n.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            "/",
+            body=body,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Origin": n.url,
+                "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
+            },
+        )
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+def test_the_csrf_protected_form_works_through_a_replica(cluster: Cluster) -> None:
+    """The form's CSRF check passes on the primary for a form a replica served: the client
+    keeps talking to one origin (the redirect mode's 307 failed here, issue 11)."""
     p, replicas = _primary_and_replicas(cluster)
     n = replicas[0]
+    page = request(n.url + "/")
+    assert page.status == 200 and served_by(page) == n.id
+    m = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page.body)
+    assert m is not None and "csrftoken" in page.cookies
     before = entries(p)["count"]
-    r = post(n, "test", "sent to a replica")
-    assert r.status == 307, r.body
-    assert r.headers["location"] == f"{p.url}/api/entries"
-    assert entries(p)["count"] == before, "the replica must not have run the write"
-    # The HTML form is redirected the same way.
-    form = request(n.url + "/", "POST", None)
-    assert form.status == 307
-    assert form.headers["location"] == f"{p.url}/"
-    r = request(r.headers["location"], "POST", {"name": "test", "message": "sent to a replica"})
-    assert r.status == 201, r.body
-    assert r.json()["node"] == p.ip
+    assert _form_post(n, page.cookies, m.group(1).decode(), "a form through a replica") == 302
+    assert entries(p)["count"] == before + 1
+    # Without the token the primary's CSRF check refuses it, as on one server.
+    assert _form_post(n, page.cookies, "x" * 64, "no valid token") == 403
+    assert entries(p)["count"] == before + 1
 
 
 def test_migrate_on_a_replica_is_refused(cluster: Cluster) -> None:
@@ -112,21 +160,23 @@ def test_kill_9_of_the_primary_fails_over_and_it_rejoins(cluster: Cluster) -> No
     r = post(new, "test", "on the new primary")
     assert r.status == 201, r.body
     assert r.json()["node"] == new.ip
-    # The other survivor follows the new primary and redirects to it.
+    # The other survivor follows the new primary and forwards writes to it.
     other = next(n for n in replicas if n is not new)
     cluster.wait_ready([other], timeout=30)
     wait_count(other, acknowledged + 2, timeout=10)
     r = post(other, "test", "to the survivor replica")
-    assert r.status == 307
-    assert r.headers["location"].startswith(new.url)
+    assert r.status == 201, r.body
+    assert served_by(r) == new.id
 
     # The old primary comes back as a replica with everything.
     cluster.start(p)
     cluster.wait_ready([p], timeout=120)
-    wait_count(p, acknowledged + 2, timeout=30)
+    wait_count(p, acknowledged + 3, timeout=30)
     deadline = time.monotonic() + 10
     while p.role() != "replica" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert p.role() == "replica"
     assert p.primary() == new.ip
-    assert post(p, "test", "to the rejoined node").status == 307
+    r = post(p, "test", "to the rejoined node")
+    assert r.status == 201, r.body
+    assert served_by(r) == new.id

@@ -137,14 +137,15 @@ def write_txn(pause: str) -> dict[str, Any]:
 
 
 def client(requests: str) -> list[dict[str, Any]]:
-    """Runs requests through Django's test client: a JSON list of [method, path]."""
+    """Runs requests through Django's test client: a JSON list of [method, path] or
+    [method, path, {header: value}]. A JSON answer's body is parsed, any other is text."""
     from django.test import Client
 
     c = Client(raise_request_exception=False)
     out = []
-    for method, path in json.loads(requests):
-        r = getattr(c, method.lower())(path)
-        body: Any = None
+    for method, path, *headers in json.loads(requests):
+        r = getattr(c, method.lower())(path, headers=headers[0] if headers else None)
+        body: Any = r.content.decode(errors="replace")
         if r.get("Content-Type", "").startswith("application/json"):
             body = json.loads(r.content)
         out.append(
