@@ -8,6 +8,7 @@ reads from the node's own app and forwards writes to the primary's. Every answer
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -63,23 +64,58 @@ def wait_count(node: RunNode, count: int, timeout: float = 10.0) -> float:
 
 
 def failover(
-    c: RunCluster, old: RunNode, timeout: float = 60.0, message: str | None = None
+    c: RunCluster,
+    old: RunNode,
+    timeout: float = 60.0,
+    message: str | None = None,
+    served_by_old: list[float] | None = None,
 ) -> tuple[RunNode, float, float]:
     """After ``old`` died (or was told to stop): POSTs ``message`` through the other running
-    nodes' proxies in turn until one is accepted (201; while no primary is known a proxy holds
-    the write up to its ``primary-wait``, and ``503 not-executed`` answers are sent again).
-    Returns the node whose app accepted it (``x-litefs-py-node``), the seconds until a survivor's
-    ``.role`` said primary and until the write was accepted (both from now, the kill)."""
+    nodes' proxies in turn until a survivor's app accepts one (201; while no primary is known a
+    proxy holds the write up to its ``primary-wait``, and ``503 not-executed`` answers are sent
+    again). A stopping primary still serves writes while it hands off: those are accepted too
+    and their times appended to ``served_by_old``. Returns the node whose app accepted the write
+    (``x-litefs-py-node``), the seconds until a survivor's ``.role`` said primary and until the
+    write was accepted (both from now, the kill)."""
     message = message or f"first write after node {old.id} died"
     t0 = time.monotonic()
     survivors = [n for n in c.nodes if n is not old and n.running]
+    # A write may wait in a proxy for a primary: the roles are watched alongside (bounded).
+    role_seen: list[float] = []
+    done = threading.Event()
+
+    def watch_roles() -> None:
+        while not done.is_set() and time.monotonic() - t0 < timeout:
+            if any(m.role() == "primary" for m in survivors):
+                role_seen.append(time.monotonic() - t0)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch_roles, daemon=True)
+    watcher.start()
+    try:
+        old_times = served_by_old if served_by_old is not None else []
+        new, t_write = _first_write(c, old, survivors, message, t0, timeout, old_times)
+        watcher.join(timeout=2)  # a primary is there now: its next look sees it
+        return new, role_seen[0] if role_seen else t_write, t_write
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+
+
+def _first_write(
+    c: RunCluster,
+    old: RunNode,
+    survivors: list[RunNode],
+    message: str,
+    t0: float,
+    timeout: float,
+    served_by_old: list[float],
+) -> tuple[RunNode, float]:
     by_id = {n.id: n for n in survivors}
-    t_role: float | None = None
     while time.monotonic() - t0 < timeout:
         c.check_alive(survivors)
         for n in survivors:
-            if t_role is None and any(m.role() == "primary" for m in survivors):
-                t_role = time.monotonic() - t0
             r = try_request(
                 n.url + "/api/entries",
                 "POST",
@@ -89,9 +125,11 @@ def failover(
             if r is not None and r.status == 201:
                 t_write = time.monotonic() - t0
                 new = by_id.get(served_by(r))
-                if new is None:
+                if new is not None:
+                    return new, t_write
+                if served_by(r) != old.id:
                     raise ClusterError(f"node {served_by(r)} accepted a write, not a survivor")
-                return new, t_role if t_role is not None else t_write, t_write
+                served_by_old.append(t_write)
             if r is not None and r.headers.get("x-litefs-py-outcome") == "unknown":
                 # The write may have been executed: sending it again could write it twice.
                 raise ClusterError(f"the write's outcome is unknown: {r.status} {r.body[:200]!r}")

@@ -121,9 +121,10 @@ def migrations(c: RunCluster) -> str:
         if "this node is the primary: running the migrate command" in log:
             lines.append(f"   node {n.id} ran the migration (it was the primary)")
         else:
-            waited = "waited for the schema, then " if "the app waits for the schema" in log else ""
+            waited = "waited, then " if "the app waits for the schema" in log else ""
             lines.append(
-                f"   node {n.id} did not migrate: it {waited}started its app on the schema"
+                f"   node {n.id} did not migrate: it {waited}started its app once the primary's "
+                "migration had replicated to it"
             )
     return "\n".join(lines)
 
@@ -171,16 +172,26 @@ def graceful_stop(c: RunCluster, p: RunNode) -> float:
     seconds from the signal to the first write another node accepted."""
     say(f"\n== stop the primary, node {p.id}, gracefully: SIGTERM to its litefs-py run")
     say("   it hands the primary to the freshest replica first (its app keeps serving), then stops")
+    say("   meanwhile writes are POSTed through the other nodes' proxies")
     codes: list[int | None] = []
+    by_old: list[float] = []
     stopper = threading.Thread(target=lambda: codes.append(c.stop(p)))
     stopper.start()
     try:
-        new, _, t_write = failover(c, p, message=f"first write after node {p.id} was stopped")
+        new, _, t_write = failover(
+            c, p, message=f"first write after node {p.id} was stopped", served_by_old=by_old
+        )
     finally:
         stopper.join(timeout=90)
+    if by_old:
+        say(
+            f"   {len(by_old)} of them still served by node {p.id} (x-litefs-py-node: {p.id}) "
+            f"while it handed off, the last {by_old[-1] * 1000:.0f} ms after the SIGTERM"
+        )
+    pause = t_write - (by_old[-1] if by_old else 0.0)
     say(
         f"   node {new.id} ({new.ip}) accepted a write {t_write * 1000:.0f} ms after the SIGTERM: "
-        "writes paused for a handoff, not a failover"
+        f"writes paused {pause * 1000:.0f} ms for a handoff, not a failover"
     )
     log = p.log_path.read_text(errors="replace").splitlines()
     said = [
