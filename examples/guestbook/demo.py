@@ -89,6 +89,14 @@ def demo(c: RunCluster) -> float:
     if int(d["count"]) != before + 1:
         raise ClusterError(f"expected {before + 1} entries on the new primary, got {d['count']}")
     say(table(c))
+    other = next(m for m in replicas if m is not new)
+    read_your_writes(
+        other,
+        written,
+        cookies,
+        f"\n== the cookie from before the failover, on a replica (node {other.id})\n"
+        "   its TXIDs belong to the old raft term: not compared, the primary serves the read",
+    )
 
     say(f"\n== restart node {p.id}: it rejoins as a replica")
     t0 = time.monotonic()
@@ -151,9 +159,11 @@ def forwarded_write(p: RunNode, n: RunNode) -> tuple[int, dict[str, str]]:
     return int(row["id"]), r.cookies
 
 
-def read_your_writes(n: RunNode, written: int, cookies: dict[str, str]) -> None:
+def read_your_writes(
+    n: RunNode, written: int, cookies: dict[str, str], title: str | None = None
+) -> None:
     """A GET on the replica ``n`` with the cookie: served once ``n`` has row ``written``."""
-    say(f"\n== read-your-writes: GET on a replica (node {n.id}) with that cookie, at once")
+    say(title or f"\n== read-your-writes: GET on a replica (node {n.id}) with that cookie, at once")
     r = get_entries(n, cookies)
     how = r.headers.get("x-litefs-py-read")
     say(

@@ -2,8 +2,8 @@
 
 Writes need no special code: litefs-py's proxy in front of every node sends a POST to the
 primary's app, where it just works; a replica's app serves only reads. A write that reaches an
-app whose node has just lost the primary role (a failover mid-request) is refused by the
-backend (``litefs.NotPrimary``, nothing written) and Django answers 500.
+app whose node has just lost the primary role (a handoff or failover mid-request) is refused by
+the backend (``litefs.NotPrimary``), which ``ReplicaWriteMiddleware`` turns into a 503.
 """
 
 from __future__ import annotations

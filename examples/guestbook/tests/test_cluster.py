@@ -1,7 +1,8 @@
 """The guestbook on a real 3-node cluster (litefs-py run --migrate + its proxy + LiteFS +
 gunicorn per node). Requests go through each node's proxy, as clients' do.
 
-The tests share one cluster and run in file order: the last one kills the primary.
+The tests share one cluster and run in file order: the last two kill the primary and stop the
+next one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -18,7 +20,7 @@ import pytest
 
 from api import POSITIONS_COOKIE, entries, failover, get_entries, post, served_by, wait_count
 from cluster import HERE, Cluster
-from litefs.testing import RunNode, request
+from litefs.testing import RunNode, request, try_request
 
 pytestmark = pytest.mark.litefs
 
@@ -180,3 +182,60 @@ def test_kill_9_of_the_primary_fails_over_and_it_rejoins(cluster: Cluster) -> No
     r = post(p, "test", "to the rejoined node")
     assert r.status == 201, r.body
     assert served_by(r) == new.id
+
+
+def test_a_graceful_stop_of_the_primary_under_writes_through_the_proxies(cluster: Cluster) -> None:
+    """SIGTERM to the primary while clients write through the other nodes' proxies: it hands
+    off, then its proxy stops before its app. Every write gets a 201 or a 503: from a proxy
+    (``not-executed``) or from the app's ReplicaWriteMiddleware (the write reached the old
+    primary's app as its node lost the role); never a 500 or a 502 with an unknown outcome.
+    Every acknowledged row is on the next primary, and no refused one."""
+    p, others = _primary_and_replicas(cluster)
+    for n in others:
+        cluster.wait_ready([n], timeout=60)
+    stop = threading.Event()
+    answers: list[tuple[int, str | None, str]] = []  # status, outcome header, message
+    lock = threading.Lock()
+
+    def writer(n: RunNode, k: int) -> None:
+        i = 0
+        while not stop.is_set() and i < 100:  # bounded: at most 400 rows, all listed below
+            i += 1
+            message = f"graceful {n.id}.{k}.{i}"
+            r = try_request(
+                n.url + "/api/entries", "POST", {"name": "t", "message": message}, timeout=15
+            )
+            if r is None:
+                time.sleep(0.05)
+                continue
+            with lock:
+                answers.append((r.status, r.headers.get("x-litefs-py-outcome"), message))
+
+    threads = [threading.Thread(target=writer, args=(n, k)) for n in others for k in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        assert cluster.stop(p) == 0
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    # One SIGTERM (RunCluster.stop): the run handed off, then stopped its proxy, then its app.
+    log = p.output().split(f"==== start #{p.starts} ====")[-1]
+    assert "handed off before stopping" in log, log[-3000:]
+    assert "a second stop signal" not in log
+    by_status = {s: sum(1 for a in answers if a[0] == s) for s in {a[0] for a in answers}}
+    assert by_status.get(201, 0) > 0, by_status
+    odd = [a for a in answers if a[0] not in (201, 503)]
+    assert odd == [], (by_status, odd[:5])
+    new = cluster.wait_primary(30)
+    acked = {m for s, _, m in answers if s == 201}
+    rows = {e["message"] for e in entries(new)["entries"]}  # the latest 500 rows
+    missing = acked - rows
+    assert missing == set(), sorted(missing)[:5]
+    # A 503 from a proxy was never passed to an app; one from the middleware was refused before
+    # the write (the backend's gate): none of them is a row.
+    refused = {m for s, _, m in answers if s == 503}
+    assert refused & rows == set(), sorted(refused & rows)[:5]

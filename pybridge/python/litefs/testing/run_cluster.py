@@ -348,7 +348,9 @@ class RunCluster:
         for n in running:
             assert n.proc is not None
             left = max(0.1, deadline - time.monotonic())
-            codes[n.id], killed = stop_process(n.proc, left, sig=signal.SIGTERM, group=True)
+            # Signalled above, once: a second SIGTERM makes a primary's run stop waiting for
+            # its handoff and passes the signal on to the app at once.
+            codes[n.id], killed = stop_process(n.proc, left, sig=None, group=True)
             if killed:
                 self.problems.append(f"node {n.id}: litefs-py run did not stop within {timeout} s")
             # The app's processes, should any have outlived the run (same process group).
