@@ -432,7 +432,8 @@ impl Supervisor {
         }
     }
 
-    /// Stops the app if it runs: SIGTERM (unless a stop signal reached it already), `grace`,
+    /// Stops the proxy first, if any (it stops accepting and lets requests in flight finish),
+    /// then the app if it runs: SIGTERM (unless a stop signal reached it already), `grace`,
     /// then SIGKILL.
     fn stop_app(&mut self) {
         super::proxy::stop(self.proxy.take());

@@ -51,8 +51,8 @@ def request(
             jar: SimpleCookie = SimpleCookie()
             jar.load(value)
             cookies.update({name: morsel.value for name, morsel in jar.items()})
-        headers = {k.lower(): v for k, v in r.getheaders()}
-        return Response(r.status, headers, r.read(), cookies)
+        got = {k.lower(): v for k, v in r.getheaders()}
+        return Response(r.status, got, r.read(), cookies)
     finally:
         conn.close()
 

@@ -224,7 +224,7 @@ class RunCluster:
         self.problems: list[str] = []
         secret = write_secret(self.work / "secret")
         nodes = range(1, size + 1)
-        count = 6 if proxy else 5
+        count = 6 if proxy is True or isinstance(proxy, Mapping) else 5
         if ip_base is not None:
             ips = {i: f"127.0.0.{ip_base + i}" for i in nodes}
             shared = NodePorts(*(free_port(list(ips.values())) for _ in range(count)))
