@@ -367,6 +367,22 @@ def test_middleware_on_replica(cluster: Cluster):
     assert "outcome is unknown" in boom["body"]["error"], boom
 
 
+def test_middleware_a_database_error_after_losing_the_role_is_a_503(cluster: Cluster):
+    """An unsafe request whose database error escaped the backend (a write LiteFS refused when
+    the role changed mid-request) gets the mid-request 503 on a node that is no longer the
+    primary; on the primary, and for a GET, the error stands (a 500)."""
+    migrate(cluster.primary.mnt)
+    replicate(cluster)
+    replica = scenario(cluster.replica.mnt, "lost_role", DJP_MIDDLEWARE="1")
+    assert replica["post"]["status"] == 503 and replica["post"]["retry_after"] is None, replica
+    error = replica["post"]["body"]["error"]
+    assert "lost the primary role" in error and "disk I/O error" in error, error
+    assert "outcome is unknown" in error, error
+    assert replica["get"] is None and replica["post_integrity"] is None, replica
+    primary = scenario(cluster.primary.mnt, "lost_role", DJP_MIDDLEWARE="1")
+    assert primary == {"post": None, "get": None, "post_integrity": None}, primary
+
+
 def test_middleware_unsafe_request_rolled_back_may_be_retried(shim):
     """With ATOMIC_REQUESTS the unsafe request that hit NotPrimary was rolled back: 503 with
     Retry-After; without, its earlier writes may have committed: no Retry-After."""

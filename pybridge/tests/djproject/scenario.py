@@ -158,6 +158,37 @@ def client(requests: str) -> list[dict[str, Any]]:
     return out
 
 
+def lost_role() -> dict[str, Any]:
+    """ReplicaWriteMiddleware.process_exception on this node for a database error that escaped
+    the backend's mapping (what a write LiteFS refused at an autocommit's commit looks like):
+    for a POST, a GET, and a POST with another error."""
+    from django.db import IntegrityError, OperationalError
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from litefs.django.middleware import ReplicaWriteMiddleware
+
+    mw = ReplicaWriteMiddleware(lambda r: HttpResponse())
+    rf = RequestFactory()
+    out: dict[str, Any] = {}
+    for key, request, error in (
+        ("post", rf.post("/sign"), OperationalError("disk I/O error")),
+        ("get", rf.get("/sign"), OperationalError("disk I/O error")),
+        ("post_integrity", rf.post("/sign"), IntegrityError("UNIQUE constraint failed")),
+    ):
+        r = mw.process_exception(request, error)
+        out[key] = (
+            None
+            if r is None
+            else {
+                "status": r.status_code,
+                "retry_after": r.get("Retry-After"),
+                "body": json.loads(r.content),
+            }
+        )
+    return out
+
+
 def bypass() -> dict[str, Any]:
     """The backend's own guards off (no role read before statements, an authorizer that denies
     nothing, no ``query_only``): a write reaches the file system, and what LiteFS answers on a
@@ -318,6 +349,7 @@ def main() -> None:
         "write_txn": write_txn,
         "names": names,
         "client": client,
+        "lost_role": lost_role,
         "phases": phases,
         "bypass": bypass,
         "role_reads": role_reads,

@@ -30,7 +30,9 @@ write (:class:`litefs.NotPrimary`) is diverted the same way. An unsafe one that 
 (the role changed while it ran) gets 503 and is never replayed: with ``ATOMIC_REQUESTS`` on
 every ``litefs.django`` database (and the view not excluded from it) its transaction was rolled
 back, so the 503 says to retry it (``Retry-After: 1``); without, writes it made before may have
-committed: the 503 says the outcome is unknown, without ``Retry-After``.
+committed: the 503 says the outcome is unknown, without ``Retry-After``. The same for an unsafe
+request that ends in a database ``OperationalError`` on a node that is no longer the primary:
+the role change's refusal, surfaced where the backend does not map it to ``NotPrimary``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,19 @@ def _rolled_back(request: HttpRequest) -> bool:
     return bool(databases) and all(
         spec.get("ATOMIC_REQUESTS") and alias not in excluded for alias, spec in databases.items()
     )
+
+
+def _lost_role(exception: Exception) -> bool:
+    """A database ``OperationalError`` (SQLite's ``disk I/O error`` when LiteFS refuses a
+    write) on a node that is no longer the primary."""
+    from django.db import OperationalError
+
+    if not isinstance(exception, OperationalError):
+        return False
+    try:
+        return read_role(litefs_settings.get().mount) != "primary"
+    except LiteFSError:
+        return False
 
 
 def _wants(request: HttpRequest, media_type: str) -> bool:
@@ -150,17 +165,20 @@ class ReplicaWriteMiddleware:
     def process_exception(
         self, request: HttpRequest, exception: Exception
     ) -> HttpResponseBase | None:
-        if (
-            not isinstance(exception, _NotPrimaryBase)
-            or litefs_settings.get().replica_writes is None
-        ):
+        if litefs_settings.get().replica_writes is None:
             return None
-        if request.method in SAFE_METHODS:
-            return divert(request, exception.primary)
+        if isinstance(exception, _NotPrimaryBase):
+            if request.method in SAFE_METHODS:
+                return divert(request, exception.primary)
+            why = str(exception)
+        elif request.method not in SAFE_METHODS and _lost_role(exception):
+            why = f"this node lost the primary role while the request ran ({exception})"
+        else:
+            return None
         if _rolled_back(request):
-            return _unavailable(f"{exception}; the request was rolled back: retry it")
+            return _unavailable(f"{why}; the request was rolled back: retry it")
         return _unavailable(
-            f"{exception}; the request was stopped part way: what it wrote before may have "
+            f"{why}; the request was stopped part way: what it wrote before may have "
             "committed, its outcome is unknown (check before sending it again)",
             retry=False,
         )
