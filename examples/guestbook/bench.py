@@ -41,6 +41,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -50,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster import HERE, ROOT, Cluster
+from cluster import HERE, MIGRATE, ROOT, SERVER, Cluster
 from litefs import testing
 from litefs.testing import ClusterError, free_port, litefs_binary, try_request
 
@@ -170,7 +171,8 @@ def fuse_line(counts: dict[str, float]) -> str:
 
 
 class Server:
-    """start.py (migrate, then gunicorn) in a session of its own, stopped by PID."""
+    """``manage.py migrate``, then gunicorn (gunicorn.conf.py) in a session of its own, stopped
+    by PID: what ``litefs-py run --migrate`` does on a primary, without run."""
 
     def __init__(self, name: str, bind: str, env: dict[str, str], workers: int, log: Path):
         self.name, self.bind = name, bind
@@ -186,8 +188,13 @@ class Server:
             "PYTHONUNBUFFERED": "1",
         }
         with open(log, "ab") as f:
+            migrated = subprocess.run(
+                shlex.split(MIGRATE), cwd=HERE, env=full, stdout=f, stderr=subprocess.STDOUT
+            )
+            if migrated.returncode != 0:
+                raise ClusterError(f"{name}: migrate failed:\n{log.read_text()[-3000:]}")
             self.proc = subprocess.Popen(
-                [sys.executable, str(HERE / "start.py")],
+                list(SERVER),
                 cwd=HERE,
                 env=full,
                 stdin=subprocess.DEVNULL,
@@ -304,7 +311,10 @@ def main() -> int:
         servers[-1].wait_ready()
         # litefs-py run with the real LiteFS
         if not args.no_litefs and litefs_binary() is not None:
-            cluster = Cluster(size=1, work=work / "litefs", ip_base=40, app_workers=args.workers)
+            # No proxy: this compares the app's data path over the shim with LiteFS alone.
+            cluster = Cluster(
+                size=1, work=work / "litefs", ip_base=40, app_workers=args.workers, proxy=False
+            )
             cluster.start_all()
             cluster.wait_primary(60)
             cluster.wait_ready(timeout=90)

@@ -6,12 +6,14 @@
 
 Every node looks like a host of its own: node N has the loopback address 127.0.0.(10+N) (any
 127.x address is loopback on Linux), which is also its litefs-py hostname (what ``.primary``
-shows), and the same ports as the others on it: raft, status, lease API, LiteFS and the app.
-So a replica's redirect to ``http://{primary}:<app port>`` reaches the primary.
+shows), and the same ports as the others on it: raft, status, lease API, LiteFS, litefs-py's
+HTTP proxy (the port clients use) and the app behind it.
 
-Each node runs ``litefs-py run --config nN/litefs-py.yml -- python start.py``: raft, the lease
-API, LiteFS (its FUSE mount at ``nN/lower``), the shim at ``nN/mnt`` (``$LITEFS_DIR``), then
-start.py (migrate on the primary, wait for the replicated schema on a replica) and gunicorn.
+Each node runs ``litefs-py run --config nN/litefs-py.yml --migrate "python manage.py migrate
+--no-input" -- gunicorn``: raft, the lease API and the proxy, LiteFS (its FUSE mount at
+``nN/lower``), the shim at ``nN/mnt`` (``$LITEFS_DIR``), then the migration on the primary (a
+replica waits until the migrated schema has replicated to it), then gunicorn (configured by
+gunicorn.conf.py). The proxy sends a replica's writes to the primary.
 
 The cluster itself (processes, ports, litefs-py.yml, stopping by PID, detaching only the
 nodes' own mounts) is :class:`litefs.testing.RunCluster`; this file adds the guestbook's app
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -32,11 +35,16 @@ from litefs.testing import ClusterError, MissingBinary, RunCluster, RunNode, lit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+#: What ``litefs-py run --migrate`` runs on the primary before the app (a shell command, in HERE).
+MIGRATE = f"{shlex.quote(sys.executable)} manage.py migrate --no-input"
+#: The app: gunicorn with gunicorn.conf.py (HERE), from this venv.
+SERVER = (sys.executable, "-m", "gunicorn")
 
 
 class Cluster(RunCluster):
     """``size`` guestbook nodes under ``work`` (a temp dir when None), addresses
-    ``127.0.0.<ip_base+N>``, the default lease TTL, ``app_workers`` gunicorn workers each."""
+    ``127.0.0.<ip_base+N>``, the default lease TTL, ``app_workers`` gunicorn workers each,
+    behind litefs-py's proxy unless ``proxy`` is False (the benchmark measures the app alone)."""
 
     def __init__(
         self,
@@ -45,27 +53,30 @@ class Cluster(RunCluster):
         ip_base: int = 10,
         app_workers: int = 2,
         env: dict[str, str] | None = None,
+        proxy: bool = True,
     ) -> None:
         self.app_workers = app_workers
         super().__init__(
             size,
             work,
             ip_base=ip_base,
-            app=[sys.executable, str(HERE / "start.py")],
+            app=SERVER,
             app_cwd=HERE,
             env=env,
             run_grace="10s",
             # The demo's build (scripts/demo: cargo build --release) first.
             litefs_py=litefs_py_binary(ROOT, ("release", "debug")),
+            run_args=["--migrate", MIGRATE],
+            proxy=proxy,
         )
 
     def node_env(self, node: RunNode) -> dict[str, str]:
         return {
-            "GUESTBOOK_BIND": f"{node.ip}:{node.ports.app}",
+            # Behind the proxy: its target (the app is reached through the proxy only).
+            "GUESTBOOK_BIND": f"{node.ip}:{node.ports.target or node.ports.app}",
             "GUESTBOOK_WORKERS": str(self.app_workers),
-            "GUESTBOOK_PRIMARY_URL": f"http://{{primary}}:{node.ports.app}",
             "DJANGO_ALLOWED_HOSTS": ",".join(n.ip for n in self.nodes),
-            # Inherited by everything the node starts (LiteFS, start.py, gunicorn's workers): a
+            # Inherited by everything the node starts (LiteFS, the migration, gunicorn's workers): a
             # last-resort cleanup (scripts/demo's trap) finds this run's processes by it.
             "GUESTBOOK_CLUSTER": str(self.work),
         }

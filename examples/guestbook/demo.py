@@ -7,8 +7,8 @@ import http.client
 import threading
 import time
 
-from api import entries, failover, post, wait_count
-from litefs.testing import ClusterError, RunCluster, RunNode, request, try_request
+from api import POSITIONS_COOKIE, entries, failover, get_entries, post, served_by, wait_count
+from litefs.testing import ClusterError, RunCluster, RunNode, try_request
 
 
 def say(msg: str) -> None:
@@ -31,15 +31,21 @@ def table(c: RunCluster) -> str:
 
 def demo(c: RunCluster) -> float:
     """The tour; returns the failover time (kill -9 to the first accepted write), seconds."""
+    first = c.nodes[0].ports
     say(
-        f"== starting {c.size} guestbook nodes (work dir {c.work}, app port {c.nodes[0].ports.app})"
+        f"== starting {c.size} guestbook nodes (work dir {c.work}): clients use each node's "
+        f"litefs-py proxy on port {first.app}, gunicorn listens behind it on port {first.target}"
     )
-    say("   each: litefs-py run --config nN/litefs-py.yml -- python start.py")
+    say(
+        '   each: litefs-py run --config nN/litefs-py.yml --migrate "python manage.py migrate '
+        '--no-input" -- gunicorn'
+    )
     t0 = time.monotonic()
     c.start_all()
     p = c.wait_primary(90)
     c.wait_ready(timeout=120)
     say(f"   primary: node {p.id} ({p.ip}); every app ready after {time.monotonic() - t0:.1f} s")
+    say(migrations(c))
     say(table(c))
     replicas = [n for n in c.nodes if n is not p]
 
@@ -58,22 +64,19 @@ def demo(c: RunCluster) -> float:
             f"(replicated within {took * 1000:.0f} ms)"
         )
 
-    n = replicas[0]
-    say(f"\n== a POST to a replica (node {n.id}) is redirected to the primary")
-    r = post(n, "demo", "sent to a replica")
-    say(f"   {r.status} Location: {r.headers.get('location')}")
-    if r.status != 307:
-        raise ClusterError(f"expected a 307 from the replica, got {r.status}: {r.body[:200]!r}")
-    r2 = request(r.headers["location"], "POST", {"name": "demo", "message": "sent to a replica"})
-    say(f"   re-sent there: {r2.status}, accepted by {r2.json()['node']}")
+    written, cookies = forwarded_write(p, replicas[0])
+    read_your_writes(replicas[-1], written, cookies)
     before = int(entries(p)["count"])
     for m in replicas:
         wait_count(m, before)
 
-    say(f"\n== kill -9 the primary, node {p.id}: its litefs-py run, its app, its LiteFS")
+    say(
+        f"\n== kill -9 the primary, node {p.id}: its litefs-py run (and proxy), its app, its LiteFS"
+    )
     assert p.proc is not None
     pids = f"kill -KILL -- -{p.proc.pid} (litefs-py run + app); kill -KILL {p.find_litefs()}"
     say(f"   {pids} (LiteFS)")
+    say("   then a write is POSTed through the survivors' proxies in turn until one is accepted")
     c.kill9(p)
     new, t_role, t_write = failover(c, p)
     say(
@@ -86,6 +89,14 @@ def demo(c: RunCluster) -> float:
     if int(d["count"]) != before + 1:
         raise ClusterError(f"expected {before + 1} entries on the new primary, got {d['count']}")
     say(table(c))
+    other = next(m for m in replicas if m is not new)
+    read_your_writes(
+        other,
+        written,
+        cookies,
+        f"\n== the cookie from before the failover, on a replica (node {other.id})\n"
+        "   its TXIDs belong to the old raft term: not compared, the primary serves the read",
+    )
 
     say(f"\n== restart node {p.id}: it rejoins as a replica")
     t0 = time.monotonic()
@@ -98,6 +109,10 @@ def demo(c: RunCluster) -> float:
         f"   node {p.id} is {p.role()}, ready {time.monotonic() - t0:.1f} s after its start; "
         f"lists {d['count']} entries, latest {latest!r}"
     )
+    r = post(p, "demo", f"sent to node {p.id} after it rejoined")
+    say(f"   a POST to it: {r.status}, x-litefs-py-node: {r.headers.get('x-litefs-py-node')}")
+    if r.status != 201 or served_by(r) != new.id:
+        raise ClusterError(f"expected node {new.id} to serve it: {r.status} {r.body[:200]!r}")
     say(table(c))
 
     t_handoff = graceful_stop(c, new)
@@ -106,21 +121,87 @@ def demo(c: RunCluster) -> float:
     return t_write
 
 
+def migrations(c: RunCluster) -> str:
+    """What each node's ``run --migrate`` did, from its log."""
+    lines = []
+    for n in c.nodes:
+        log = n.output()
+        if "this node is the primary: running the migrate command" in log:
+            lines.append(f"   node {n.id} ran the migration (it was the primary)")
+        else:
+            waited = "waited, then " if "the app waits for the schema" in log else ""
+            lines.append(
+                f"   node {n.id} did not migrate: it {waited}started its app once the primary's "
+                "migration had replicated to it"
+            )
+    return "\n".join(lines)
+
+
+def forwarded_write(p: RunNode, n: RunNode) -> tuple[int, dict[str, str]]:
+    """A POST to the replica ``n``'s proxy, served by the primary ``p``'s app. Returns the new
+    row's id and the cookies of the answer (the proxy's read-your-writes cookie)."""
+    say(f"\n== a POST to a replica's proxy (node {n.id}) is served by the primary (node {p.id})")
+    r = post(n, "demo", f"sent to node {n.id}, a replica")
+    say(f"   POST {n.url}/api/entries")
+    say(f"   {r.status}, x-litefs-py-node: {r.headers.get('x-litefs-py-node')}")
+    if r.status != 201 or served_by(r) != p.id:
+        raise ClusterError(f"expected the primary to serve it: {r.status} {r.body[:200]!r}")
+    row = r.json()
+    d = entries(p)
+    there = any(e["id"] == row["id"] for e in d["entries"])
+    say(f"   row id={row['id']} accepted by {row['node']}; in node {p.id}'s list: {there}")
+    if not there:
+        raise ClusterError(f"row {row['id']} is not on the primary")
+    pos = r.cookies.get(POSITIONS_COOKIE)
+    say(f"   the answer sets the read-your-writes cookie: {POSITIONS_COOKIE}={pos}")
+    if pos is None:
+        raise ClusterError(f"no {POSITIONS_COOKIE} cookie in the answer: {r.headers}")
+    return int(row["id"]), r.cookies
+
+
+def read_your_writes(
+    n: RunNode, written: int, cookies: dict[str, str], title: str | None = None
+) -> None:
+    """A GET on the replica ``n`` with the cookie: served once ``n`` has row ``written``."""
+    say(title or f"\n== read-your-writes: GET on a replica (node {n.id}) with that cookie, at once")
+    r = get_entries(n, cookies)
+    how = r.headers.get("x-litefs-py-read")
+    say(
+        f"   {r.status}, x-litefs-py-node: {r.headers.get('x-litefs-py-node')}, x-litefs-py-read: "
+        + (how or f"(absent: node {n.id} had caught up, or waited until it had)")
+    )
+    d = r.json()
+    there = any(e["id"] == written for e in d["entries"])
+    say(f"   row id={written} visible in the answer: {there} ({d['count']} entries)")
+    if r.status != 200 or not there:
+        raise ClusterError(f"read-your-writes: row {written} not in {r.status} {r.body[:200]!r}")
+
+
 def graceful_stop(c: RunCluster, p: RunNode) -> float:
     """SIGTERM to the primary's run: it hands the primary off before it stops. Returns the
     seconds from the signal to the first write another node accepted."""
     say(f"\n== stop the primary, node {p.id}, gracefully: SIGTERM to its litefs-py run")
     say("   it hands the primary to the freshest replica first (its app keeps serving), then stops")
+    say("   meanwhile writes are POSTed through the other nodes' proxies")
     codes: list[int | None] = []
+    by_old: list[float] = []
     stopper = threading.Thread(target=lambda: codes.append(c.stop(p)))
     stopper.start()
     try:
-        new, _, t_write = failover(c, p, message=f"first write after node {p.id} was stopped")
+        new, _, t_write = failover(
+            c, p, message=f"first write after node {p.id} was stopped", served_by_old=by_old
+        )
     finally:
         stopper.join(timeout=90)
+    if by_old:
+        say(
+            f"   {len(by_old)} of them still served by node {p.id} (x-litefs-py-node: {p.id}) "
+            f"while it handed off, the last {by_old[-1] * 1000:.0f} ms after the SIGTERM"
+        )
+    pause = t_write - (by_old[-1] if by_old else 0.0)
     say(
         f"   node {new.id} ({new.ip}) accepted a write {t_write * 1000:.0f} ms after the SIGTERM: "
-        "writes paused for a handoff, not a failover"
+        f"writes paused {pause * 1000:.0f} ms for a handoff, not a failover"
     )
     log = p.log_path.read_text(errors="replace").splitlines()
     said = [
@@ -172,8 +253,8 @@ def repl(c: RunCluster) -> None:
                 say(f"node {node.id} is up: {node.role()}")
             elif cmd == "post" and node is not None:
                 r = post(node, "cli", text or "hello")
-                where = r.headers.get("location", "")
-                say(f"{r.status} {where or r.body.decode(errors='replace')}")
+                by = r.headers.get("x-litefs-py-node", "?")
+                say(f"{r.status} (x-litefs-py-node: {by}) {r.body.decode(errors='replace')}")
             elif cmd == "get" and node is not None:
                 d = entries(node)
                 say(f"node {node.id} ({d['role']}): {d['count']} entries")

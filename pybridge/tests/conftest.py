@@ -97,6 +97,9 @@ def django_env(mount: Path | str, **extra: Any) -> dict[str, str]:
         "DJP_LITEFS",
         "DJP_MIDDLEWARE",
         "DJP_ATOMIC",
+        # Fly.io's: REPLICA_WRITES "auto" means "replay" where they are set.
+        "FLY_APP_NAME",
+        "FLY_ALLOC_ID",
     ):
         env.pop(key, None)
     env["LITEFS_DIR"] = str(mount)

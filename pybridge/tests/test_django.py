@@ -284,17 +284,59 @@ def test_middleware_on_replica(cluster: Cluster):
     migrate(cluster.primary.mnt)
     replicate(cluster)
     before = digest(cluster.replica.lower / "app.db")
-    post, get, safe_write, delete = client(
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    post, get, safe_write, delete, page, api = client(
         cluster.replica.mnt,
-        [["POST", "/sign"], ["GET", "/entries"], ["GET", "/sign"], ["DELETE", "/entries"]],
+        [
+            ["POST", "/sign"],
+            ["GET", "/entries"],
+            ["GET", "/sign"],
+            ["DELETE", "/entries"],
+            ["POST", "/sign", browser],
+            ["POST", "/sign", {"Accept": "application/json"}],
+        ],
         DJP_MIDDLEWARE="1",
     )
-    assert post["status"] == 409 and post["headers"]["fly-replay"] == "instance=node-1"
-    assert post["body"]["primary"] == "node-1"
+    # The default off Fly.io ("auto" is "refuse"): 503 with Retry-After, readable, naming the
+    # primary; no fly-replay, which nothing but Fly.io's proxy acts on.
+    assert post["status"] == 503 and post["headers"]["retry-after"] == "1", post
+    assert "fly-replay" not in post["headers"]
+    assert post["headers"]["content-type"].startswith("text/plain"), post
+    assert "read-only replica" in post["body"] and "primary, node-1" in post["body"], post
     assert get["status"] == 200 and get["body"] == {"names": []}
-    # A GET whose view writes: replayed too (safe methods may be re-sent).
-    assert safe_write["status"] == 409 and safe_write["headers"]["fly-replay"] == "instance=node-1"
-    assert delete["status"] == 409
+    # A GET whose view writes: diverted the same way.
+    assert safe_write["status"] == 503 and "primary, node-1" in safe_write["body"], safe_write
+    assert delete["status"] == 503 and "DELETE" in delete["body"], delete
+    assert page["status"] == 503 and page["headers"]["content-type"].startswith("text/html")
+    assert "<h1>Read-only replica</h1>" in page["body"] and "node-1" in page["body"], page
+    assert api["status"] == 503 and api["body"]["primary"] == "node-1", api
+    assert digest(cluster.replica.lower / "app.db") == before
+
+    # On Fly.io (its machines have FLY_APP_NAME, FLY_ALLOC_ID) "auto" is "replay": 409 with
+    # fly-replay, which Fly.io's proxy replays on the primary.
+    for fly in ({"FLY_APP_NAME": "myapp"}, {"FLY_ALLOC_ID": "0123abcd"}):
+        post, safe_write = client(
+            cluster.replica.mnt, [["POST", "/sign"], ["GET", "/sign"]], DJP_MIDDLEWARE="1", **fly
+        )
+        assert post["status"] == 409 and post["headers"]["fly-replay"] == "instance=node-1"
+        assert post["body"]["primary"] == "node-1"
+        assert safe_write["status"] == 409, safe_write
+    # Either mode, asked for, wins over where it runs.
+    (post,) = client(
+        cluster.replica.mnt,
+        [["POST", "/sign"]],
+        DJP_MIDDLEWARE="1",
+        DJP_LITEFS={"REPLICA_WRITES": "replay"},
+    )
+    assert post["status"] == 409 and post["headers"]["fly-replay"] == "instance=node-1"
+    (post,) = client(
+        cluster.replica.mnt,
+        [["POST", "/sign"]],
+        DJP_MIDDLEWARE="1",
+        DJP_LITEFS={"REPLICA_WRITES": "refuse"},
+        FLY_APP_NAME="myapp",
+    )
+    assert post["status"] == 503 and "fly-replay" not in post["headers"], post
     assert digest(cluster.replica.lower / "app.db") == before
 
     redirect = {"REPLICA_WRITES": "redirect", "PRIMARY_URL": "https://{primary}.internal:8000"}
@@ -323,6 +365,22 @@ def test_middleware_on_replica(cluster: Cluster):
     assert boom["status"] == 503 and "fly-replay" not in boom["headers"]
     assert "retry-after" not in boom["headers"], boom
     assert "outcome is unknown" in boom["body"]["error"], boom
+
+
+def test_middleware_a_database_error_after_losing_the_role_is_a_503(cluster: Cluster):
+    """An unsafe request whose database error escaped the backend (a write LiteFS refused when
+    the role changed mid-request) gets the mid-request 503 on a node that is no longer the
+    primary; on the primary, and for a GET, the error stands (a 500)."""
+    migrate(cluster.primary.mnt)
+    replicate(cluster)
+    replica = scenario(cluster.replica.mnt, "lost_role", DJP_MIDDLEWARE="1")
+    assert replica["post"]["status"] == 503 and replica["post"]["retry_after"] is None, replica
+    error = replica["post"]["body"]["error"]
+    assert "lost the primary role" in error and "disk I/O error" in error, error
+    assert "outcome is unknown" in error, error
+    assert replica["get"] is None and replica["post_integrity"] is None, replica
+    primary = scenario(cluster.primary.mnt, "lost_role", DJP_MIDDLEWARE="1")
+    assert primary == {"post": None, "get": None, "post_integrity": None}, primary
 
 
 def test_middleware_unsafe_request_rolled_back_may_be_retried(shim):
@@ -372,6 +430,11 @@ def test_system_checks(shim, tmp_path: Path):
 
     r = manage(shim.mnt, "check", DJP_LITEFS={"REPLICA_WRITES": "redirect"})
     assert check_ids(r) == {"litefs.E006"} and "PRIMARY_URL" in r.stderr
+    r = manage(shim.mnt, "check", DJP_LITEFS={"REPLICA_WRITES": "fly"})
+    assert check_ids(r) == {"litefs.E006"} and "'refuse' (503)" in r.stderr, r.stderr
+    for mode in ("auto", "refuse", "replay", None):
+        r = manage(shim.mnt, "check", "--database", "default", DJP_LITEFS={"REPLICA_WRITES": mode})
+        assert check_ids(r) == set(), (mode, r.stderr)
 
     # Other braces than {primary}: every diverted request would raise KeyError.
     bad = {"REPLICA_WRITES": "redirect", "PRIMARY_URL": "https://{primary}:{port}"}

@@ -54,6 +54,36 @@ def test_node_yml_is_a_valid_litefs_py_yml(tmp_path: Path):
     assert yml.write(tmp_path / "litefs-py.yml").read_text() == yml.render()
 
 
+def test_run_cluster_with_a_proxy_writes_a_valid_proxy_section(tmp_path: Path):
+    """Only the configs (nothing is started): each node's proxy listens on the port clients
+    use (``url``) and passes to the app's own port (``app_url``)."""
+    with testing.RunCluster(
+        2,
+        tmp_path / "c",
+        ip_base=60,
+        litefs="/usr/bin/litefs",
+        litefs_py=Path("/nonexistent/litefs-py"),
+        run_args=["--migrate", "true"],
+        proxy={"primary-wait": "7s"},
+    ) as c:
+        for n in c.nodes:
+            effective = config.validate(n.config.read_text())
+            proxy = effective["proxy"]
+            assert n.ports.target is not None and n.ports.target != n.ports.app
+            assert proxy["addr"] == f"{n.ip}:{n.ports.app}" == n.url.removeprefix("http://")
+            assert proxy["target"] == f"{n.ip}:{n.ports.target}"
+            assert n.app_url == f"http://{n.ip}:{n.ports.target}"
+            assert proxy["advertise-url"] == n.url
+            assert proxy["primary-wait"] == "7s"
+        assert c.run_args == ["--migrate", "true"]
+    with testing.RunCluster(
+        1, tmp_path / "p", litefs="/usr/bin/litefs", litefs_py=Path("/nonexistent/litefs-py")
+    ) as plain:
+        (n,) = plain.nodes
+        assert n.ports.target is None and n.app_url == n.url
+        assert "\nproxy:" not in n.config.read_text()
+
+
 def test_mountinfo_sees_the_root_and_no_fuse_mount_in_a_fresh_dir(tmp_path: Path):
     assert testing.is_mounted("/")
     assert testing.fstype_at("/") is not None

@@ -7,8 +7,8 @@
 //! 4. once LiteFS is primary or has caught up with one (what LiteFS waits for before its own
 //!    `exec`), the app, with `LITEFS_DIR=<mount.dir>`.
 //!
-//! With `proxy:` configured, the proxy starts right after the node and stops first
-//! ([`proxy`]).
+//! With `proxy:` configured, the proxy starts right after the node and stops right before the
+//! app, after a stop handoff ([`proxy`]).
 //!
 //! A stop signal (SIGTERM/SIGINT) on the node whose LiteFS is primary hands the primary off
 //! first, through the same steps as `litefs-py handoff` ([`crate::handoff`]), bounded by
@@ -191,9 +191,9 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             return Err(e.into());
         }
     };
-    let mut sup = Supervisor::new(opts, events, state, daemon, current_umask());
+    // The supervisor stops the proxy right before the app (after a stop handoff).
+    let mut sup = Supervisor::new(opts, events, state, daemon, proxy, current_umask());
     let result = sup.start_and_watch(&binary);
-    proxy::stop(proxy);
     sup.shutdown();
     result
 }

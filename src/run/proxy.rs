@@ -1,6 +1,7 @@
 //! The proxy's place in `litefs-py run` (docs/proxy.md): started right after the node (so that
-//! a port in use is a start-up error before LiteFS starts), stopped first (the load balancer
-//! sees the port close; requests in flight finish, bounded) before the app.
+//! a port in use is a start-up error before LiteFS starts), stopped by the supervisor right
+//! before the app, after a stop handoff (the load balancer sees the port close; requests in
+//! flight finish, bounded; then the app gets its signal).
 
 use crate::config::Config;
 use crate::node::Node;

@@ -17,6 +17,7 @@ use crate::litefs::probe::Probe;
 use crate::litefs::process::LiteFs;
 use crate::litefs::state::LiteFsState;
 use crate::node::Node;
+use crate::proxy::Proxy;
 
 /// How long LiteFS gets to mount and to answer on its HTTP API after it started.
 const LITEFS_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,6 +77,9 @@ pub(super) struct Supervisor {
     migration: Option<migrate_step::Migration>,
     /// The raft term in which this node's migrate command last succeeded.
     migrated_in: Option<u64>,
+    /// `proxy:`: stopped right before the app (docs/proxy.md), so that no request is passed to
+    /// an app that is stopping, whose reset would leave its outcome unknown.
+    proxy: Option<Proxy>,
 }
 
 impl Supervisor {
@@ -84,9 +88,11 @@ impl Supervisor {
         events: Events,
         state: LiteFsState,
         daemon: Node,
+        proxy: Option<Proxy>,
         umask: libc::mode_t,
     ) -> Supervisor {
         Supervisor {
+            proxy,
             umask,
             opts,
             events,
@@ -426,9 +432,11 @@ impl Supervisor {
         }
     }
 
-    /// Stops the app if it runs: SIGTERM (unless a stop signal reached it already), `grace`,
+    /// Stops the proxy first, if any (it stops accepting and lets requests in flight finish),
+    /// then the app if it runs: SIGTERM (unless a stop signal reached it already), `grace`,
     /// then SIGKILL.
     fn stop_app(&mut self) {
+        super::proxy::stop(self.proxy.take());
         let Some(pid) = self
             .app
             .as_ref()

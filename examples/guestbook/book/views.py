@@ -1,9 +1,9 @@
 """The guestbook: a list of entries and a form (HTML at ``/``, JSON at ``/api/entries``).
 
-Writes need no special code: on the primary they just work; on a replica
-``ReplicaWriteMiddleware`` answers a POST with a 307 to the primary before the view runs, and a
-write that slips through anyway (the node lost the primary role mid-request) raises
-``litefs.NotPrimary``, which the middleware turns into a 503 "retry".
+Writes need no special code: litefs-py's proxy in front of every node sends a POST to the
+primary's app, where it just works; a replica's app serves only reads. A write that reaches an
+app whose node has just lost the primary role (a handoff or failover mid-request) is refused by
+the backend (``litefs.NotPrimary``), which ``ReplicaWriteMiddleware`` turns into a 503.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from . import node as node_mod
@@ -42,6 +43,8 @@ def index(request: HttpRequest) -> HttpResponse:
     )
 
 
+# A JSON API for scripts, without sessions or cookies to protect: no CSRF token.
+@csrf_exempt
 @never_cache
 @require_http_methods(["GET", "HEAD", "POST"])
 def api_entries(request: HttpRequest) -> JsonResponse:

@@ -137,14 +137,15 @@ def write_txn(pause: str) -> dict[str, Any]:
 
 
 def client(requests: str) -> list[dict[str, Any]]:
-    """Runs requests through Django's test client: a JSON list of [method, path]."""
+    """Runs requests through Django's test client: a JSON list of [method, path] or
+    [method, path, {header: value}]. A JSON answer's body is parsed, any other is text."""
     from django.test import Client
 
     c = Client(raise_request_exception=False)
     out = []
-    for method, path in json.loads(requests):
-        r = getattr(c, method.lower())(path)
-        body: Any = None
+    for method, path, *headers in json.loads(requests):
+        r = getattr(c, method.lower())(path, headers=headers[0] if headers else None)
+        body: Any = r.content.decode(errors="replace")
         if r.get("Content-Type", "").startswith("application/json"):
             body = json.loads(r.content)
         out.append(
@@ -152,6 +153,37 @@ def client(requests: str) -> list[dict[str, Any]]:
                 "status": r.status_code,
                 "body": body,
                 "headers": {k.lower(): v for k, v in r.headers.items()},
+            }
+        )
+    return out
+
+
+def lost_role() -> dict[str, Any]:
+    """ReplicaWriteMiddleware.process_exception on this node for a database error that escaped
+    the backend's mapping (what a write LiteFS refused at an autocommit's commit looks like):
+    for a POST, a GET, and a POST with another error."""
+    from django.db import IntegrityError, OperationalError
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from litefs.django.middleware import ReplicaWriteMiddleware
+
+    mw = ReplicaWriteMiddleware(lambda r: HttpResponse())
+    rf = RequestFactory()
+    out: dict[str, Any] = {}
+    for key, request, error in (
+        ("post", rf.post("/sign"), OperationalError("disk I/O error")),
+        ("get", rf.get("/sign"), OperationalError("disk I/O error")),
+        ("post_integrity", rf.post("/sign"), IntegrityError("UNIQUE constraint failed")),
+    ):
+        r = mw.process_exception(request, error)
+        out[key] = (
+            None
+            if r is None
+            else {
+                "status": r.status_code,
+                "retry_after": r.get("Retry-After"),
+                "body": json.loads(r.content),
             }
         )
     return out
@@ -317,6 +349,7 @@ def main() -> None:
         "write_txn": write_txn,
         "names": names,
         "client": client,
+        "lost_role": lost_role,
         "phases": phases,
         "bypass": bypass,
         "role_reads": role_reads,

@@ -165,7 +165,11 @@ def check_litefs_settings() -> list[Any]:
         errors.append(
             checks.Error(
                 f"settings.LITEFS['REPLICA_WRITES'] is {s.replica_writes!r}.",
-                hint="'replay' (a header for the proxy), 'redirect' (307 to PRIMARY_URL) or None.",
+                hint=(
+                    "'auto' (the default: 'replay' on Fly.io, else 'refuse'), 'refuse' (503), "
+                    "'replay' (Fly.io's fly-replay header), 'redirect' (307 to PRIMARY_URL) or "
+                    "None."
+                ),
                 id="litefs.E006",
             )
         )
@@ -180,7 +184,9 @@ def check_litefs_settings() -> list[Any]:
                 id="litefs.E006",
             )
         )
-    if s.replica_writes == "replay" and not (s.replay_header and isinstance(s.replay_value, str)):
+    if s.replica_writes in ("replay", "auto") and not (
+        s.replay_header and isinstance(s.replay_value, str)
+    ):
         errors.append(
             checks.Error(
                 "settings.LITEFS['REPLAY_HEADER'] and ['REPLAY_VALUE'] must be strings.",

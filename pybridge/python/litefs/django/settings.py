@@ -4,7 +4,7 @@
 LITEFS = {
     "MOUNT": "/litefs",            # default: $LITEFS_DIR, else /litefs
     "MAX_LAG_MS": 10_000,          # health: a replica further behind is unavailable (None: off)
-    "REPLICA_WRITES": "replay",    # middleware: "replay", "redirect" or None (let views fail)
+    "REPLICA_WRITES": "auto",      # middleware: "auto", "refuse", "replay", "redirect", None
     "REPLAY_HEADER": "fly-replay",
     "REPLAY_VALUE": "instance={primary}",
     "PRIMARY_URL": None,           # "redirect": e.g. "https://{primary}.internal:8000"
@@ -25,13 +25,13 @@ from .._state import mount_path
 DEFAULTS: dict[str, Any] = {
     "MOUNT": None,
     "MAX_LAG_MS": 10_000,
-    "REPLICA_WRITES": "replay",
+    "REPLICA_WRITES": "auto",
     "REPLAY_HEADER": "fly-replay",
     "REPLAY_VALUE": "instance={primary}",
     "PRIMARY_URL": None,
     "CONFIG": None,
 }
-REPLICA_WRITE_MODES = ("replay", "redirect", None)
+REPLICA_WRITE_MODES = ("auto", "refuse", "replay", "redirect", None)
 
 
 @dataclass(frozen=True, slots=True)

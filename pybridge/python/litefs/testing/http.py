@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
 from typing import Any
 
 __all__ = ["Response", "request", "try_request"]
@@ -13,11 +15,13 @@ __all__ = ["Response", "request", "try_request"]
 
 @dataclass
 class Response:
-    """Status, headers (lower-case names) and body of one response."""
+    """Status, headers (lower-case names; of a repeated header the last) and body of one
+    response, and the cookies its ``Set-Cookie`` headers set (name -> value)."""
 
     status: int
     headers: dict[str, str]
     body: bytes
+    cookies: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         """The body, parsed as JSON."""
@@ -29,18 +33,26 @@ def request(
     method: str = "GET",
     data: dict[str, str] | None = None,
     timeout: float = 5.0,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """One request; ``data`` is sent as a JSON body. Raises OSError or HTTPException when the
-    server cannot be reached or answers garbage."""
+    """One request; ``data`` is sent as a JSON body, ``headers`` are added (e.g. a ``Cookie``).
+    Raises OSError or HTTPException when the server cannot be reached or answers garbage."""
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout)
     try:
         body = json.dumps(data).encode() if data is not None else None
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        sent.update(headers or {})
         path = u.path + (f"?{u.query}" if u.query else "")
-        conn.request(method, path or "/", body=body, headers=headers)
+        conn.request(method, path or "/", body=body, headers=sent)
         r = conn.getresponse()
-        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+        cookies: dict[str, str] = {}
+        for value in r.headers.get_all("Set-Cookie") or []:
+            jar: SimpleCookie = SimpleCookie()
+            jar.load(value)
+            cookies.update({name: morsel.value for name, morsel in jar.items()})
+        got = {k.lower(): v for k, v in r.getheaders()}
+        return Response(r.status, got, r.read(), cookies)
     finally:
         conn.close()
 
@@ -50,9 +62,10 @@ def try_request(
     method: str = "GET",
     data: dict[str, str] | None = None,
     timeout: float = 5.0,
+    headers: Mapping[str, str] | None = None,
 ) -> Response | None:
     """:func:`request`, or None when the server cannot be reached (not up yet, or down)."""
     try:
-        return request(url, method, data, timeout)
+        return request(url, method, data, timeout, headers)
     except (OSError, http.client.HTTPException):
         return None

@@ -115,13 +115,14 @@ def cmdline(pid: int) -> str:
 def stop_process(
     proc: subprocess.Popen[bytes],
     timeout: float,
-    sig: int = signal.SIGTERM,
+    sig: int | None = signal.SIGTERM,
     group: bool = False,
 ) -> tuple[int, bool]:
-    """Sends ``sig`` to ``proc`` (if it still runs), waits up to ``timeout`` seconds, then
-    SIGKILLs it (its process group with ``group``: it must lead a session of its own). Returns
-    (exit status, whether SIGKILL was needed). Waits for the exit at most 10 s after SIGKILL."""
-    if proc.poll() is None:
+    """Sends ``sig`` to ``proc`` (if it still runs; None: the caller has signalled it already),
+    waits up to ``timeout`` seconds, then SIGKILLs it (its process group with ``group``: it must
+    lead a session of its own). Returns (exit status, whether SIGKILL was needed). Waits for the
+    exit at most 10 s after SIGKILL."""
+    if sig is not None and proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
     try:

@@ -12,6 +12,10 @@ started in a session of its own, so its process group is exactly it and its app;
 a group of its own (litefs-py puts it there) and is found as the run's child whose command line
 names this node's litefs.yml. Only those PIDs are ever signalled, and only the mounts at a
 node's ``lower/`` and ``mnt/`` are ever detached.
+
+With ``proxy``, each node's litefs-py.yml has a ``proxy:`` section: litefs-py's HTTP proxy
+listens on the app port (what clients and :attr:`RunNode.url` use) and passes requests to the
+app on a port of its own (:attr:`NodePorts.target`, :attr:`RunNode.app_url`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .http import try_request
 from .mountinfo import detach, is_mounted
@@ -59,13 +64,15 @@ class ClusterError(Exception):
 @dataclass(frozen=True)
 class NodePorts:
     """A node's TCP ports: raft, status (``node.http-addr``), lease API, LiteFS, and the app's
-    (which the kit only passes on)."""
+    (which the kit only passes on). With a proxy, ``app`` is the proxy's (where clients
+    connect) and ``target`` the app's behind it; without, ``target`` is None."""
 
     raft: int
     status: int
     lease: int
     litefs: int
     app: int
+    target: int | None = None
 
 
 @dataclass
@@ -89,8 +96,13 @@ class RunNode:
 
     @property
     def url(self) -> str:
-        """The app's base URL on this node."""
+        """The base URL clients use on this node: its proxy's, else its app's."""
         return f"http://{self.ip}:{self.ports.app}"
+
+    @property
+    def app_url(self) -> str:
+        """The app's own base URL (behind the proxy, if there is one)."""
+        return f"http://{self.ip}:{self.ports.target or self.ports.app}"
 
     @property
     def mnt(self) -> Path:
@@ -171,7 +183,10 @@ class RunCluster:
     :meth:`close`, when None); each runs ``app`` (default: it sleeps) in ``app_cwd`` (default:
     its own dir). Use as a context manager, or call :meth:`close`: it stops every node, also
     after a failure. Subclasses add environment per node with :meth:`node_env`; ``env``
-    (for every node) wins over it."""
+    (for every node) wins over it. ``run_args`` go to every ``litefs-py run`` before ``--``
+    (e.g. ``["--migrate", "python manage.py migrate"]``). ``proxy``: put litefs-py's proxy in
+    front of each node's app (see the module's doc); a mapping adds keys to the ``proxy:``
+    section (e.g. ``{"primary-wait": "10s"}``)."""
 
     def __init__(
         self,
@@ -186,6 +201,8 @@ class RunCluster:
         run_grace: str = "5s",
         litefs_py: Path | None = None,
         litefs: str | None = None,
+        run_args: Sequence[str] = (),
+        proxy: bool | Mapping[str, Any] = False,
     ) -> None:
         self.size = size
         self.bin = litefs_py or litefs_py_binary()
@@ -196,6 +213,7 @@ class RunCluster:
             )
         self.litefs = found
         self.app = list(app)
+        self.run_args = list(run_args)
         self.app_cwd = app_cwd
         self.env = dict(env or {})
         self.own_work = work is None
@@ -206,14 +224,15 @@ class RunCluster:
         self.problems: list[str] = []
         secret = write_secret(self.work / "secret")
         nodes = range(1, size + 1)
+        count = 6 if proxy is True or isinstance(proxy, Mapping) else 5
         if ip_base is not None:
             ips = {i: f"127.0.0.{ip_base + i}" for i in nodes}
-            shared = NodePorts(*(free_port(list(ips.values())) for _ in range(5)))
+            shared = NodePorts(*(free_port(list(ips.values())) for _ in range(count)))
             ports = dict.fromkeys(nodes, shared)
             hostnames = ips
         else:
             ips = dict.fromkeys(nodes, "127.0.0.1")
-            ports = {i: NodePorts(*(free_port() for _ in range(5))) for i in nodes}
+            ports = {i: NodePorts(*(free_port() for _ in range(count))) for i in nodes}
             hostnames = {i: f"node-{i}" for i in nodes}
         peers = {i: f"{ips[i]}:{ports[i].raft}" for i in nodes}
         self.nodes: list[RunNode] = []
@@ -224,6 +243,15 @@ class RunCluster:
             for d in ("raft", "lower", "mnt", "litefs-data"):
                 (node.dir / d).mkdir(parents=True, exist_ok=True)
             p = node.ports
+            extra: dict[str, Any] = {}
+            if p.target is not None:
+                extra["proxy"] = {
+                    "addr": f"{node.ip}:{p.app}",
+                    "target": f"{node.ip}:{p.target}",
+                    # Explicit: the default (http://<hostname>:<port>) needs a resolvable name.
+                    "advertise-url": f"http://{node.ip}:{p.app}",
+                    **(proxy if isinstance(proxy, Mapping) else {}),
+                }
             NodeYml(
                 id=i,
                 hostname=node.hostname,
@@ -239,6 +267,7 @@ class RunCluster:
                 lease_ttl=lease_ttl,
                 litefs=LiteFSYml(self.litefs, node.dir / "litefs-data", f"{node.ip}:{p.litefs}"),
                 run_grace=run_grace,
+                extra=extra,
             ).write(node.config)
             self.nodes.append(node)
 
@@ -261,7 +290,15 @@ class RunCluster:
             log.write(f"\n==== start #{node.starts} ====\n".encode())
             log.flush()
             node.proc = subprocess.Popen(
-                [str(self.bin), "run", "--config", str(node.config), "--", *self.app],
+                [
+                    str(self.bin),
+                    "run",
+                    "--config",
+                    str(node.config),
+                    *self.run_args,
+                    "--",
+                    *self.app,
+                ],
                 cwd=self.app_cwd or node.dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -311,7 +348,9 @@ class RunCluster:
         for n in running:
             assert n.proc is not None
             left = max(0.1, deadline - time.monotonic())
-            codes[n.id], killed = stop_process(n.proc, left, sig=signal.SIGTERM, group=True)
+            # Signalled above, once: a second SIGTERM makes a primary's run stop waiting for
+            # its handoff and passes the signal on to the app at once.
+            codes[n.id], killed = stop_process(n.proc, left, sig=None, group=True)
             if killed:
                 self.problems.append(f"node {n.id}: litefs-py run did not stop within {timeout} s")
             # The app's processes, should any have outlived the run (same process group).
