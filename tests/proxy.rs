@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::proxy_calls::{agent, call, call_with, rows};
 use common::{run_options, serial};
 use litefs_py_testkit::cluster::ProxyCluster;
 use litefs_py_testkit::prereq;
@@ -25,68 +26,6 @@ use litefs_py_testkit::proxy_app::DB;
 use litefs_py_testkit::wait::wait_for;
 
 const START: Duration = Duration::from_secs(60);
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .proxy(None)
-        .build()
-        .into()
-}
-
-/// What one request got.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// `x-litefs-py-node`: the node whose app answered (or whose proxy refused).
-    node: Option<u64>,
-    /// `x-litefs-py-outcome` on the proxy's own errors.
-    outcome: Option<String>,
-    /// The read-your-writes cookie (`name=value`), if one was set.
-    cookie: Option<String>,
-    body: String,
-}
-
-fn call(agent: &ureq::Agent, method: &str, addr: &str, path: &str) -> Result<Answer, String> {
-    call_with(agent, method, addr, path, None)
-}
-
-fn call_with(
-    agent: &ureq::Agent,
-    method: &str,
-    addr: &str,
-    path: &str,
-    cookie: Option<&str>,
-) -> Result<Answer, String> {
-    let url = format!("http://{addr}{path}");
-    let mut req = ureq::http::Request::builder().method(method).uri(&url);
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    let req = req.body(Vec::new()).map_err(|e| e.to_string())?;
-    let mut resp = agent.run(req).map_err(|e| format!("{method} {url}: {e}"))?;
-    let header = |n: &str| {
-        resp.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let node = header("x-litefs-py-node").and_then(|v| v.parse().ok());
-    let outcome = header("x-litefs-py-outcome");
-    let cookie = header("set-cookie")
-        .and_then(|c| c.split(';').next().map(str::to_string))
-        .filter(|c| c.starts_with("__litefs_py_pos="));
-    let status = resp.status().as_u16();
-    let body = resp.body_mut().read_to_string().unwrap_or_default();
-    Ok(Answer {
-        status,
-        node,
-        outcome,
-        cookie,
-        body,
-    })
-}
 
 fn start(litefs: &Path) -> (ProxyCluster, u64) {
     // A shorter wait for a primary than the default 5 s, to keep the no-quorum check short.
@@ -109,39 +48,6 @@ fn start(litefs: &Path) -> (ProxyCluster, u64) {
         );
     }
     (c, primary)
-}
-
-/// The request ids in a node's database, read by a child process: SQLite maps the database's
-/// WAL index (`-shm`, LiteFS's own file) into the reader, and a read of that mapping can die of
-/// SIGBUS while LiteFS rewrites the file (seen once in CI; docs/limits.md). The child dies
-/// then, not the test, and the read is tried again.
-fn rows(db: &Path) -> Result<Vec<String>, String> {
-    const READ: &str = "import sqlite3, sys\n\
-        c = sqlite3.connect(sys.argv[1], timeout=5)\n\
-        print('\\n'.join(r[0] for r in c.execute('SELECT id FROM requests')))";
-    let mut last = String::new();
-    for _ in 0..5 {
-        let out = std::process::Command::new("python3")
-            .args(["-c", READ])
-            .arg(db)
-            .output()
-            .map_err(|e| format!("python3: {e}"))?;
-        if out.status.success() {
-            let text = String::from_utf8_lossy(&out.stdout);
-            return Ok(text
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect());
-        }
-        last = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr));
-        if std::os::unix::process::ExitStatusExt::signal(&out.status) != Some(libc::SIGBUS) {
-            break;
-        }
-        eprintln!("reading {} died of SIGBUS; again", db.display());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Err(last)
 }
 
 /// Peak RSS (VmHWM) of a process, in kB.

@@ -341,10 +341,10 @@ fn has_row(c: &RunCluster, id: u64, row: i64) -> bool {
 /// The primary's whole node frozen (its run, LiteFS, the fencer, the watchdog, the app and two
 /// writers) for longer than a failover takes, then thawed: the thawed LiteFS is fenced at once
 /// (the fencer wakes after its deadline and does not ask), its own mount accepts no write, and
-/// another node becomes primary within the failover bound of the thaw. While it is frozen, no
-/// other node can become primary: the replicas' LiteFS stay attached to the frozen primary's
-/// stream (LiteFS's replica reads have no deadline; the kernel keeps the connection up), so
-/// none asks for the lease.
+/// another node became primary while it was frozen, within the failover bound. LiteFS's replica
+/// reads have no deadline and the frozen kernel keeps the connection up, so the replicas' LiteFS
+/// would stay attached to the frozen primary's stream and none would ask for the lease; their
+/// `run` cuts that stream (docs/architecture.md, "A silent primary").
 ///
 /// Each write acknowledged after the thaw that the cluster lost is judged by when it happened
 /// (docs/decisions.md, "A fencer outside the daemon's runtime"):
@@ -390,12 +390,15 @@ fn a_frozen_and_thawed_node_accepts_no_write() {
     }
     freezer.add(direct.pid() as i32).unwrap();
     freezer.add(shim.pid() as i32).unwrap();
+    let frozen_at = Instant::now();
     let frozen = freezer.freeze().unwrap();
     let before = (acknowledged(&direct), acknowledged(&shim));
     let in_files = committed_while_frozen(&c, p);
-    // Raft elects another leader within ~1 s and its wait (TTL + 1 s + 0.5 s) ends: by then
-    // the lease could have passed, had any LiteFS asked for it.
-    std::thread::sleep(Duration::from_secs(6));
+    // Raft elects another leader within ~1 s, the replicas cut their streams from the frozen
+    // node, and the new leader's wait (TTL + 1 s + 0.5 s) ends: another node takes writes.
+    let (new_primary, failover) = first_accepted_write(&c, &others, 6, frozen_at);
+    // Frozen a while longer: past the fencer's deadline, the thawed LiteFS must be fenced.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(frozen_at.elapsed()));
     let thawed_ns = epoch_ns();
     freezer.thaw().unwrap();
     let thawed = Instant::now();
@@ -406,7 +409,6 @@ fn a_frozen_and_thawed_node_accepts_no_write() {
         refused.is_err(),
         "the thawed LiteFS's own mount accepted a write"
     );
-    let (new_primary, failover) = first_accepted_write(&c, &others, 6, thawed);
     // A write acknowledged after the thaw that the new primary does not have, by writer.
     std::thread::sleep(Duration::from_secs(1));
     let lost = |w: &process::Proc, n: usize| -> Vec<(i64, Option<u128>)> {
@@ -435,7 +437,8 @@ fn a_frozen_and_thawed_node_accepts_no_write() {
         .collect();
     eprintln!(
         "freeze of node {p} ({} processes, {frozen}) for 6 s: after the thaw its LiteFS was \
-         gone in {fenced_after:?}, node {new_primary} accepted a write after {failover:?}; \
+         gone in {fenced_after:?}; node {new_primary} had accepted a write {failover:?} after \
+         the freeze began; \
          acknowledged after the thaw and lost: on LiteFS's mount {:?}, through the shim {:?} \
          (of these, committed before the freeze: {async_window:?}; begun after the thaw: on \
          LiteFS's mount {:?}, through the shim {:?})",

@@ -467,7 +467,7 @@ impl Config {
             proxy.validate()?;
         }
         if let Some(proxy) = &self.proxy {
-            proxy.validate()?;
+            proxy.validate(self.cluster.peers.len())?;
             if self.litefs.proxy.is_some() {
                 return Err(invalid(
                     "proxy",

@@ -20,11 +20,13 @@ pub enum Durability {
     /// Answered as soon as the primary's app answered (LiteFS replicates afterwards).
     #[default]
     Async,
-    /// Held until replicas confirmed the write (planned; refused by validation until built).
+    /// Held until `min-replicas` replicas' LiteFS confirmed what the primary had committed once
+    /// its app answered; a 504 saying so if they do not within `replica-wait`.
     Replicated,
 }
 
-/// The longest `proxy.primary-wait` accepted: a client or load balancer gives up long before.
+/// The longest `proxy.primary-wait` and `proxy.replica-wait` accepted: a client or load
+/// balancer gives up long before.
 const MAX_PRIMARY_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -40,6 +42,15 @@ pub struct ProxyConfig {
     pub advertise_url: Option<String>,
     #[serde(default)]
     pub durability: Durability,
+    /// With `durability: replicated`: how many replicas must confirm a write [default: enough
+    /// that every quorum of the survivors of a primary crash includes one of them: `n - (n/2 +
+    /// 1)` for `n` peers, at least 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<usize>,
+    /// With `durability: replicated`: how long a write's answer waits for them before it is
+    /// answered 504 (committed on the primary, not confirmed replicated).
+    #[serde(default = "default_primary_wait", with = "humantime_serde")]
+    pub replica_wait: Duration,
     /// How long an unsafe request waits for a primary while none is known (a failover), before
     /// it is answered 503 with `Retry-After`.
     #[serde(default = "default_primary_wait", with = "humantime_serde")]
@@ -81,7 +92,26 @@ impl ProxyConfig {
         format!("http://{hostname}:{port}")
     }
 
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    /// The proxy's URL from this host: `proxy.addr` with a wildcard host made loopback.
+    pub fn local_url(&self) -> String {
+        let addr = self.listen_addr();
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), "80"));
+        let host = match host {
+            "0.0.0.0" | "" => "127.0.0.1",
+            "[::]" => "[::1]",
+            h => h,
+        };
+        format!("http://{host}:{port}")
+    }
+
+    /// `min-replicas`, or its default for a cluster of `peers` voters (0: not listed).
+    pub fn replicas_needed(&self, peers: usize) -> usize {
+        self.min_replicas
+            .unwrap_or_else(|| peers.saturating_sub(peers / 2 + 1).max(1))
+    }
+
+    /// `peers`: how many voters `cluster.peers` lists (0: not listed).
+    pub(super) fn validate(&self, peers: usize) -> Result<(), ConfigError> {
         check_host_port("proxy.addr", &self.listen_addr())?;
         check_host_port("proxy.target", &self.target)?;
         if listen_addr(&self.target) == self.listen_addr() || self.target == self.addr {
@@ -96,20 +126,46 @@ impl ProxyConfig {
         if let Some(url) = &self.advertise_url {
             check_url("proxy.advertise-url", url)?;
         }
-        if self.durability == Durability::Replicated {
+        if let Some(n) = self.min_replicas {
+            if self.durability != Durability::Replicated {
+                return Err(invalid(
+                    "proxy.min-replicas",
+                    "only means something with proxy.durability: replicated",
+                ));
+            }
+            // Up to a majority of the voters: more would stop every write while any one
+            // replica is down, for no gain in what survives a primary crash.
+            let majority = peers / 2 + 1;
+            if n == 0 || (peers > 0 && (n > majority || n >= peers)) {
+                return Err(invalid(
+                    "proxy.min-replicas",
+                    if peers > 0 {
+                        format!(
+                            "{n}: must be 1 to {} for the {peers} voters of cluster.peers",
+                            majority.min(peers - 1)
+                        )
+                    } else {
+                        format!("{n}: must be at least 1")
+                    },
+                ));
+            }
+        }
+        if self.durability == Durability::Replicated && peers == 1 {
             return Err(invalid(
                 "proxy.durability",
-                "\"replicated\" is not available yet; use \"async\" (the default)",
+                "replicated needs replicas, and cluster.peers lists one node: use async",
             ));
         }
-        if self.primary_wait > MAX_PRIMARY_WAIT {
-            return Err(invalid(
-                "proxy.primary-wait",
-                format!(
-                    "{:?} is longer than {MAX_PRIMARY_WAIT:?}",
-                    self.primary_wait
-                ),
-            ));
+        for (key, wait) in [
+            ("proxy.primary-wait", self.primary_wait),
+            ("proxy.replica-wait", self.replica_wait),
+        ] {
+            if wait > MAX_PRIMARY_WAIT {
+                return Err(invalid(
+                    key,
+                    format!("{wait:?} is longer than {MAX_PRIMARY_WAIT:?}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -171,9 +227,11 @@ proxy:
         let p = c.proxy.as_ref().unwrap();
         assert_eq!(p.listen_addr(), "0.0.0.0:8080");
         assert_eq!(p.durability, Durability::Async);
+        assert_eq!(p.replica_wait, Duration::from_secs(5));
         assert_eq!(p.primary_wait, Duration::from_secs(5));
         assert!(p.read_your_writes);
         assert_eq!(p.advertise_url("node-a"), "http://node-a:8080");
+        assert_eq!(p.local_url(), "http://127.0.0.1:8080");
         let c = Config::parse(&BASE.replace(
             "  target: 127.0.0.1:8081\n",
             "  target: 127.0.0.1:8081\n  advertise-url: http://10.0.0.1:9000/\n  primary-wait: 2s\n",
@@ -200,7 +258,13 @@ proxy:
         assert!(with("advertise-url: https://a:1").starts_with("proxy.advertise-url:"));
         assert!(with("advertise-url: http://a:1/x").starts_with("proxy.advertise-url:"));
         assert!(with("advertise-url: http://:1").starts_with("proxy.advertise-url:"));
-        assert!(with("durability: replicated").starts_with("proxy.durability:"));
+        assert!(with("min-replicas: 1").starts_with("proxy.min-replicas:"));
+        assert!(
+            with("durability: replicated\n  min-replicas: 0").starts_with("proxy.min-replicas:")
+        );
+        assert!(
+            with("durability: replicated\n  replica-wait: 2m").starts_with("proxy.replica-wait:")
+        );
         assert!(with("durability: sync").contains("unknown variant `sync`"));
         assert!(with("primary-wait: 2m").starts_with("proxy.primary-wait:"));
         assert!(with("tagret: x").contains("unknown field `tagret`"));
@@ -210,5 +274,45 @@ proxy:
             + "litefs:\n  proxy:\n    addr: \":9090\"\n    target: 127.0.0.1:8081\n    db: app.db\n";
         let e = Config::parse(&both).unwrap_err().to_string();
         assert!(e.starts_with("proxy:") && e.contains("litefs.proxy"), "{e}");
+    }
+
+    #[test]
+    fn replicated_durability_and_how_many_replicas() {
+        let peers = |n: u64| {
+            let mut s = String::from("cluster:\n  peers:\n");
+            for id in 1..=n {
+                s += &format!("    {id}: 127.0.0.1:{}\n", 20300 + id);
+            }
+            s
+        };
+        let with = |n: u64, lines: &str| {
+            Config::parse(&format!(
+                "{}{}",
+                BASE.replace(
+                    "  target: 127.0.0.1:8081\n",
+                    &format!("  target: 127.0.0.1:8081\n  durability: replicated\n{lines}")
+                ),
+                peers(n)
+            ))
+        };
+        let need = |n: u64, lines: &str| {
+            let c = with(n, lines).unwrap();
+            c.proxy
+                .as_ref()
+                .unwrap()
+                .replicas_needed(c.cluster.peers.len())
+        };
+        // The default: every quorum of the survivors of a primary crash holds a confirmed copy.
+        assert_eq!(need(3, ""), 1);
+        assert_eq!(need(5, ""), 2);
+        assert_eq!(need(7, ""), 3);
+        assert_eq!(need(5, "  min-replicas: 3\n"), 3);
+        let e = with(3, "  min-replicas: 3\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("proxy.min-replicas: 3: must be 1 to 2"),
+            "{e}"
+        );
+        let e = with(1, "").unwrap_err().to_string();
+        assert!(e.starts_with("proxy.durability:"), "{e}");
     }
 }

@@ -49,6 +49,12 @@ impl HolderRecord {
         serde_json::from_str(stored).ok()
     }
 
+    /// The holder LiteFS's advertise URL, from its JSON (`advertise-url`).
+    pub fn advertise_url(&self) -> Option<String> {
+        let (info, _) = super::consul::parse_primary_info(self.value.as_bytes()).ok()?;
+        Some(info.advertise_url)
+    }
+
     /// What the view needs of it.
     pub fn holder(&self) -> Holder {
         Holder {

@@ -1,8 +1,9 @@
 //! Everything that knows LiteFS (v0.5.14), and nothing else does:
-//! - [`info`]: the one client of its `GET /info`;
+//! - [`info`]: the one client of its `GET /info`; `events`: its event stream (`GET /events`);
 //! - `api`: the local LiteFS's HTTP API (`/halt`) and positions, as the handoff and the
 //!   freshest-node check use them; `positions`: the `<db>-pos` files; `report`: what a node
 //!   tells its peers about its LiteFS; `lag`: a node's positions against the primary's;
+//! - [`stream`]: cuts its replication stream from a primary that went silent;
 //! - [`yaml`]: the generated litefs.yml;
 //! - `process`: the `litefs mount` child of `litefs-py run`; `probe`: its readiness and
 //!   health; `state`: what the lease API and the probe learn about it, for the view.
@@ -12,6 +13,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 
 pub(crate) mod api;
+pub(crate) mod events;
 pub mod info;
 pub(crate) mod lag;
 pub(crate) mod positions;
@@ -19,6 +21,7 @@ pub(crate) mod probe;
 pub(crate) mod process;
 pub(crate) mod report;
 pub(crate) mod state;
+pub mod stream;
 pub mod yaml;
 
 /// LiteFS did not answer, or not as expected.

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use litefs_py_fuse::{ClusterView, StateHandle};
+use litefs_py_fuse::{ClusterView, Primary, StateHandle};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,6 +34,7 @@ use crate::lease::records::HolderRecord;
 use crate::lease::{LEASE_KEY, LeaseError, LeaseParams, LeaseServer, LeaseService, server};
 use crate::litefs::api::LiteFsApi;
 use crate::litefs::state::LiteFsState;
+use crate::litefs::stream::Primaryship;
 use crate::raft::faults::Faults;
 use crate::raft::{NodeError, NodeSettings, RaftNode};
 use crate::role::{self, Identity, RunInputs};
@@ -205,6 +206,29 @@ impl Node {
     /// The node's raft handle (the proxy reads and writes its records in raft's key/value map).
     pub(crate) fn raft(&self) -> Arc<RaftNode> {
         self.services.raft.clone()
+    }
+
+    /// What the LiteFS stream watch ([`crate::litefs::stream`]) reads on its thread: where the
+    /// replicated holder record says the last primary's LiteFS is, and whether this node's view
+    /// names that holder the primary now. It never blocks.
+    pub fn primaryship(&self) -> impl Fn() -> Primaryship + Send + 'static {
+        let sm = self.services.raft.state_machine.clone();
+        let state = self.services.state.clone();
+        move || {
+            let Some(record) = sm.get(LEASE_KEY).and_then(|s| HolderRecord::parse(&s)) else {
+                return Primaryship::default();
+            };
+            let snapshot = state.load();
+            let view = snapshot.view();
+            // Under `run` the view names another node primary only once the holder record
+            // says that node's LiteFS holds the lease.
+            let holder_is_primary = matches!(view.primary, Primary::Other { .. })
+                && view.leader_id == Some(record.node_id);
+            Primaryship {
+                holder_url: record.advertise_url(),
+                holder_is_primary,
+            }
+        }
     }
 
     /// This node's raft id and the raft term it is in.

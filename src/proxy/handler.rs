@@ -18,9 +18,10 @@ use hyper_util::rt::TokioIo;
 use super::consistency::{self, COOKIE_MAX_AGE_S, COOKIE_NAME, Mark, ReadPlan};
 use super::directory::{self, ANNOUNCE_PATH, Announce};
 use super::headers::{
-    FORWARDED_BY, OUTCOME, PROXY_AUTH, SERVED_BY, add_forwarded, strip_hop_by_hop, strip_internal,
-    upgrade_protocol,
+    DURABILITY, FORWARDED_BY, OUTCOME, PROXY_AUTH, SERVED_BY, add_forwarded, strip_hop_by_hop,
+    strip_internal, upgrade_protocol,
 };
+use super::replication::{self, POSITIONS_PATH, WAIT_PATH, ledger};
 use super::route::{self, NoTarget, Target};
 use super::{Body, Shared};
 use crate::litefs::positions::{Positions, read_positions};
@@ -49,7 +50,7 @@ pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
     let mut req = req.map(BodyExt::boxed_unsync);
     let from_peer = authenticated_peer(&sh, &req);
     if req.uri().path().starts_with(INTERNAL_PREFIX) {
-        return internal(&sh, req, from_peer).await;
+        return internal(&sh, req, from_peer, peer).await;
     }
     strip_internal(req.headers_mut());
     let forwarded_in = from_peer.is_some();
@@ -137,7 +138,7 @@ async fn read(sh: &Shared, req: Request<Body>, peer: SocketAddr) -> Response<Bod
     }
 }
 
-async fn positions(sh: &Shared) -> Option<Positions> {
+pub(super) async fn positions(sh: &Shared) -> Option<Positions> {
     let lower = sh.lower.clone();
     tokio::task::spawn_blocking(move || read_positions(&lower).ok())
         .await
@@ -231,6 +232,12 @@ async fn pass(
         }
     }
     let term_at_send = sh.state.load().view().term;
+    // What this node's LiteFS had before the app ran: if nothing moved by its answer, the
+    // request committed nothing and its answer waits for no replica.
+    let before = match (&hop, &sh.replication) {
+        (Hop::App, Some(repl)) if unsafe_method => repl.local(),
+        _ => None,
+    };
     let result = sh.client.request(Request::from_parts(parts, body)).await;
     let mut resp = match result {
         Ok(resp) => resp,
@@ -263,21 +270,93 @@ async fn pass(
         // An unsafe request reaches this node's app only when this node was primary as it was
         // routed; the app has answered, so what it committed is in the positions now. The term
         // is the one it was sent in: if it changed meanwhile, the mark sends reads to the primary.
-        if unsafe_method
-            && sh.read_your_writes
+        let wants_positions = sh.read_your_writes || sh.replication.is_some();
+        let after = if unsafe_method && !switching && wants_positions {
+            positions(sh).await
+        } else {
+            None
+        };
+        let cookie = after
+            .as_ref()
+            .filter(|_| sh.read_your_writes)
+            .map(|p| {
+                format!(
+                    "{COOKIE_NAME}={}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Lax",
+                    Mark::new(term_at_send, p).encode()
+                )
+            })
+            .and_then(|c| HeaderValue::from_str(&c).ok());
+        if let Some(v) = &cookie {
+            parts.headers.append(header::SET_COOKIE, v.clone());
+        }
+        if let Some(repl) = &sh.replication
+            && unsafe_method
             && !switching
-            && let Some(p) = positions(sh).await
         {
-            let cookie = format!(
-                "{COOKIE_NAME}={}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Lax",
-                Mark::new(term_at_send, &p).encode()
-            );
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                parts.headers.append(header::SET_COOKIE, v);
+            let needs_wait = match (&before, &after) {
+                (Some(b), Some(a)) => ledger::committed_between(b, a),
+                _ => true,
+            };
+            let confirmed = match &after {
+                _ if !needs_wait => Ok(Vec::new()),
+                Some(a) => repl.confirmed(a, repl.wait).await,
+                None => Err(Vec::new()),
+            };
+            match confirmed {
+                Ok(by) => {
+                    parts
+                        .headers
+                        .insert(DURABILITY, HeaderValue::from_static("replicated"));
+                    if needs_wait {
+                        tracing::trace!(?by, "a write confirmed by replicas");
+                    }
+                }
+                Err(by) => {
+                    let mut resp = not_replicated(sh, repl, after.is_some(), &by);
+                    if let Some(v) = cookie {
+                        resp.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                    return resp;
+                }
             }
         }
     }
     Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// `durability: replicated`, and the replicas did not confirm within the bound: the app's answer
+/// is not passed on (a client must never take this write for a replicated one).
+fn not_replicated(
+    sh: &Shared,
+    repl: &replication::Replication,
+    known: bool,
+    by: &[NodeId],
+) -> Response<Body> {
+    let why = if known {
+        format!(
+            "{} of the {} replicas needed confirmed it within {:?}",
+            by.len(),
+            repl.need,
+            repl.wait
+        )
+    } else {
+        "this node's LiteFS positions could not be read, so nothing can be confirmed".into()
+    };
+    tracing::warn!("a write is not confirmed replicated: {why}");
+    let mut resp = answer(
+        sh,
+        StatusCode::GATEWAY_TIMEOUT,
+        Some("not-replicated"),
+        format!(
+            "the request was executed on the primary (node {}), but {why}: it is not replicated, \
+             and is lost if this node fails before a replica has it; check before sending it \
+             again",
+            sh.me
+        ),
+    );
+    resp.headers_mut()
+        .insert(DURABILITY, HeaderValue::from_static("not-replicated"));
+    resp
 }
 
 /// The answer when the request could not be sent, or its answer did not come.
@@ -365,8 +444,37 @@ fn answer(
     resp
 }
 
+/// An answer of the proxy itself, as JSON.
+fn json(sh: &Shared, status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    let text = serde_json::to_vec(body).expect("serialises");
+    let mut resp = answer(sh, status, None, String::new());
+    *resp.body_mut() = Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 /// The proxies' own routes.
-async fn internal(sh: &Shared, req: Request<Body>, from: Option<NodeId>) -> Response<Body> {
+async fn internal(
+    sh: &Shared,
+    req: Request<Body>,
+    from: Option<NodeId>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    if req.uri().path() == WAIT_PATH && req.method() == axum::http::Method::GET {
+        let query = req.uri().query().map(str::to_string);
+        drop(req);
+        let (status, body) = replication::app_wait(sh, query.as_deref(), peer).await;
+        return json(sh, status, &body);
+    }
+    if let (Some(from), true) = (from, req.uri().path() == POSITIONS_PATH) {
+        let (status, msg) = replication::receive(sh, req, from).await;
+        return answer(sh, status, None, msg);
+    }
     if from.is_none() {
         return answer(
             sh,

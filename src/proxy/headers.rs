@@ -20,6 +20,9 @@ pub const PROXY_AUTH: &str = "x-litefs-py-auth";
 /// On an error the proxy itself answers: whether the request reached the app. `not-executed`:
 /// it did not (safe to send again); `unknown`: it may have (the primary went away mid-request).
 pub const OUTCOME: &str = "x-litefs-py-outcome";
+/// With `durability: replicated`, on the answer to an unsafe request the primary's app served:
+/// `replicated` (enough replicas confirmed it) or `not-replicated` (the 504 saying they did not).
+pub const DURABILITY: &str = "x-litefs-py-durability";
 /// On every answer: the node whose app answered, or whose proxy refused.
 pub const SERVED_BY: &str = "x-litefs-py-node";
 

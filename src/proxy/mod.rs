@@ -9,6 +9,7 @@
 //! - [`headers`]: hop-by-hop headers, `X-Forwarded-*`/`Forwarded`, the proxies' own headers;
 //! - [`handler`]: one request, its body streamed, upgrades spliced;
 //! - [`directory`]: every node's proxy URL in raft's key/value map;
+//! - [`replication`]: `durability: replicated`, the replicas' positions and the waits on them;
 //! - [`server`]: the listener and its connections (hyper, HTTP/1.1).
 //!
 //! It sits above [`crate::node`] (docs/architecture.md, "Layers and the dependency rule"): it
@@ -19,9 +20,11 @@ mod consistency;
 mod directory;
 mod handler;
 mod headers;
+mod replication;
 mod route;
 mod server;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +37,7 @@ use hyper_util::rt::TokioExecutor;
 use litefs_py_fuse::StateHandle;
 use tokio::sync::watch;
 
-use crate::config::ProxyConfig;
+use crate::config::{Durability, ProxyConfig};
 use crate::raft::network::Secret;
 use crate::raft::{NodeId, RaftNode};
 use crate::task_set::TaskSet;
@@ -60,6 +63,8 @@ pub enum ProxyError {
     },
     #[error("the proxy's runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("proxy.durability: replicated: {0}")]
+    Replication(String),
 }
 
 /// What every request handler and task of one proxy shares.
@@ -79,6 +84,8 @@ struct Shared {
     client: Client<HttpConnector, Body>,
     secret: Option<Secret>,
     stop: watch::Receiver<bool>,
+    /// `durability: replicated`: the replicas' positions; `None` with `async`.
+    replication: Option<Arc<replication::Replication>>,
 }
 
 /// A running proxy. [`Proxy::shutdown`] stops it (dropping it stops its runtime abruptly).
@@ -91,14 +98,25 @@ pub struct Proxy {
 impl Proxy {
     /// Binds `proxy.addr` and serves; records this proxy's URL in raft in the background.
     /// `hostname` is `node.hostname` (the default advertise URL's host); `lower` is
-    /// `mount.lower`.
+    /// `mount.lower`; `litefs_http` is where the local LiteFS's API answers (its event stream,
+    /// for `durability: replicated`); `peers` is how many voters `cluster.peers` lists (0:
+    /// not listed), for the default of `min-replicas`.
     pub fn start(
         config: &ProxyConfig,
         hostname: &str,
         lower: PathBuf,
+        litefs_http: Option<SocketAddr>,
+        peers: usize,
         raft: Arc<RaftNode>,
         state: StateHandle,
     ) -> Result<Proxy, ProxyError> {
+        if config.durability == Durability::Replicated && litefs_http.is_none() {
+            return Err(ProxyError::Replication(
+                "litefs.http-addr does not resolve to an address: the proxy cannot follow \
+                 LiteFS's positions"
+                    .into(),
+            ));
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("litefs-py-proxy")
@@ -134,10 +152,35 @@ impl Proxy {
             state,
             client,
             stop: stop_rx.clone(),
+            replication: (config.durability == Durability::Replicated).then(|| {
+                Arc::new(replication::Replication::new(
+                    config.replicas_needed(peers),
+                    config.replica_wait,
+                ))
+            }),
         });
         let tasks = TaskSet::default();
         tasks.spawn(server::serve(listener, shared.clone(), stop_rx.clone()));
-        tasks.spawn(directory::keep_published(shared.clone(), stop_rx));
+        tasks.spawn(directory::keep_published(shared.clone(), stop_rx.clone()));
+        if let Some(repl) = &shared.replication {
+            let http = litefs_http.expect("checked at the start");
+            tasks.spawn(replication::follow_local(
+                shared.clone(),
+                repl.clone(),
+                http,
+                stop_rx.clone(),
+            ));
+            tasks.spawn(replication::keep_reporting(
+                shared.clone(),
+                repl.clone(),
+                stop_rx,
+            ));
+            tracing::info!(
+                min_replicas = repl.need,
+                wait = ?repl.wait,
+                "durability: replicated: writes are answered once replicas confirmed them"
+            );
+        }
         tracing::info!(
             addr = %local,
             target = %shared.target,

@@ -20,6 +20,9 @@ use signal_hook::low_level::siginfo::Cause;
 
 use crate::config::{CONSUL_TOKEN_ENV, SECRET_ENV};
 
+/// Given to the app when `proxy:` is set: the URL of this node's proxy from this host.
+pub const PROXY_ENV: &str = "LITEFS_PY_PROXY";
+
 /// The app's environment: ours without the cluster secret (`$LITEFS_PY_SECRET`, if litefs-py
 /// read it from there) and without a lease token: the app needs neither, and anything it runs
 /// would inherit them. LiteFS gets the token alone ([`crate::litefs::process::LiteFs::spawn`]).

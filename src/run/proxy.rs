@@ -16,6 +16,8 @@ pub(super) fn start(config: &Config, node: &Node) -> Result<Option<Proxy>, Proxy
         proxy,
         &config.node.hostname,
         config.mount.lower.clone(),
+        crate::litefs::local_http_addr(&config.litefs.http_addr),
+        config.cluster.peers.len(),
         node.raft(),
         node.state().clone(),
     )

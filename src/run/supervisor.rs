@@ -16,6 +16,7 @@ use crate::fence::{Feed, Fencer, Target};
 use crate::litefs::probe::Probe;
 use crate::litefs::process::LiteFs;
 use crate::litefs::state::LiteFsState;
+use crate::litefs::stream::Unsticker;
 use crate::node::Node;
 use crate::proxy::Proxy;
 
@@ -55,6 +56,8 @@ pub(super) struct Supervisor {
     /// LiteFS's FUSE connection was passed on to the fencer.
     fencer_knows_mount: bool,
     probe: Option<Probe>,
+    /// Cuts LiteFS's stream from a primary that went silent (see [`crate::litefs::stream`]).
+    unsticker: Option<Unsticker>,
     shim: Option<MountedShim>,
     app: Option<App>,
     /// A stop signal reached the app (passed on, or straight from the terminal).
@@ -103,6 +106,7 @@ impl Supervisor {
             fencer_exited: None,
             fencer_knows_mount: false,
             probe: None,
+            unsticker: None,
             shim: None,
             app: None,
             app_signalled: false,
@@ -269,6 +273,10 @@ impl Supervisor {
         self.fencer = Some(Fencer::start(feed, &target).map_err(super::io("starting the fencer"))?);
         let http = crate::litefs::local_http_addr(&config.litefs.http_addr);
         self.probe = Some(Probe::start(self.state.clone(), lower.clone(), http));
+        self.unsticker = self
+            .daemon
+            .as_ref()
+            .map(|d| Unsticker::start(target.pid, d.primaryship()));
 
         // LiteFS's FUSE mount and HTTP API come up in a moment, long before it has the lease.
         let up = |s: &Supervisor| {
@@ -390,13 +398,17 @@ impl Supervisor {
     }
 
     /// The app's (or the migrate command's) command: the app's environment, `LITEFS_DIR`,
-    /// the umask `run` started with.
+    /// `LITEFS_PY_PROXY` with a proxy, the umask `run` started with.
     fn child_command(&self, program: &OsStr, args: &[std::ffi::OsString]) -> Command {
         let umask = self.umask;
         let mut cmd = Command::new(program);
         super::children::app_env(&mut cmd)
             .args(args)
             .env("LITEFS_DIR", &self.opts.config.mount.dir);
+        if let Some(proxy) = &self.opts.config.proxy {
+            // Where the app reaches its node's proxy (`litefs.django.wait_replicated()`).
+            cmd.env(super::children::PROXY_ENV, proxy.local_url());
+        }
         // SAFETY: umask is async-signal-safe and touches nothing of the parent.
         unsafe {
             cmd.pre_exec(move || {
@@ -567,6 +579,7 @@ impl Supervisor {
         }
         // Before LiteFS: a `stat` of its mount in flight could make its unmount fail (EBUSY).
         self.probe.take();
+        self.unsticker.take();
         self.stop_litefs();
         // LiteFS is gone: the fencer has nothing left to guard (it exits when told).
         if let Some(f) = self.fencer.take() {

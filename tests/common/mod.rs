@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+pub mod proxy_calls;
+
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 

@@ -7,6 +7,7 @@ The node's view of the cluster, from the litefs-py mount's virtual files::
     litefs.is_primary()          # True on the one node where writes succeed
     s = litefs.state()           # role, primary, lag_ms, term, healthy, ... (immutable)
     litefs.wait_for_primary(30)  # at start-up: until some node is primary
+    litefs.wait_replicated()     # durability: replicated, after a commit outside the proxy
 
 The mount is the ``mount`` argument, else ``$LITEFS_DIR``, else ``/litefs``. Django: set
 ``ENGINE`` to ``"litefs.django"`` (see :mod:`litefs.django`). litefs-py.yml validation and the
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _native, config
 from ._errors import ConfigError, LiteFSError, NoPrimary, NotMounted
+from ._replication import NotReplicated, Replicated, wait_replicated
 from ._state import (
     DEFAULT_MOUNT,
     Role,
@@ -43,6 +45,8 @@ __all__ = [
     "NoPrimary",
     "NotMounted",
     "NotPrimary",
+    "NotReplicated",
+    "Replicated",
     "Role",
     "State",
     "__version__",
@@ -53,6 +57,7 @@ __all__ = [
     "require_primary",
     "state",
     "wait_for_primary",
+    "wait_replicated",
 ]
 
 
