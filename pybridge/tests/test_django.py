@@ -177,6 +177,17 @@ def test_write_lock_granted_after_demotion_is_given_back(
     assert "holder" in names and "waiter" not in names, names
 
 
+def test_wait_replicated_says_why_it_cannot_wait(shim):
+    migrate(shim.mnt)
+    out = scenario(shim.mnt, "wait_replicated")
+    for case in ("inside", "no_proxy", "refused"):
+        assert not out[case]["ok"] and out[case]["type"] == "NotReplicated", (case, out[case])
+    assert "inside a transaction" in out["inside"]["message"]
+    assert "LITEFS_PY_PROXY is not set" in out["no_proxy"]["message"]
+    assert "127.0.0.1:9" in out["refused"]["message"]
+    assert out["bad_timeout"]["type"] == "ValueError", out["bad_timeout"]
+
+
 def test_immediate_second_writer_waits(shim):
     """Default IMMEDIATE: a read-then-write transaction started while another process holds
     the write lock waits at BEGIN and succeeds once the holder commits; with DEFERRED (the

@@ -3,7 +3,8 @@
 //! lease API for the new primary, and no node becomes primary until TCP gives up, minutes later.
 //! This module cuts such a stream (docs/architecture.md, "A silent primary").
 //!
-//! Under `litefs-py run`, every [`EVERY`], [`Unsticker`] compares the local LiteFS's
+//! Under `litefs-py run`, every [`EVERY`] during a failover (every [`SETTLED_EVERY`] otherwise),
+//! [`Unsticker`] compares the local LiteFS's
 //! connections to primaries (its established TCP connections to an address where a LiteFS that
 //! held the lease advertised itself) with what this node's view says: a connection to any
 //! LiteFS but the one the view names as primary's, seen for [`GRACE`] in a row, is shut down
@@ -21,8 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How often the connections are looked at.
+/// How often the connections are looked at while this node's view names no primary to stream
+/// from (a failover).
 pub const EVERY: Duration = Duration::from_millis(250);
+/// How often while it does: a stream to an older primary is then rare (the failover above has
+/// cut it), and reading the kernel's TCP tables costs CPU on a node with many connections (a
+/// busy proxy leaves thousands in TIME_WAIT, and the tables list them all).
+pub const SETTLED_EVERY: Duration = Duration::from_secs(5);
 /// How long a connection must be stale before it is cut: longer than a moment of `electing` in
 /// a healthy cluster, shorter than a new leader's wait before its first grant (≈1.5 s), so that
 /// cutting adds nothing to a failover.
@@ -115,9 +121,19 @@ fn run(pid: i32, primaryship: &dyn Fn() -> Primaryship, stop: &AtomicBool) {
     // Every address a holder advertised while this ran: where LiteFS's streams can go.
     let mut primaries: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut warned = false;
+    let mut last_scan: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(EVERY);
         let p = primaryship();
+        let every = if p.holder_is_primary {
+            SETTLED_EVERY
+        } else {
+            EVERY
+        };
+        if last_scan.is_some_and(|t| t.elapsed() < every) {
+            continue;
+        }
+        last_scan = Some(Instant::now());
         let holder = p
             .holder_url
             .as_deref()

@@ -61,6 +61,9 @@ def wait_replicated(timeout: float | None = None, proxy: str | None = None) -> R
     ``proxy`` is the node's proxy URL; default ``$LITEFS_PY_PROXY``, which ``litefs-py run``
     sets for the app.
     """
+    # A bad argument is the caller's error, whatever the environment.
+    if timeout is not None and not 0 <= timeout <= 60:
+        raise ValueError(f"timeout={timeout}: must be 0 to 60 seconds")
     base = proxy or os.environ.get(PROXY_ENV)
     if not base:
         raise NotReplicated(
@@ -70,8 +73,6 @@ def wait_replicated(timeout: float | None = None, proxy: str | None = None) -> R
     url = base.rstrip("/") + _PATH
     wait_s = 60.0
     if timeout is not None:
-        if not 0 <= timeout <= 60:
-            raise ValueError(f"timeout={timeout}: must be 0 to 60 seconds")
         url += f"?timeout-ms={int(timeout * 1000)}"
         wait_s = timeout
     # Loopback, no proxy of the environment's in between.

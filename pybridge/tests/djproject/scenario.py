@@ -341,6 +341,31 @@ def phases(count: str) -> dict[str, Any]:
     return {"phases": len(results)}
 
 
+def wait_replicated() -> dict[str, Any]:
+    """litefs.django.wait_replicated where it cannot wait: inside a transaction, and with no
+    proxy (the tests' shim runs without `run`, so $LITEFS_PY_PROXY is unset)."""
+    import litefs.django
+
+    def inside() -> None:
+        with transaction.atomic():
+            litefs.django.wait_replicated()
+
+    def refused_proxy() -> None:
+        os.environ["LITEFS_PY_PROXY"] = "http://127.0.0.1:9"  # discard: nothing listens
+        try:
+            litefs.django.wait_replicated(timeout=1.0)
+        finally:
+            del os.environ["LITEFS_PY_PROXY"]
+
+    os.environ.pop("LITEFS_PY_PROXY", None)
+    return {
+        "inside": outcome(inside),
+        "no_proxy": outcome(litefs.django.wait_replicated),
+        "refused": outcome(refused_proxy),
+        "bad_timeout": outcome(lambda: litefs.django.wait_replicated(timeout=61)),
+    }
+
+
 def main() -> None:
     name, *args = sys.argv[1:]
     fn = {
@@ -356,6 +381,7 @@ def main() -> None:
         "commit_refused": commit_refused,
         "classify_overflow": classify_overflow,
         "read_ioerror": read_ioerror,
+        "wait_replicated": wait_replicated,
     }[name]
     print(json.dumps(fn(*args), default=str), flush=True)
 
