@@ -13,6 +13,9 @@ same run; the configurations take turns (``--rounds``) so that drift hits them a
 ``litefs``
     (with a LiteFS binary) one node of ``litefs-py run``: the shim over the real LiteFS, the
     production stack (a one-node cluster, so no replication traffic).
+``litefs-proxy``
+    the same node's app through litefs-py's proxy (``proxy:``, in front of it on that node):
+    ``litefs-proxy`` / ``litefs`` is what the proxy costs a Django request.
 ``litefs-direct``
     the same node's LiteFS without the shim: the app's database on LiteFS's own mount (the
     shim's lower dir), as a plain LiteFS deployment has it. ``litefs`` / ``litefs-direct`` is
@@ -311,19 +314,22 @@ def main() -> int:
         servers[-1].wait_ready()
         # litefs-py run with the real LiteFS
         if not args.no_litefs and litefs_binary() is not None:
-            # No proxy: this compares the app's data path over the shim with LiteFS alone.
+            # The node runs litefs-py's proxy in front of its app: `litefs` is the app straight
+            # (the app's data path over the shim, against LiteFS alone), `litefs-proxy` the
+            # same app through the proxy (what the proxy costs a Django request).
             cluster = Cluster(
-                size=1, work=work / "litefs", ip_base=40, app_workers=args.workers, proxy=False
+                size=1, work=work / "litefs", ip_base=40, app_workers=args.workers, proxy=True
             )
             cluster.start_all()
             cluster.wait_primary(60)
             cluster.wait_ready(timeout=90)
             node = cluster.nodes[0]
-            s = Server.__new__(Server)
-            port = node.ports.app
-            s.name, s.bind, s.host, s.port = "litefs", f"{node.ip}:{port}", node.ip, port
-            s.metrics_addr = f"{node.ip}:{node.ports.status}"
-            servers.append(s)
+            assert node.ports.target is not None
+            for name, port in (("litefs", node.ports.target), ("litefs-proxy", node.ports.app)):
+                s = Server.__new__(Server)
+                s.name, s.bind, s.host, s.port = name, f"{node.ip}:{port}", node.ip, port
+                s.metrics_addr = f"{node.ip}:{node.ports.status}"
+                servers.append(s)
             # The same LiteFS without the shim: the app on LiteFS's own mount (its lower dir).
             servers.append(
                 Server(
@@ -415,6 +421,15 @@ def main() -> int:
             f"{name:<14} {r['rps_median']:>10.1f} {cell(r['ratio_to_plain'])}"
             f" {cell(r['ratio_to_litefs_alone'])} {w['rps_median']:>11.1f}"
             f" {cell(w['ratio_to_plain'])} {cell(w['ratio_to_litefs_alone'])}"
+        )
+    if "litefs-proxy" in summary:
+        app, prx = summary["litefs"], summary["litefs-proxy"]
+        proxy_ratio = {w: ratio(prx, w, app) for w in ("read", "write")}
+        for w in ("read", "write"):
+            prx[w]["ratio_to_app"] = proxy_ratio[w]
+        print(
+            f"the proxy: litefs-proxy / litefs (the same app straight): read "
+            f"{cell(proxy_ratio['read']).strip()}, write {cell(proxy_ratio['write']).strip()}"
         )
     for name, cells in summary.items():
         for w in ("read", "write"):

@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How often the connections are looked at while this node's view names no primary to stream
-/// from (a failover).
+/// How often the connections are looked at while this node's view names no primary (a
+/// failover).
 pub const EVERY: Duration = Duration::from_millis(250);
-/// How often while it does: a stream to an older primary is then rare (the failover above has
-/// cut it), and reading the kernel's TCP tables costs CPU on a node with many connections (a
+/// How often while it names one (this node or the holder): a stream to an older primary is
+/// then rare (the failover before has cut it), and reading the kernel's TCP tables costs CPU on a node with many connections (a
 /// busy proxy leaves thousands in TIME_WAIT, and the tables list them all).
 pub const SETTLED_EVERY: Duration = Duration::from_secs(5);
 /// How long a connection must be stale before it is cut: longer than a moment of `electing` in
@@ -45,6 +45,16 @@ pub struct Primaryship {
     /// This node's view names that holder as the primary now (another node, whose LiteFS
     /// holds the lease): a stream to it is right. Otherwise no stream is.
     pub holder_is_primary: bool,
+    /// This node's view says this node is primary (its LiteFS holds the lease, so it streams
+    /// from nobody).
+    pub this_node_primary: bool,
+}
+
+impl Primaryship {
+    /// A primary is known: the cluster is not in a failover, and the watch can look seldom.
+    fn settled(&self) -> bool {
+        self.holder_is_primary || self.this_node_primary
+    }
 }
 
 /// One established TCP connection of the LiteFS process.
@@ -125,11 +135,7 @@ fn run(pid: i32, primaryship: &dyn Fn() -> Primaryship, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(EVERY);
         let p = primaryship();
-        let every = if p.holder_is_primary {
-            SETTLED_EVERY
-        } else {
-            EVERY
-        };
+        let every = if p.settled() { SETTLED_EVERY } else { EVERY };
         if last_scan.is_some_and(|t| t.elapsed() < every) {
             continue;
         }
@@ -140,6 +146,10 @@ fn run(pid: i32, primaryship: &dyn Fn() -> Primaryship, stop: &AtomicBool) {
             .map(|u| resolver.resolve(u))
             .unwrap_or_default();
         primaries.extend(holder.iter().copied());
+        if primaries.is_empty() {
+            // No LiteFS ever held the lease: nothing to stream from yet.
+            continue;
+        }
         let right = if p.holder_is_primary {
             holder
         } else {

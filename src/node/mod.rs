@@ -215,18 +215,19 @@ impl Node {
         let sm = self.services.raft.state_machine.clone();
         let state = self.services.state.clone();
         move || {
-            let Some(record) = sm.get(LEASE_KEY).and_then(|s| HolderRecord::parse(&s)) else {
-                return Primaryship::default();
-            };
             let snapshot = state.load();
             let view = snapshot.view();
+            let record = sm.get(LEASE_KEY).and_then(|s| HolderRecord::parse(&s));
             // Under `run` the view names another node primary only once the holder record
             // says that node's LiteFS holds the lease.
             let holder_is_primary = matches!(view.primary, Primary::Other { .. })
-                && view.leader_id == Some(record.node_id);
+                && record
+                    .as_ref()
+                    .is_some_and(|r| view.leader_id == Some(r.node_id));
             Primaryship {
-                holder_url: record.advertise_url(),
+                holder_url: record.as_ref().and_then(HolderRecord::advertise_url),
                 holder_is_primary,
+                this_node_primary: view.primary == Primary::ThisNode,
             }
         }
     }

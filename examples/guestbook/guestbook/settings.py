@@ -84,6 +84,9 @@ else:
 LITEFS = {
     "MOUNT": LITEFS_DIR,
     "MAX_LAG_MS": 5_000,
+    # Off a mount (the benchmark's baselines) there is no role to ask: the middleware stands by
+    # (else every write there would be a 503 saying no mount answers).
+    "REPLICA_WRITES": None if PLAIN_DB else "auto",
 }
 
 NODE_NAME = os.environ.get("GUESTBOOK_NODE")
