@@ -10,15 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{Method, Request, StatusCode};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use axum::http::StatusCode;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::Shared;
-use super::headers::{FORWARDED_BY, PROXY_AUTH};
 use crate::raft::{NodeId, RaftNode, Request as RaftRequest};
 
 /// Prefix of the raft keys.
@@ -105,31 +102,14 @@ async fn publish_once(shared: &Shared) -> Result<(), String> {
     let leader = m.current_leader.ok_or("no leader known")?;
     let leader_url = lookup(&shared.raft, leader)
         .ok_or_else(|| format!("the leader (node {leader}) has not recorded its proxy yet"))?;
-    let secret = shared
-        .secret
-        .as_ref()
-        .ok_or("no cluster secret: a follower cannot ask the leader")?;
-    let body = serde_json::to_vec(&Announce {
+    let announce = Announce {
         id: shared.me,
         url: shared.url.clone(),
-    })
-    .expect("serialises");
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("{leader_url}{ANNOUNCE_PATH}"))
-        .header(FORWARDED_BY, shared.me.to_string())
-        .header(PROXY_AUTH, secret.bearer())
-        .header("content-type", "application/json")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(ANNOUNCE_TIMEOUT, shared.client.request(req))
+    };
+    let resp = shared
+        .post_to_peer(&leader_url, ANNOUNCE_PATH, &announce, ANNOUNCE_TIMEOUT)
         .await
-        .map_err(|_| format!("the leader's proxy {leader_url} did not answer in time"))?
-        .map_err(|e| format!("the leader's proxy {leader_url}: {e}"))?;
+        .map_err(|e| format!("the leader's proxy: {e}"))?;
     if resp.status() == StatusCode::OK {
         Ok(())
     } else {

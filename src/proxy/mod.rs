@@ -88,6 +88,41 @@ struct Shared {
     replication: Option<Arc<replication::Replication>>,
 }
 
+impl Shared {
+    /// `POST` of `body` as JSON to `path` on another node's proxy at `url`, as this node (its id
+    /// and the cluster secret), answered within `timeout`: the proxies' own calls to each other.
+    async fn post_to_peer(
+        &self,
+        url: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+        timeout: Duration,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        use http_body_util::{BodyExt, Full};
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or("no cluster secret: the proxies cannot call each other")?;
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let req = hyper::Request::builder()
+            .method(hyper::Method::POST)
+            .uri(format!("{url}{path}"))
+            .header(headers::FORWARDED_BY, self.me.to_string())
+            .header(headers::PROXY_AUTH, secret.bearer())
+            .header("content-type", "application/json")
+            .body(
+                Full::new(Bytes::from(body))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| format!("{url} did not answer in time"))?
+            .map_err(|e| format!("{url}: {e}"))
+    }
+}
+
 /// A running proxy. [`Proxy::shutdown`] stops it (dropping it stops its runtime abruptly).
 pub struct Proxy {
     rt: tokio::runtime::Runtime,

@@ -17,14 +17,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{Method, Request, StatusCode};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use self::ledger::Ledger;
-use super::headers::{FORWARDED_BY, PROXY_AUTH};
 use super::route::{self, Target};
 use super::{Body, Shared, directory};
 use crate::litefs::events::{self, Update};
@@ -201,31 +199,13 @@ pub async fn keep_reporting(
 }
 
 async fn send(sh: &Shared, url: &str, positions: &Positions) -> Result<(), String> {
-    let secret = sh
-        .secret
-        .as_ref()
-        .ok_or("no cluster secret: a replica cannot report to the primary")?;
-    let body = serde_json::to_vec(&Report {
+    let report = Report {
         id: sh.me,
         positions: positions.clone(),
-    })
-    .expect("serialises");
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("{url}{POSITIONS_PATH}"))
-        .header(FORWARDED_BY, sh.me.to_string())
-        .header(PROXY_AUTH, secret.bearer())
-        .header("content-type", "application/json")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(REPORT_TIMEOUT, sh.client.request(req))
-        .await
-        .map_err(|_| format!("{url} did not answer in time"))?
-        .map_err(|e| format!("{url}: {e}"))?;
+    };
+    let resp = sh
+        .post_to_peer(url, POSITIONS_PATH, &report, REPORT_TIMEOUT)
+        .await?;
     let status = resp.status();
     if status == StatusCode::OK {
         return Ok(());
