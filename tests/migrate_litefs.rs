@@ -108,7 +108,7 @@ fn a_failing_migrate_command_stops_run_with_its_status_and_output() {
 }
 
 /// A migration that says when it starts, then takes long enough to be cut short.
-const SLOW_MIGRATE: &str = "echo \"migrate-started-on-$LITEFS_PY_TEST_NODE\"; sleep 8; \
+const SLOW_MIGRATE: &str = "echo \"migrate-started-on-$LITEFS_PY_TEST_NODE\"; sleep 15; \
     sqlite3 \"$LITEFS_DIR/app.db\" \
     'PRAGMA journal_mode=wal; CREATE TABLE IF NOT EXISTS migrated(x); INSERT INTO migrated VALUES (1);' \
     >/dev/null && echo \"migrate-ran-on-$LITEFS_PY_TEST_NODE\"";
@@ -140,8 +140,19 @@ fn a_promotion_in_the_middle_of_a_migration_migrates_on_the_new_primary() {
                 .contains(&format!("migrate-started-on-{id}"))
         })
     });
-    // The other two must be voters by then, or no quorum is left after the kill: the first
-    // primary adds them to the membership right after it bootstraps.
+    // The other two must follow the primary's LiteFS by then: a LiteFS that never reached a
+    // primary has no cluster id and refuses to become primary (LiteFS's rule), so a cluster
+    // whose primary dies before any replica attached has no node that can take over. And they
+    // must be voters, or no quorum is left after the kill.
+    wait_for(START, "both replicas' LiteFS to follow the primary", || {
+        all.iter()
+            .filter(|&&id| id != first)
+            .all(|&id| {
+                c.info(id)
+                    .is_some_and(|i| i.cluster_id.is_some() && i.primary.is_some())
+            })
+            .then_some(())
+    });
     wait_for(START, "three voters in the membership", || {
         let r = litefs_py_testkit::http::get(&c.node(first).ports.http, "/status").ok()?;
         let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
