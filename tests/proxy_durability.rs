@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::proxy_calls::{Answer, agent, call, rows};
-use common::{run_options, serial};
+use common::proxy_calls::{Answer, agent, call, rows, start_cluster};
+use common::serial;
 use litefs_py_testkit::cluster::{ProxyCluster, SLEEPING_APP};
 use litefs_py_testkit::prereq;
 use litefs_py_testkit::proxy_app::DB;
@@ -45,22 +45,7 @@ fn start(litefs: &Path, durability: &str) -> (ProxyCluster, u64) {
         ("primary-wait", "3s"),
         ("replica-wait", "2s"),
     ];
-    let mut c = ProxyCluster::start(run_options(), litefs, 3, &extra).unwrap();
-    let primary = c.wait_ready(START).unwrap();
-    let a = agent(Duration::from_secs(10));
-    for id in c.cluster.ids() {
-        let proxy = c.proxy(id).to_string();
-        wait_for(
-            Duration::from_secs(30),
-            "POST /init through every proxy",
-            || {
-                call(&a, "POST", &proxy, "/init")
-                    .ok()
-                    .filter(|r| r.status == 200)
-            },
-        );
-    }
-    (c, primary)
+    start_cluster(litefs, &extra)
 }
 
 fn signal(pid: i32, sig: i32) {

@@ -21,6 +21,7 @@ use super::headers::{
     DURABILITY, FORWARDED_BY, OUTCOME, PROXY_AUTH, SERVED_BY, add_forwarded, strip_hop_by_hop,
     strip_internal, upgrade_protocol,
 };
+use super::lent::Lender;
 use super::replication::{self, POSITIONS_PATH, WAIT_PATH, ledger};
 use super::route::{self, NoTarget, Target};
 use super::{Body, Shared};
@@ -31,6 +32,9 @@ use crate::raft::NodeId;
 const INTERNAL_PREFIX: &str = "/.litefs-py/";
 /// How often a request waiting for a primary looks at the view again (it is in memory).
 const WAIT_TICK: Duration = Duration::from_millis(10);
+/// How often a write whose primary's proxy refused the connection tries again (each try is a
+/// connect; the view may still name the dead node until its lease or raft says otherwise).
+const REFUSED_TICK: Duration = Duration::from_millis(50);
 /// How long a read with a positions cookie waits for this node's LiteFS to catch up before the
 /// primary serves it (LiteFS's own proxy waits 5 s, then answers 504).
 const READ_WAIT: Duration = Duration::from_secs(2);
@@ -64,7 +68,7 @@ pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
         // The loop guard: a forwarded request is served by this node's app or not at all. A
         // primary whose claim lapses for a moment (a late quorum ack under load) gets it back
         // within the wait; a node another one has replaced refuses.
-        return match wait_for_target(&sh).await {
+        return match wait_for_target(&sh, Instant::now() + sh.primary_wait).await {
             Ok(Target::Local) => pass(&sh, req, peer, Hop::App, true, true).await,
             Ok(Target::Primary { node, .. }) => answer(
                 &sh,
@@ -88,21 +92,78 @@ pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
             ),
         };
     }
-    match wait_for_target(&sh).await {
-        Ok(Target::Local) => pass(&sh, req, peer, Hop::App, false, true).await,
-        Ok(Target::Primary { node, url }) => {
-            pass(&sh, req, peer, Hop::Peer { node, url }, false, true).await
-        }
-        Err(why) => answer(
-            &sh,
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("not-executed"),
-            format!(
-                "{why}; waited {:?}; the request was not executed: send it again",
-                sh.primary_wait
-            ),
-        ),
+    let deadline = Instant::now() + sh.primary_wait;
+    if upgrade_protocol(req.headers()).is_some() {
+        // An upgrade's connection is tied to this request's: sent once, as it came.
+        return match wait_for_target(&sh, deadline).await {
+            Ok(Target::Local) => pass(&sh, req, peer, Hop::App, false, true).await,
+            Ok(Target::Primary { node, url }) => {
+                pass(&sh, req, peer, Hop::Peer { node, url }, false, true).await
+            }
+            Err(why) => no_primary(&sh, &why),
+        };
     }
+    to_primary(&sh, req, peer, deadline).await
+}
+
+/// An unsafe request that came from a client: to this node's app if it is the primary, else to
+/// the primary's proxy. If that proxy refuses the connection (its node died and the view does
+/// not know yet), nothing was sent: the request goes to whichever primary the view names next,
+/// until `deadline` (`proxy.primary-wait` after it came).
+async fn to_primary(
+    sh: &Shared,
+    req: Request<Body>,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Response<Body> {
+    let (head, body) = req.into_parts();
+    let lender = Lender::new(body);
+    let attempt = || {
+        let mut req = Request::new(lender.lend());
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = head.uri.clone();
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers.clone();
+        req
+    };
+    loop {
+        let hop = match wait_for_target(sh, deadline).await {
+            Ok(Target::Local) => Hop::App,
+            Ok(Target::Primary { node, url }) => Hop::Peer { node, url },
+            Err(why) => return no_primary(sh, &why),
+        };
+        match try_pass(sh, attempt(), peer, &hop, false, true).await {
+            Ok(resp) => return resp,
+            // This node's own app refusing is not a failover: answered at once.
+            Err(e) if e.is_connect() && lender.unread() && Instant::now() < deadline => {
+                let Hop::Peer { node, url } = &hop else {
+                    return failed(sh, &hop, true, &e);
+                };
+                tracing::debug!(
+                    node,
+                    url,
+                    "the primary's proxy is not reachable ({}): the request waits for a primary \
+                     that is",
+                    error_chain(&e)
+                );
+                tokio::time::sleep(REFUSED_TICK).await;
+            }
+            Err(e) => return failed(sh, &hop, true, &e),
+        }
+    }
+}
+
+/// No primary (or no address of its proxy) within `proxy.primary-wait`.
+fn no_primary(sh: &Shared, why: &NoTarget) -> Response<Body> {
+    answer(
+        sh,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some("not-executed"),
+        format!(
+            "{why}; waited {:?}; the request was not executed: send it again",
+            sh.primary_wait
+        ),
+    )
 }
 
 /// A safe request, read-your-writes: served here once this node's LiteFS reached the
@@ -174,9 +235,9 @@ fn authenticated_peer(sh: &Shared, req: &Request<Body>) -> Option<NodeId> {
     secret.matches(token).then_some(from)
 }
 
-/// Until a primary and its proxy's address are known, or `proxy.primary-wait` passed.
-async fn wait_for_target(sh: &Shared) -> Result<Target, NoTarget> {
-    let deadline = Instant::now() + sh.primary_wait;
+/// Until a primary and its proxy's address are known, or `deadline` (`proxy.primary-wait` after
+/// the request came) passed.
+async fn wait_for_target(sh: &Shared, deadline: Instant) -> Result<Target, NoTarget> {
     loop {
         let found =
             route::unsafe_target(sh.state.load().view(), |id| directory::lookup(&sh.raft, id));
@@ -192,16 +253,31 @@ async fn wait_for_target(sh: &Shared) -> Result<Target, NoTarget> {
 /// Sends the request on (to the app or to the primary's proxy) and streams the answer back.
 async fn pass(
     sh: &Shared,
-    mut req: Request<Body>,
+    req: Request<Body>,
     peer: SocketAddr,
     hop: Hop,
     forwarded_in: bool,
     unsafe_method: bool,
 ) -> Response<Body> {
+    match try_pass(sh, req, peer, &hop, forwarded_in, unsafe_method).await {
+        Ok(resp) => resp,
+        Err(e) => failed(sh, &hop, unsafe_method, &e),
+    }
+}
+
+/// [`pass`], with the error of a request that could not be sent or whose answer did not come.
+async fn try_pass(
+    sh: &Shared,
+    mut req: Request<Body>,
+    peer: SocketAddr,
+    hop: &Hop,
+    forwarded_in: bool,
+    unsafe_method: bool,
+) -> Result<Response<Body>, hyper_util::client::legacy::Error> {
     let upgrade = upgrade_protocol(req.headers());
     let inbound = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let base = match &hop {
+    let base = match hop {
         Hop::App => format!("http://{}", sh.target),
         Hop::Peer { url, .. } => url.clone(),
     };
@@ -209,12 +285,12 @@ async fn pass(
     parts.uri = match format!("{base}{path}").parse::<Uri>() {
         Ok(u) => u,
         Err(e) => {
-            return answer(
+            return Ok(answer(
                 sh,
                 StatusCode::BAD_REQUEST,
                 None,
                 format!("bad request target: {e}"),
-            );
+            ));
         }
     };
     parts.version = Version::HTTP_11;
@@ -234,15 +310,11 @@ async fn pass(
     let term_at_send = sh.state.load().view().term;
     // What this node's LiteFS had before the app ran: if nothing moved by its answer, the
     // request committed nothing and its answer waits for no replica.
-    let before = match (&hop, &sh.replication) {
+    let before = match (hop, &sh.replication) {
         (Hop::App, Some(repl)) if unsafe_method => repl.local(),
         _ => None,
     };
-    let result = sh.client.request(Request::from_parts(parts, body)).await;
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) => return failed(sh, &hop, unsafe_method, &e),
-    };
+    let mut resp = sh.client.request(Request::from_parts(parts, body)).await?;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(inbound)) = (switching, inbound) {
         let outbound = hyper::upgrade::on(&mut resp);
@@ -316,12 +388,12 @@ async fn pass(
                     if let Some(v) = cookie {
                         resp.headers_mut().append(header::SET_COOKIE, v);
                     }
-                    return resp;
+                    return Ok(resp);
                 }
             }
         }
     }
-    Response::from_parts(parts, body.boxed_unsync())
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
 }
 
 /// `durability: replicated`, and the replicas did not confirm within the bound: the app's answer
@@ -373,15 +445,26 @@ fn failed(
     let detail = error_chain(e);
     if e.is_connect() {
         // Nothing was sent: the outcome is known.
-        let status = match hop {
-            Hop::App => StatusCode::BAD_GATEWAY,
-            Hop::Peer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        let (status, waited) = match hop {
+            Hop::App => (StatusCode::BAD_GATEWAY, String::new()),
+            // `to_primary` tried until `proxy.primary-wait` passed.
+            Hop::Peer { .. } if unsafe_method => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    ", and no other primary took over within proxy.primary-wait ({:?})",
+                    sh.primary_wait
+                ),
+            ),
+            Hop::Peer { .. } => (StatusCode::SERVICE_UNAVAILABLE, String::new()),
         };
         return answer(
             sh,
             status,
             Some("not-executed"),
-            format!("{whom} is not reachable ({detail}); the request was not sent: send it again"),
+            format!(
+                "{whom} is not reachable ({detail}){waited}; the request was not sent: send it \
+                 again"
+            ),
         );
     }
     if !unsafe_method {

@@ -20,6 +20,7 @@ mod consistency;
 mod directory;
 mod handler;
 mod headers;
+mod lent;
 mod replication;
 mod route;
 mod server;

@@ -1,8 +1,35 @@
-//! What the proxy tests send and read: requests through a proxy with what its answer says
-//! (`x-litefs-py-*` headers, the positions cookie), and the request ids in a node's database.
+//! What the proxy tests start, send and read: three nodes behind proxies ready for writes,
+//! requests through a proxy with what its answer says (`x-litefs-py-*` headers, the positions
+//! cookie), and the request ids in a node's database.
 
 use std::path::Path;
 use std::time::Duration;
+
+use litefs_py_testkit::cluster::ProxyCluster;
+use litefs_py_testkit::wait::wait_for;
+
+/// Three `litefs-py run` nodes with the kit's app behind each proxy, `extra` in their `proxy:`
+/// section; returns once a primary is known and a write goes through every proxy (the table
+/// is created through each of them, idempotent: which waits until every proxy knows the
+/// primary's address from raft). Also returns the primary.
+pub fn start_cluster(litefs: &Path, extra: &[(&str, &str)]) -> (ProxyCluster, u64) {
+    let mut c = ProxyCluster::start(super::run_options(), litefs, 3, extra).unwrap();
+    let primary = c.wait_ready(Duration::from_secs(60)).unwrap();
+    let a = agent(Duration::from_secs(10));
+    for id in c.cluster.ids() {
+        let proxy = c.proxy(id).to_string();
+        wait_for(
+            Duration::from_secs(30),
+            "POST /init through every proxy",
+            || {
+                call(&a, "POST", &proxy, "/init")
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
+        );
+    }
+    (c, primary)
+}
 
 pub fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
