@@ -9,6 +9,7 @@
 //! `cli`.
 
 pub mod config;
+mod die_with_parent;
 mod poll;
 mod task_set;
 

@@ -442,7 +442,8 @@ fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_lit
     let sampler = sampler(&c);
     let (old, _) = seed(&mut c, 10);
     // Only `litefs-py run` dies: its LiteFS dies with it (PDEATHSIG), before anyone else is
-    // granted the lease (the sampler).
+    // granted the lease (the sampler), and so does its app (SIGTERM).
+    let app = c.node(old).app_pid().expect("the node's app runs");
     let killed = Instant::now();
     c.node_mut(old).kill9();
     let run = c.node(old);
@@ -458,6 +459,18 @@ fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_lit
     }
     eprintln!(
         "node {old}'s LiteFS died with its run after {:?}",
+        killed.elapsed()
+    );
+    while run.app_pid() == Some(app) {
+        if killed.elapsed() > Duration::from_secs(1) {
+            // SAFETY: that node's app, checked against its environment just now.
+            unsafe { libc::kill(app, libc::SIGKILL) };
+            panic!("node {old}'s app outlived its litefs-py run by 1 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "node {old}'s app died with its run after {:?}",
         killed.elapsed()
     );
     let others: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();

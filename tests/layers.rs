@@ -19,6 +19,7 @@ const RANKS: &[(&str, u32)] = &[
     ("config", 0),
     ("poll", 0),
     ("task_set", 0),
+    ("die_with_parent", 0),
     // Consensus only: storage, state machine, transport, RaftNode, membership.
     ("raft", 1),
     // Everything that knows LiteFS.

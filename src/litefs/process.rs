@@ -4,6 +4,7 @@
 //! before it started.
 
 use crate::config::{CONSUL_TOKEN_ENV, LeaseToken, SECRET_ENV};
+use crate::die_with_parent::die_with_parent;
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -142,24 +143,9 @@ impl LiteFs {
             // LiteFS, which must outlive the app and be stopped after the shim.
             .process_group(0);
         // If `run` itself is killed (-9, OOM), LiteFS goes with it: an orphan could renew
-        // nothing and would only hold the data dir and its mount until its next log line.
-        // PDEATHSIG fires when the spawning *thread* ends; the supervisor spawns from the thread
-        // that runs it to the end, after LiteFS is stopped. What it leaves, a dead FUSE mount at
-        // `mount.lower`, the next start detaches.
-        let parent = std::process::id();
-        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent died before the prctl: nobody would send the signal.
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::other("litefs-py run exited"));
-                }
-                Ok(())
-            });
-        }
+        // nothing and would only hold the data dir and its mount until its next log line. What
+        // it leaves, a dead FUSE mount at `mount.lower`, the next start detaches.
+        die_with_parent(&mut cmd, libc::SIGKILL);
         let mut child = cmd.spawn().map_err(|error| ProcessError::Io {
             what: format!("starting {}", binary.display()),
             error,

@@ -12,6 +12,7 @@ use litefs_py_fuse::{MountOptions, MountedShim};
 
 use super::children::{self, Event, Events, describe, shell_code, signal_name};
 use super::{RunError, RunOptions, exit};
+use crate::die_with_parent::die_with_parent;
 use crate::fence::{Feed, Fencer, Target};
 use crate::litefs::probe::Probe;
 use crate::litefs::process::LiteFs;
@@ -416,6 +417,9 @@ impl Supervisor {
                 Ok(())
             });
         }
+        // If `run` is killed (-9, OOM), the app gets SIGTERM: it lost its database's mount and
+        // would hold its port against the next `run`.
+        die_with_parent(&mut cmd, libc::SIGTERM);
         cmd
     }
 

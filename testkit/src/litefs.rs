@@ -87,14 +87,7 @@ pub fn find_binary(explicit: Option<&Path>) -> std::result::Result<PathBuf, Stri
 /// line of its log, if that process still runs LiteFS with `config` (the litefs.yml that run
 /// generated): only then may it be signalled.
 pub fn pid_from_run_log(log: &str, config: &Path) -> Option<i32> {
-    let line = log.lines().rev().find(|l| l.contains("LiteFS started"))?;
-    let pid: i32 = line
-        .split("pid=")
-        .nth(1)?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()?;
+    let pid = process::pid_in_log(log, "LiteFS started")?;
     process::cmdline_contains(pid, config.to_str()?).then_some(pid)
 }
 

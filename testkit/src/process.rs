@@ -262,6 +262,23 @@ pub fn cmdline_contains(pid: i32, needle: &str) -> bool {
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
 }
 
+/// Whether process `pid`'s environment holds `entry` (`NAME=value`) whole.
+pub fn environ_contains(pid: i32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|e| e.split(|b| *b == 0).any(|kv| kv == entry.as_bytes()))
+}
+
+/// The `pid=<n>` of the last line of `log` that contains `marker` (a `litefs-py run` log).
+pub fn pid_in_log(log: &str, marker: &str) -> Option<i32> {
+    let line = log.lines().rev().find(|l| l.contains(marker))?;
+    line.split("pid=")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Creates an empty file, for a log that a process appends to.
 pub fn touch(path: &Path) -> Result<()> {
     File::create(path)

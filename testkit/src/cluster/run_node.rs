@@ -263,6 +263,14 @@ impl RunNode {
         std::fs::read_to_string(self.path("app").join(name)).ok()
     }
 
+    /// The app's PID, from the run's log, if that process still runs with this node's
+    /// `LITEFS_DIR` (what `run` gives the app).
+    pub fn app_pid(&self) -> Option<i32> {
+        let pid = process::pid_in_log(&self.log(), "the app started")?;
+        let entry = format!("LITEFS_DIR={}", self.mnt().display());
+        process::environ_contains(pid, &entry).then_some(pid)
+    }
+
     /// LiteFS's PID, from the run's log, if that process still runs LiteFS with our config.
     pub fn litefs_pid(&self) -> Option<i32> {
         litefs::pid_from_run_log(&self.log(), &self.litefs_yml())
