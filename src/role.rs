@@ -263,6 +263,7 @@ pub async fn publish(
     let mut last_role = None;
     let mut expiry: Option<Instant> = None;
     let mut litefs_changes = run.as_ref().map(|r| r.litefs.subscribe());
+    let mut no_cluster_id = StuckWatch::default();
     loop {
         let mut raft_gone = false;
         let wake = expiry.map(tokio::time::Instant::from_std);
@@ -291,7 +292,24 @@ pub async fn publish(
             compute(&me, &timing, &observed, now)
         };
         if let Some(run) = &run {
-            merge_probe(&mut view, run.litefs.probe());
+            let probe = run.litefs.probe();
+            merge_probe(&mut view, probe);
+            // The leader's LiteFS never reached a primary, and the cluster has an id: LiteFS
+            // will not take the lease, so no node can become primary (docs/operations.md,
+            // "A new cluster whose first primary died early").
+            let stuck = observed.is_leader
+                && node.state_machine.cluster_id().is_some()
+                && probe.is_some_and(|p| p.serving && !p.is_primary && !p.has_cluster_id);
+            if no_cluster_id.stuck_long_enough(stuck, observed.term, now) {
+                tracing::warn!(
+                    term = observed.term,
+                    "this node is the raft leader, but its LiteFS has no cluster id (it never \
+                     reached a primary since its data dir was created), and LiteFS will not \
+                     become primary without one: no primary until a node whose LiteFS has \
+                     reached one is leader. Start the node that was primary again \
+                     (docs/operations.md, \"A new cluster whose first primary died early\")"
+                );
+            }
         }
         expiry = expires(&timing, &observed, now);
         if let Some(l) = observed.leader
@@ -317,6 +335,32 @@ pub async fn publish(
             tracing::error!("raft stopped; this node shows no primary");
             break;
         }
+    }
+}
+
+/// How long a condition must hold before [`StuckWatch`] says so: longer than an election and
+/// the wait for the previous lease, so a leader that is about to take the lease is not named.
+const STUCK_FOR: Duration = Duration::from_secs(15);
+
+/// A condition that should pass, said once per raft term when it has held for [`STUCK_FOR`].
+#[derive(Debug, Default)]
+struct StuckWatch {
+    since: Option<Instant>,
+    said_in: Option<u64>,
+}
+
+impl StuckWatch {
+    fn stuck_long_enough(&mut self, stuck: bool, term: u64, now: Instant) -> bool {
+        if !stuck {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) < STUCK_FOR || self.said_in == Some(term) {
+            return false;
+        }
+        self.said_in = Some(term);
+        true
     }
 }
 
@@ -510,6 +554,24 @@ mod tests {
             })
         );
         assert_eq!(v.lag_ms, Some(12));
+    }
+
+    #[test]
+    fn a_stuck_leader_is_named_once_per_term_after_the_bound() {
+        let mut w = StuckWatch::default();
+        let t0 = Instant::now();
+        assert!(!w.stuck_long_enough(true, 3, t0));
+        assert!(!w.stuck_long_enough(true, 3, t0 + STUCK_FOR - ms(1)));
+        assert!(w.stuck_long_enough(true, 3, t0 + STUCK_FOR));
+        assert!(
+            !w.stuck_long_enough(true, 3, t0 + STUCK_FOR * 2),
+            "once per term"
+        );
+        // Unstuck, then stuck again in a new term: the bound starts over.
+        assert!(!w.stuck_long_enough(false, 4, t0 + STUCK_FOR * 2));
+        let t1 = t0 + STUCK_FOR * 3;
+        assert!(!w.stuck_long_enough(true, 4, t1));
+        assert!(w.stuck_long_enough(true, 4, t1 + STUCK_FOR));
     }
 
     #[test]

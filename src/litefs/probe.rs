@@ -134,6 +134,10 @@ fn run(state: &LiteFsState, lower: &Path, http: Option<SocketAddr>, stop: &Atomi
             serving: info.is_some(),
             is_primary: info.as_ref().is_some_and(|i| i.is_primary),
             primary_known: info.as_ref().is_some_and(Info::primary_known),
+            has_cluster_id: info
+                .as_ref()
+                .and_then(|i| i.cluster_id.as_deref())
+                .is_some_and(|id| !id.is_empty()),
             lag_ms: last_fs.lag_ms,
         };
         if state.probe() != Some(probe) {

@@ -43,6 +43,9 @@ pub struct LiteFsProbe {
     pub is_primary: bool,
     /// `/info` named a primary (itself or another node).
     pub primary_known: bool,
+    /// `/info` gave a cluster id: LiteFS has been primary or reached one since its data dir was
+    /// created (without one it will not become primary once the cluster has an id).
+    pub has_cluster_id: bool,
     /// LiteFS's `.lag` in milliseconds (0 on the primary), if it could be read in time and
     /// LiteFS knows it (`None` while LiteFS says "unknown": `i32::MAX` in its file, until a
     /// replica has heard from a primary).
