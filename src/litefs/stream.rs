@@ -3,32 +3,28 @@
 //! lease API for the new primary, and no node becomes primary until TCP gives up, minutes later.
 //! This module cuts such a stream (docs/architecture.md, "A silent primary").
 //!
-//! Under `litefs-py run`, every [`EVERY`] during a failover (every [`SETTLED_EVERY`] otherwise),
-//! [`Unsticker`] compares the local LiteFS's
-//! connections to primaries (its established TCP connections to an address where a LiteFS that
-//! held the lease advertised itself) with what this node's view says: a connection to any
-//! LiteFS but the one the view names as primary's, seen for [`GRACE`] in a row, is shut down
-//! (`pidfd_getfd(2)` of LiteFS's socket, then `shutdown(2)`). LiteFS then reads end-of-stream
-//! and asks the lease API again. Cutting a healthy stream would only cost a reconnect: LiteFS
-//! resumes from its position.
+//! Under `litefs-py run`, every [`EVERY`], [`Unsticker`] compares the local LiteFS's connections
+//! to primaries (its established TCP connections to an address where a LiteFS that held the
+//! lease advertised itself) with what this node's view says: a connection to any LiteFS but the
+//! one the view names as primary's, seen for [`GRACE`] in a row, is shut down. LiteFS's sockets
+//! are found through `/proc/<pid>/fd` and asked for their peer and state through a duplicate
+//! (`pidfd_getfd(2)`), so a look costs a few system calls per LiteFS socket, whatever the number
+//! of connections on the host; the cut is `shutdown(2)` of such a duplicate. LiteFS then reads
+//! end-of-stream and asks the lease API again. Cutting a healthy stream would only cost a
+//! reconnect: LiteFS resumes from its position.
 //!
-//! Plain logic ([`Staleness`], the `/proc` parsing) is separate from the thread and the system
-//! calls, for the unit tests.
+//! Plain logic ([`Staleness`], the URL parsing) is separate from the thread and the system calls,
+//! for the unit tests.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How often the connections are looked at while this node's view names no primary (a
-/// failover).
+/// How often LiteFS's connections are looked at.
 pub const EVERY: Duration = Duration::from_millis(250);
-/// How often while it names one (this node or the holder): a stream to an older primary is
-/// then rare (the failover before has cut it), and reading the kernel's TCP tables costs CPU on a node with many connections (a
-/// busy proxy leaves thousands in TIME_WAIT, and the tables list them all).
-pub const SETTLED_EVERY: Duration = Duration::from_secs(5);
 /// How long a connection must be stale before it is cut: longer than a moment of `electing` in
 /// a healthy cluster, shorter than a new leader's wait before its first grant (≈1.5 s), so that
 /// cutting adds nothing to a failover.
@@ -48,13 +44,6 @@ pub struct Primaryship {
     /// This node's view says this node is primary (its LiteFS holds the lease, so it streams
     /// from nobody).
     pub this_node_primary: bool,
-}
-
-impl Primaryship {
-    /// A primary is known: the cluster is not in a failover, and the watch can look seldom.
-    fn settled(&self) -> bool {
-        self.holder_is_primary || self.this_node_primary
-    }
 }
 
 /// One established TCP connection of the LiteFS process.
@@ -131,15 +120,9 @@ fn run(pid: i32, primaryship: &dyn Fn() -> Primaryship, stop: &AtomicBool) {
     // Every address a holder advertised while this ran: where LiteFS's streams can go.
     let mut primaries: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut warned = false;
-    let mut last_scan: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(EVERY);
         let p = primaryship();
-        let every = if p.settled() { SETTLED_EVERY } else { EVERY };
-        if last_scan.is_some_and(|t| t.elapsed() < every) {
-            continue;
-        }
-        last_scan = Some(Instant::now());
         let holder = p
             .holder_url
             .as_deref()
@@ -157,8 +140,19 @@ fn run(pid: i32, primaryship: &dyn Fn() -> Primaryship, stop: &AtomicBool) {
         };
         let conns = match connections(pid) {
             Ok(c) => c,
-            // LiteFS exited (the supervisor sees to that) or /proc is not readable.
-            Err(_) => continue,
+            // LiteFS exited (the supervisor sees to that).
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        "cannot look at LiteFS's connections ({e}): a stream from a silent \
+                         primary stays attached until TCP gives up, and failover waits for that"
+                    );
+                }
+                continue;
+            }
         };
         let streams: Vec<Conn> = conns
             .into_iter()
@@ -225,16 +219,9 @@ fn host_port(url: &str) -> Option<String> {
     })
 }
 
-/// The established TCP connections of process `pid` (its network namespace's tables, its fds).
+/// The established TCP connections of process `pid`, each with the peer's address.
 pub fn connections(pid: i32) -> std::io::Result<Vec<Conn>> {
-    let mut by_inode: HashMap<u64, SocketAddr> = HashMap::new();
-    for table in ["tcp", "tcp6"] {
-        match std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-            Ok(text) => by_inode.extend(established(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let pidfd = pidfd_open(pid)?;
     let mut out = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let Ok(entry) = entry else { continue };
@@ -245,18 +232,22 @@ pub fn connections(pid: i32) -> std::io::Result<Vec<Conn>> {
         else {
             continue;
         };
-        let Ok(target) = std::fs::read_link(entry.path()) else {
+        // Only sockets: never a duplicate of LiteFS's database files or its FUSE device.
+        let Some(inode) = std::fs::read_link(entry.path())
+            .ok()
+            .and_then(|t| socket_inode(&t.to_string_lossy()))
+        else {
             continue;
         };
-        let Some(inode) = socket_inode(&target.to_string_lossy()) else {
-            continue;
+        let dup = match duplicate(&pidfd, fd, inode) {
+            Ok(Some(d)) => d,
+            // Closed or reused since the listing.
+            Ok(None) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
+            Err(e) => return Err(e),
         };
-        if let Some(remote) = by_inode.get(&inode) {
-            out.push(Conn {
-                fd,
-                inode,
-                remote: *remote,
-            });
+        if let Some(remote) = established_peer(&dup) {
+            out.push(Conn { fd, inode, remote });
         }
     }
     Ok(out)
@@ -269,76 +260,89 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// Inode -> remote address of the ESTABLISHED entries of a `/proc/net/tcp{,6}` table.
-fn established(table: &str) -> impl Iterator<Item = (u64, SocketAddr)> + '_ {
-    table.lines().skip(1).filter_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
-        if f.len() < 10 || f[3] != "01" {
-            return None;
-        }
-        let remote = hex_addr(f[2])?;
-        let inode = f[9].parse().ok()?;
-        Some((inode, remote))
-    })
-}
-
-/// `0100007F:1F90` (IPv4) or 32 hex digits `:port` (IPv6): the kernel prints each 32-bit word of
-/// the address as a host-order number, and the port as a number.
-fn hex_addr(s: &str) -> Option<SocketAddr> {
-    let (addr, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| -> Option<[u8; 4]> {
-        Some(
-            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
-                .ok()?
-                .to_ne_bytes(),
-        )
-    };
-    let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            let v6 = Ipv6Addr::from(b);
-            // A v4 peer on a dual-stack socket: compare it as v4.
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
-/// Shuts down LiteFS's socket `c` (a duplicate of it, taken with `pidfd_getfd`: the socket is
-/// shared, so LiteFS's own read ends).
-fn cut(pid: i32, c: Conn) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let last = std::io::Error::last_os_error;
-    // SAFETY: plain system calls; every descriptor they return is owned right away.
+fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain system call; the descriptor it returns is owned right away.
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
         if pidfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::os::fd::OwnedFd::from_raw_fd(pidfd as i32))
+    }
+}
+
+/// A duplicate of the process's descriptor `fd` (`pidfd_getfd`, which needs ptrace rights over
+/// it), if it still is the socket `inode` (the number may have been reused since it was listed).
+fn duplicate(
+    pidfd: &std::os::fd::OwnedFd,
+    fd: i32,
+    inode: u64,
+) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let last = std::io::Error::last_os_error;
+    // SAFETY: plain system calls; the descriptor returned is owned right away, and `st` is a
+    // plain struct the kernel fills.
+    unsafe {
+        let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if dup < 0 {
             return Err(last());
         }
-        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
-        let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), c.fd, 0);
-        if fd < 0 {
-            return Err(last());
-        }
-        let fd = OwnedFd::from_raw_fd(fd as i32);
-        // The fd number may have been reused since the scan: only that very socket is cut.
+        let dup = OwnedFd::from_raw_fd(dup as i32);
         let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+        if libc::fstat(dup.as_raw_fd(), &mut st) != 0 {
             return Err(last());
         }
-        if st.st_ino != c.inode {
-            return Ok(());
+        Ok((st.st_ino == inode).then_some(dup))
+    }
+}
+
+/// The peer of a TCP socket in state ESTABLISHED; `None` for any other socket or state.
+fn established_peer(fd: &std::os::fd::OwnedFd) -> Option<SocketAddr> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `info` is a plain struct the kernel fills, `len` its size; a socket that is not
+    // TCP answers an error, and so does anything that is not a socket.
+    let state = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        if libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        ) != 0
+        {
+            return None;
         }
-        if libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) != 0 {
-            return Err(last());
-        }
+        info.tcpi_state
+    };
+    // TCP_ESTABLISHED in the kernel's numbering (include/net/tcp_states.h).
+    if state != 1 {
+        return None;
+    }
+    let peer = socket2::SockRef::from(fd).peer_addr().ok()?.as_socket()?;
+    // A v4 peer on a dual-stack socket: compare it as v4.
+    Some(match peer {
+        SocketAddr::V6(v6) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(peer, |v4| SocketAddr::new(IpAddr::V4(v4), v6.port())),
+        v4 => v4,
+    })
+}
+
+/// Shuts down LiteFS's socket `c` (a duplicate of it: the socket is shared, so LiteFS's own read
+/// ends).
+fn cut(pid: i32, c: Conn) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Some(fd) = duplicate(&pidfd_open(pid)?, c.fd, c.inode)? else {
+        // Closed or reused since the look: nothing of that stream is left to cut.
+        return Ok(());
+    };
+    // SAFETY: a plain system call on a descriptor we own.
+    if unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -347,30 +351,11 @@ fn cut(pid: i32, c: Conn) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:4E22 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:A1B2 0100007F:4E22 01 00000000:00000000 00:00000000 00000000     0        0 2222 1 0000000000000000 20 4 30 10 -1
-";
-    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0000000000000000FFFF00000100007F:9C40 0000000000000000FFFF00000200007F:4E22 01 00000000:00000000 00:00000000 00000000     0        0 3333 1 0000000000000000 20 4 30 10 -1
-   1: 00000000000000000000000001000000:9C41 00000000000000000000000001000000:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 20 4 30 10 -1
-";
-
     #[test]
-    fn the_tables_give_established_connections_by_inode() {
-        let v4: Vec<_> = established(TCP).collect();
-        assert_eq!(v4, vec![(2222, "127.0.0.1:20002".parse().unwrap())]);
-        let v6: Vec<_> = established(TCP6).collect();
-        assert_eq!(
-            v6,
-            vec![
-                (3333, "127.0.0.2:20002".parse().unwrap()),
-                (4444, "[::1]:8080".parse().unwrap()),
-            ]
-        );
+    fn socket_links_give_their_inode() {
         assert_eq!(socket_inode("socket:[2222]"), Some(2222));
         assert_eq!(socket_inode("pipe:[2222]"), None);
-        assert_eq!(hex_addr("0100007F"), None);
+        assert_eq!(socket_inode("/dev/fuse"), None);
     }
 
     #[test]
@@ -426,12 +411,17 @@ mod tests {
         let mut client = std::net::TcpStream::connect(addr).unwrap();
         let (_server, _) = listener.accept().unwrap();
         let pid = std::process::id() as i32;
-        let found: Vec<Conn> = connections(pid)
-            .unwrap()
-            .into_iter()
-            .filter(|c| c.remote == addr)
-            .collect();
-        assert_eq!(found.len(), 1, "{found:?}");
+        // Beside it: a UDP socket "connected" to the same address, and the listener itself.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.connect(addr).unwrap();
+        let all = connections(pid).unwrap();
+        let found: Vec<Conn> = all.iter().filter(|c| c.remote == addr).copied().collect();
+        assert_eq!(found.len(), 1, "only the TCP client's connection: {all:?}");
+        let client_port = client.local_addr().unwrap().port();
+        assert!(
+            all.iter().any(|c| c.remote.port() == client_port),
+            "the accepted side is established too: {all:?}"
+        );
         cut(pid, found[0]).unwrap();
         // The client's blocked read ends: what LiteFS's stream read sees.
         client
