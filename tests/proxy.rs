@@ -215,7 +215,7 @@ fn a_failover_under_writes_through_every_proxy_runs_nothing_twice() {
         }));
     }
     std::thread::sleep(Duration::from_secs(2));
-    c.cluster.kill9(primary).unwrap();
+    c.kill9(primary).unwrap();
     let killed_at = Instant::now();
     let survivors: Vec<u64> = c
         .cluster
@@ -301,7 +301,7 @@ fn a_failover_under_writes_through_every_proxy_runs_nothing_twice() {
 
     // The new primary dies too: the last node has no quorum, so no primary. A write waits
     // `primary-wait` (5 s) and gets a 503 saying it was not executed; reads are still served.
-    c.cluster.kill9(new_primary).unwrap();
+    c.kill9(new_primary).unwrap();
     let last = *survivors.iter().find(|id| **id != new_primary).unwrap();
     // Until it notices (no heartbeat for election-timeout-max), its proxy names the dead
     // primary, whose port refuses; then it knows no primary.

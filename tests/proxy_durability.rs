@@ -230,7 +230,7 @@ fn kill_rounds(net: &Netns, durability: &str) -> (usize, usize) {
             .to_string();
         net.stall(&port);
         std::thread::sleep(Duration::from_millis(400));
-        c.cluster.kill9(primary).unwrap();
+        c.kill9(primary).unwrap();
         let new_primary = c
             .cluster
             .wait_one_primary(&survivors, Duration::from_secs(30))

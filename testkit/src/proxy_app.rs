@@ -37,12 +37,18 @@ pub const DB: &str = "proxy.db";
 struct AppState {
     node: u64,
     db: PathBuf,
+    gate: Gate,
 }
+
+/// Held (read) by every SQLite call of the app; `true` once its node was killed: the calls that
+/// waited answer 503 without touching the database.
+type Gate = Arc<tokio::sync::RwLock<bool>>;
 
 /// A running app; stopped on drop.
 pub struct App {
     rt: Option<tokio::runtime::Runtime>,
     stop: watch::Sender<bool>,
+    gate: Gate,
     pub addr: SocketAddr,
 }
 
@@ -58,9 +64,11 @@ impl App {
             .block_on(tokio::net::TcpListener::bind(addr))
             .map_err(Error::io(format!("the app binding {addr}")))?;
         let addr = listener.local_addr().map_err(Error::io("local addr"))?;
+        let gate = Gate::default();
         let state = Arc::new(AppState {
             node,
             db: mount.join(DB),
+            gate: gate.clone(),
         });
         let router = Router::new()
             .route("/init", post(init))
@@ -82,8 +90,27 @@ impl App {
         Ok(App {
             rt: Some(rt),
             stop,
+            gate,
             addr,
         })
+    }
+
+    /// Runs `kill` (a kill -9 of this app's node) while no SQLite call of the app is in progress:
+    /// calls in flight finish first, new ones wait, and once `kill` returned they answer 503
+    /// without touching the database (their clients went with the node's proxy). The app runs
+    /// in the test process: a call that read the mapped WAL index (`-shm`) of the dead LiteFS
+    /// would die of SIGBUS and take every test with it (seen in the durability test).
+    pub fn while_frozen<T>(&self, kill: impl FnOnce() -> T) -> T {
+        let rt = self.rt.as_ref().expect("running");
+        let held = rt.block_on(self.gate.clone().write_owned());
+        let out = kill();
+        let mut held = held;
+        *held = true;
+        drop(held);
+        // Fair: the calls queued before this take their turn (and see `true`) first.
+        let mut reopened = rt.block_on(self.gate.clone().write_owned());
+        *reopened = false;
+        out
     }
 }
 
@@ -107,9 +134,18 @@ fn fail(e: impl std::fmt::Display) -> Response {
 }
 
 async fn blocking<T: Send + 'static>(
+    st: &AppState,
     f: impl FnOnce() -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(f).await {
+    let gate = st.gate.clone().read_owned().await;
+    if *gate {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "this node was killed\n").into_response());
+    }
+    let held = move || {
+        let _gate = gate;
+        f()
+    };
+    match tokio::task::spawn_blocking(held).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(fail(e)),
         Err(e) => Err(fail(e)),
@@ -118,7 +154,7 @@ async fn blocking<T: Send + 'static>(
 
 async fn init(State(st): State<Arc<AppState>>) -> Response {
     let db = st.db.clone();
-    match blocking(move || {
+    match blocking(&st, move || {
         let c = open(&db)?;
         c.query_row("PRAGMA journal_mode=wal", [], |r| r.get::<_, String>(0))?;
         c.execute_batch(
@@ -156,7 +192,7 @@ async fn write(
         }
     }
     let (db, id, node) = (st.db.clone(), q.id.clone(), st.node);
-    match blocking(move || {
+    match blocking(&st, move || {
         open(&db)?.execute(
             "INSERT INTO requests(id, node, bytes) VALUES (?1, ?2, ?3)",
             rusqlite::params![id, node as i64, bytes],
@@ -178,7 +214,7 @@ async fn write(
 
 async fn rows(State(st): State<Arc<AppState>>) -> Response {
     let db = st.db.clone();
-    match blocking(move || {
+    match blocking(&st, move || {
         open(&db)?.query_row("SELECT count(*) FROM requests", [], |r| r.get::<_, i64>(0))
     })
     .await
@@ -190,7 +226,7 @@ async fn rows(State(st): State<Arc<AppState>>) -> Response {
 
 async fn has(State(st): State<Arc<AppState>>, Query(q): Query<WriteQuery>) -> Response {
     let db = st.db.clone();
-    let found = blocking(move || {
+    let found = blocking(&st, move || {
         open(&db)?.query_row("SELECT count(*) FROM requests WHERE id = ?1", [q.id], |r| {
             r.get::<_, i64>(0)
         })

@@ -78,6 +78,13 @@ impl ProxyCluster {
         Ok(primary)
     }
 
+    /// kill -9 of node `id` ([`RunCluster::kill9`]) while its app makes no SQLite call
+    /// ([`App::while_frozen`]).
+    pub fn kill9(&mut self, id: u64) -> Result<()> {
+        let ProxyCluster { apps, cluster, .. } = self;
+        apps[&id].while_frozen(|| cluster.kill9(id))
+    }
+
     /// Stops the apps, then the cluster (checked).
     pub fn shutdown(mut self) -> Result<()> {
         self.apps.clear();
