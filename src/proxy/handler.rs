@@ -25,7 +25,7 @@ use super::lent::Lender;
 use super::replication::{self, POSITIONS_PATH, WAIT_PATH, ledger};
 use super::route::{self, NoTarget, Target};
 use super::{Body, Shared};
-use crate::litefs::positions::{Positions, read_positions};
+use crate::litefs::positions::Positions;
 use crate::raft::NodeId;
 
 /// Paths under this prefix are the proxies' own (secret required), never the app's.
@@ -200,8 +200,8 @@ async fn read(sh: &Shared, req: Request<Body>, peer: SocketAddr) -> Response<Bod
 }
 
 pub(super) async fn positions(sh: &Shared) -> Option<Positions> {
-    let lower = sh.lower.clone();
-    tokio::task::spawn_blocking(move || read_positions(&lower).ok())
+    let reader = sh.positions.clone();
+    tokio::task::spawn_blocking(move || reader.read().ok())
         .await
         .ok()
         .flatten()

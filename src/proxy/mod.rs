@@ -39,6 +39,7 @@ use litefs_py_fuse::StateHandle;
 use tokio::sync::watch;
 
 use crate::config::{Durability, ProxyConfig};
+use crate::litefs::positions::PositionReader;
 use crate::raft::network::Secret;
 use crate::raft::{NodeId, RaftNode};
 use crate::task_set::TaskSet;
@@ -80,6 +81,8 @@ struct Shared {
     read_your_writes: bool,
     /// LiteFS's mount (`mount.lower`): its `<db>-pos` files are the positions.
     lower: PathBuf,
+    /// Reads them after every write and while a read waits for this node to catch up.
+    positions: Arc<PositionReader>,
     raft: Arc<RaftNode>,
     state: StateHandle,
     client: Client<HttpConnector, Body>,
@@ -182,6 +185,7 @@ impl Proxy {
             target: config.target.clone(),
             primary_wait: config.primary_wait,
             read_your_writes: config.read_your_writes,
+            positions: Arc::new(PositionReader::new(&lower)),
             lower,
             secret: raft.transport.secret.clone(),
             raft,
