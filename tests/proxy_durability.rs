@@ -325,8 +325,11 @@ struct Netns {
 impl Netns {
     const TABLE: &str = "litefs_py_stall";
 
+    const PREFIX: &str = "lfpy-durability-";
+
     fn enter() -> Option<Netns> {
-        let name = format!("lfpy-durability-{}", std::process::id());
+        Self::sweep();
+        let name = format!("{}{}", Self::PREFIX, std::process::id());
         if !run("ip", &["netns", "add", &name]) {
             prereq::skip_or_fail(
                 "cannot create a network namespace (ip netns add): needs root and iproute2",
@@ -340,6 +343,27 @@ impl Netns {
         let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
         Some(net)
+    }
+
+    /// Deletes the namespaces an earlier run of this test left when its process died without
+    /// unwinding (kill -9, a signal): ours by name, the PID in it no longer running.
+    fn sweep() {
+        let Ok(dir) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(Self::PREFIX)
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                eprintln!("deleting the network namespace {name} of a dead earlier run");
+                run("ip", &["netns", "delete", &name]);
+            }
+        }
     }
 
     /// Drops every packet sent from TCP port `port` (in this namespace, with nft).
