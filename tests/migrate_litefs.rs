@@ -22,10 +22,12 @@ const MIGRATE: &str = "sleep 1; sqlite3 \"$LITEFS_DIR/app.db\" \
     'PRAGMA journal_mode=wal; CREATE TABLE IF NOT EXISTS migrated(x); INSERT INTO migrated VALUES (1);' \
     >/dev/null && echo \"migrate-ran-on-$LITEFS_PY_TEST_NODE\"";
 
-/// The app: says whether the migrated table was there when it started, then sleeps.
+/// The app: says whether the migrated table was there when it started, then sleeps. The answer
+/// file appears whole (a rename): the test read an empty one once, between `>` and the write.
 const APP: &str = "mkdir -p \"$1\"; \
     if sqlite3 \"$LITEFS_DIR/app.db\" \"SELECT name FROM sqlite_master WHERE name='migrated'\" \
-       2>/dev/null | grep -q migrated; then echo yes > \"$1/schema\"; else echo no > \"$1/schema\"; fi; \
+       2>/dev/null | grep -q migrated; then s=yes; else s=no; fi; \
+    echo $s > \"$1/schema.new\" && mv \"$1/schema.new\" \"$1/schema\"; \
     exec sleep 100000";
 
 #[test]
@@ -193,9 +195,7 @@ fn a_promotion_in_the_middle_of_a_migration_migrates_on_the_new_primary() {
     // The killed node comes back as a replica; its app starts once the schema is there.
     c.node_mut(first).start(APP).unwrap();
     let schema = wait_for(START, "the restarted node's app to start", || {
-        c.node(first)
-            .app_file("schema")
-            .filter(|s| !s.trim().is_empty())
+        c.node(first).app_file("schema")
     });
     assert_eq!(schema.trim(), "yes", "{}", c.node(first).log_tail(60));
     eprintln!(
