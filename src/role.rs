@@ -298,8 +298,8 @@ pub async fn publish(
             // will not take the lease, so no node can become primary (docs/operations.md,
             // "A new cluster whose first primary died early").
             let stuck = observed.is_leader
-                && node.state_machine.cluster_id().is_some()
-                && probe.is_some_and(|p| p.serving && !p.is_primary && !p.has_cluster_id);
+                && probe.is_some_and(|p| p.serving && !p.is_primary && !p.has_cluster_id)
+                && node.state_machine.cluster_id().is_some();
             if no_cluster_id.stuck_long_enough(stuck, observed.term, now) {
                 tracing::warn!(
                     term = observed.term,
