@@ -431,6 +431,21 @@ fn a_partitioned_primary_demotes_before_a_new_one_is_elected_and_rejoins_as_repl
     eprintln!("sampler: {samples} rounds of .role on every node, never two primaries");
 }
 
+/// Waits until `pid` (the process, if it still runs as the node's) is gone, at most 1 s after
+/// `killed`; returns when it went. Past the second it is killed here and the test fails.
+fn gone_within_1s(killed: Instant, what: &str, pid: impl Fn() -> Option<i32>) -> Duration {
+    while let Some(p) = pid() {
+        if killed.elapsed() > Duration::from_secs(1) {
+            // SAFETY: the node's process, checked against its command line or environment by
+            // `pid` just now.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+            panic!("the killed node's {what} outlived its litefs-py run by 1 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    killed.elapsed()
+}
+
 #[test]
 fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_litefs_mount() {
     let Some(litefs) = prereq::litefs() else {
@@ -447,32 +462,12 @@ fn after_kill_9_of_the_primarys_daemon_alone_the_node_restarts_over_its_dead_lit
     let killed = Instant::now();
     c.node_mut(old).kill9();
     let run = c.node(old);
-    while let Some(pid) = run.litefs_pid() {
-        // The kernel signals at once (a few ms); an orphan without PDEATHSIG lived until its
-        // next log line, up to a renewal interval (1 s) later.
-        if killed.elapsed() > Duration::from_secs(1) {
-            // SAFETY: that node's LiteFS, checked against its command line just now.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("node {old}'s LiteFS outlived its litefs-py run by 1 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!(
-        "node {old}'s LiteFS died with its run after {:?}",
-        killed.elapsed()
-    );
-    while run.app_pid() == Some(app) {
-        if killed.elapsed() > Duration::from_secs(1) {
-            // SAFETY: that node's app, checked against its environment just now.
-            unsafe { libc::kill(app, libc::SIGKILL) };
-            panic!("node {old}'s app outlived its litefs-py run by 1 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!(
-        "node {old}'s app died with its run after {:?}",
-        killed.elapsed()
-    );
+    // The kernel signals at once (a few ms); an orphan without PDEATHSIG lived on: LiteFS until
+    // its next log line, up to a renewal interval (1 s) later, the app for ever.
+    let litefs_gone = gone_within_1s(killed, "LiteFS", || run.litefs_pid());
+    eprintln!("node {old}'s LiteFS died with its run after {litefs_gone:?}");
+    let app_gone = gone_within_1s(killed, "app", || run.app_pid().filter(|p| *p == app));
+    eprintln!("node {old}'s app died with its run after {app_gone:?}");
     let others: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
     let (new, write_after) = first_accepted_write(&c, &others, 11, killed);
     eprintln!(

@@ -45,29 +45,10 @@ impl fmt::Display for Pos {
 /// Database name -> position.
 pub type Positions = BTreeMap<String, Pos>;
 
-/// Every `<db>-pos` file in `lower` (LiteFS's mount), parsed.
+/// Every `<db>-pos` file in `lower` (LiteFS's mount), parsed: one look, by a
+/// [`PositionReader`] that keeps nothing.
 pub fn read_positions(lower: &Path) -> Result<Positions, LiteFsError> {
-    let fail = |what: &str, p: &Path, e: std::io::Error| {
-        LiteFsError(format!("{what} {}: {e}", p.display()))
-    };
-    let mut out = Positions::new();
-    for entry in std::fs::read_dir(lower).map_err(|e| fail("listing", lower, e))? {
-        let entry = entry.map_err(|e| fail("listing", lower, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(db) = name.strip_suffix("-pos").filter(|d| !d.is_empty()) else {
-            continue;
-        };
-        let path = entry.path();
-        let text = std::fs::read_to_string(&path).map_err(|e| fail("reading", &path, e))?;
-        let pos = Pos::parse(&text).ok_or_else(|| {
-            LiteFsError(format!(
-                "{}: not a LiteFS position: {text:?}",
-                path.display()
-            ))
-        })?;
-        out.insert(db.to_string(), pos);
-    }
-    Ok(out)
+    PositionReader::new(lower).read()
 }
 
 /// Reads the positions again and again (the proxy, after every write and while a read waits for
@@ -98,7 +79,7 @@ impl PositionReader {
         }
     }
 
-    /// Every `<db>-pos` file in the mount, parsed, as [`read_positions`] gives them.
+    /// Every `<db>-pos` file in the mount, parsed.
     pub fn read(&self) -> Result<Positions, LiteFsError> {
         let lower = &self.lower;
         let fail = |what: &str, p: &Path, e: std::io::Error| {
