@@ -1,6 +1,6 @@
 //! `litefs-py run` with the real LiteFS (v0.5.14) and an app: start-up order, the `.role` gate
-//! on LiteFS holding the lease, `.health`, shutdown order and exit codes, LiteFS dying, start-up
-//! failures.
+//! on LiteFS holding the lease, `.health`, shutdown order and exit codes, LiteFS dying, an app
+//! that ignores SIGTERM, start-up failures.
 //!
 //! Needs root, /dev/fuse and a `litefs` binary (`$LITEFS`, else `litefs` on PATH, else
 //! `~/go/bin/litefs`; without one the test says so and passes, unless `CI=true`: then it fails).
@@ -228,6 +228,28 @@ fn litefs_dying_stops_the_app_and_the_shim_and_says_so() {
     // The app was stopped (SIGTERM) before the shim went.
     assert_eq!(r.app_file("term").as_deref(), Some("term\n"));
     assert!(r.log_pos("the app exited") < r.log_pos("unmounted mountpoint"));
+    r.assert_nothing_left();
+}
+
+#[test]
+fn an_app_ignoring_sigterm_is_killed_after_the_grace() {
+    let Some(litefs) = prereq::litefs() else {
+        return;
+    };
+    let _serial = serial();
+    let mut r = single(&litefs, |c| c.run_grace("1s"));
+    r.start(r#"trap '' TERM; touch "$1/ready"; while :; do sleep 0.05; done"#)
+        .unwrap();
+    wait_for(Duration::from_secs(40), "the app", || {
+        assert!(r.exited().is_none(), "litefs-py run exited:\n{}", r.log());
+        r.app_file("ready")
+    });
+    r.sigterm();
+    let status = r.wait_exit(Duration::from_secs(30)).unwrap();
+    // The app's own status, as a shell gives it: killed by signal 9.
+    assert_eq!(status.code(), Some(137), "{}", r.log());
+    let killed = r.log_pos("the app did not exit within 1s: SIGKILL");
+    assert!(killed < r.log_pos("unmounted mountpoint"), "{}", r.log());
     r.assert_nothing_left();
 }
 

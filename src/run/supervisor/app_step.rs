@@ -36,6 +36,30 @@ impl Supervisor {
         cmd
     }
 
+    /// Stops the child `what` (`pid`): `signal` (none: it was sent already), `grace` for `gone`,
+    /// then SIGKILL and [`KILL_WAIT`] more. The app and the migrate command stop alike.
+    pub(super) fn stop_child(
+        &mut self,
+        what: &str,
+        pid: i32,
+        signal: Option<i32>,
+        gone: fn(&Supervisor) -> bool,
+    ) {
+        if let Some(signal) = signal {
+            tracing::info!("stopping {what} ({})", signal_name(signal));
+            children::signal(pid, signal);
+        }
+        let grace = self.opts.grace;
+        if self.wait(grace, gone) {
+            return;
+        }
+        tracing::warn!("{what} did not exit within {grace:?}: SIGKILL");
+        children::signal(pid, libc::SIGKILL);
+        if !self.wait(KILL_WAIT, gone) {
+            tracing::error!(pid, "{what} did not go away after SIGKILL");
+        }
+    }
+
     /// Starts the app; on failure, the exit status saying why.
     pub(super) fn spawn_app(&mut self) -> Result<(), i32> {
         let (program, args) = self.opts.command.split_first().expect("checked in run");
@@ -74,20 +98,13 @@ impl Supervisor {
         else {
             return;
         };
-        if !self.app_signalled {
-            let signal = self.held_signal.take().unwrap_or(libc::SIGTERM);
-            tracing::info!("stopping the app ({})", signal_name(signal));
-            children::signal(pid, signal);
+        // A stop signal forwarded to the app already counts as its SIGTERM.
+        let signal = if self.app_signalled {
+            None
+        } else {
             self.app_signalled = true;
-        }
-        let grace = self.opts.grace;
-        if self.wait(grace, |s| !s.app_running()) {
-            return;
-        }
-        tracing::warn!("the app did not exit within {grace:?}: SIGKILL");
-        children::signal(pid, libc::SIGKILL);
-        if !self.wait(KILL_WAIT, |s| !s.app_running()) {
-            tracing::error!(pid, "the app did not go away after SIGKILL");
-        }
+            Some(self.held_signal.take().unwrap_or(libc::SIGTERM))
+        };
+        self.stop_child("the app", pid, signal, |s| !s.app_running());
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use litefs_py_fuse::Role as ViewRole;
 
-use super::super::children::{self, describe, shell_code};
+use super::super::children::{describe, shell_code};
 use super::super::migrate::{self, Finished, Marker, Role, Seen, Step};
 use super::super::{RunError, exit};
 use super::Supervisor;
@@ -207,11 +207,8 @@ impl Supervisor {
         else {
             return;
         };
-        tracing::info!("stopping the migrate command (SIGTERM)");
-        children::signal(pid, libc::SIGTERM);
-        if !self.wait(self.opts.grace, |s| !s.migration_running()) {
-            children::signal(pid, libc::SIGKILL);
-            self.wait(super::KILL_WAIT, |s| !s.migration_running());
-        }
+        self.stop_child("the migrate command", pid, Some(libc::SIGTERM), |s| {
+            !s.migration_running()
+        });
     }
 }

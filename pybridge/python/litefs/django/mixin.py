@@ -155,7 +155,10 @@ def _is_memory(name: Any) -> bool:
 class LiteFSCursor(SQLiteCursorWrapper):
     """The SQLite cursor of the backend: asks the state before statements that may write and
     turns SQLite's refusals into :class:`litefs.NotPrimary`. One class for all connections; the
-    connection it belongs to is ``self.litefs`` (``None`` for a database outside the mount)."""
+    connection it belongs to is ``self.litefs`` (``None`` for a database outside the mount).
+    Only the ``execute*`` methods map errors: SQLite makes every change of a statement at its
+    first step, which ``execute`` takes (``RETURNING`` rows are buffered), so a write refusal
+    cannot surface in a ``fetch*``."""
 
     litefs: LiteFSMixin | None = None
 
