@@ -5,10 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::cluster::Ready;
+use super::cluster::{LiteFsFront, Ready};
 use super::load::{self, Conn, Load, Request};
 use super::summary::{Comparison, FloorAdjusted, Round, Summary};
 
@@ -112,9 +112,14 @@ fn print_cmp(label: &str, case: &Option<Summary>, base: &Option<Summary>) {
 
 /// The reads: `GET` through the replica's proxy against the same `GET` straight to the
 /// replica's app, for a request without a database and one that queries SQLite in the node's
-/// mount, each with kept-alive connections and with a new connection per request.
-pub fn reads(r: &Ready, plan: &Plan) -> Result<Value> {
-    wait_replicated(r)?;
+/// mount, each with kept-alive connections and with a new connection per request. With
+/// `litefs`, the same through LiteFS's own proxy on a replica of that cluster and straight to
+/// its app, in the same rounds: what the same hop costs without litefs-py.
+pub fn reads(r: &Ready, litefs: Option<&LiteFsFront>, plan: &Plan) -> Result<Value> {
+    wait_replicated(&r.app(r.replica))?;
+    if let Some(l) = litefs {
+        wait_replicated(&l.app())?;
+    }
     let node = r.replica;
     const PATHS: [(&str, &str); 2] = [
         ("/whoami", "no database"),
@@ -123,13 +128,18 @@ pub fn reads(r: &Ready, plan: &Plan) -> Result<Value> {
             "opens the node's SQLite database, one query",
         ),
     ];
+    let mut vias = vec![("the app", r.app(node)), ("the proxy", r.proxy(node))];
+    if let Some(l) = litefs {
+        vias.push(("the app behind LiteFS's proxy", l.app()));
+        vias.push(("LiteFS's proxy", l.proxy()));
+    }
     let mut cases = Vec::new();
     for (path, _) in PATHS {
         for conn in [Conn::KeepAlive, Conn::New] {
-            for (via, addr) in [("app", r.app(node)), ("proxy", r.proxy(node))] {
-                let p = plan.clone();
+            for (via, addr) in &vias {
+                let (p, addr) = (plan.clone(), addr.clone());
                 cases.push(Case {
-                    name: format!("GET {path} via the {via}, {}", conn.label()),
+                    name: format!("GET {path} via {via}, {}", conn.label()),
                     make: Box::new(move |_| p.load(addr.clone(), Request::Get(path), conn)),
                     rounds: Vec::new(),
                 });
@@ -139,25 +149,28 @@ pub fn reads(r: &Ready, plan: &Plan) -> Result<Value> {
     run_rounds(&mut cases, plan, &AtomicU64::new(0))?;
     println!(
         "\nreads on node {node} (a replica; {} clients): through its proxy vs straight to its app \
-         (target: rate x{READ_TARGET} or better)",
-        plan.clients
+         (target: rate x{READ_TARGET} or better){}",
+        plan.clients,
+        if litefs.is_some() {
+            "; LiteFS's own proxy vs its app, on a replica of a second cluster, in the same rounds"
+        } else {
+            ""
+        }
     );
     let mut out = Vec::new();
-    let mut it = cases.chunks(2);
+    let mut it = cases.chunks(vias.len());
     for (path, what) in PATHS {
         for conn in [Conn::KeepAlive, Conn::New] {
-            let [app, proxy] = it.next().expect("two cases per pair") else {
-                bail!("cases come in pairs");
-            };
-            let (a, aj) = summary_json(&app.rounds);
-            let (p, pj) = summary_json(&proxy.rounds);
+            let chunk = it.next().expect("one case per via");
+            let (a, aj) = summary_json(&chunk[0].rounds);
+            let (p, pj) = summary_json(&chunk[1].rounds);
             println!("GET {path} ({what}), {}", conn.label());
             print_case("app", &a);
             print_case("proxy", &p);
             print_cmp("proxy vs app", &p, &a);
             let cmp = compare(&p, &a);
             let meets = cmp["rate_ratio"].as_f64().map(|x| x >= READ_TARGET);
-            out.push(json!({
+            let mut doc = json!({
                 "request": format!("GET {path}"),
                 "what": what,
                 "connection": conn.key(),
@@ -165,7 +178,20 @@ pub fn reads(r: &Ready, plan: &Plan) -> Result<Value> {
                 "proxy": pj,
                 "proxy_vs_app": cmp,
                 "meets_target": meets,
-            }));
+            });
+            if let [_, _, la, lp] = chunk {
+                let (la, laj) = summary_json(&la.rounds);
+                let (lp, lpj) = summary_json(&lp.rounds);
+                print_case("app (LiteFS's cluster)", &la);
+                print_case("LiteFS's proxy", &lp);
+                print_cmp("LiteFS's proxy vs its app", &lp, &la);
+                print_cmp("proxy vs LiteFS's proxy", &p, &lp);
+                doc["litefs_app"] = laj;
+                doc["litefs_proxy"] = lpj;
+                doc["litefs_proxy_vs_app"] = compare(&lp, &la);
+                doc["proxy_vs_litefs_proxy"] = compare(&p, &lp);
+            }
+            out.push(doc);
         }
     }
     Ok(json!({
@@ -176,14 +202,13 @@ pub fn reads(r: &Ready, plan: &Plan) -> Result<Value> {
     }))
 }
 
-/// The replica's copy has the check write (and so the table) before its app is read.
-fn wait_replicated(r: &Ready) -> Result<()> {
+/// The replica's copy has the check write (and so the table) before its app (`app`) is read.
+fn wait_replicated(app: &str) -> Result<()> {
     let agent = load::agent(Conn::KeepAlive);
-    let app = r.app(r.replica);
     litefs_py_testkit::wait::try_poll_until(
         Duration::from_secs(30),
         Duration::from_millis(20),
-        &format!("the check write on node {}", r.replica),
+        &format!("the check write at the app on {app}"),
         || {
             let found = agent
                 .get(format!("http://{app}/has?id=check-1"))

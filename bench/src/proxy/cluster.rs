@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::Serialize;
 
-use litefs_py_testkit::cluster::{Options, ProxyCluster, random_secret};
+use litefs_py_testkit::cluster::{Front, Options, ProxyCluster, random_secret};
 
 use super::load::{self, Conn, Request};
 
@@ -90,11 +90,78 @@ impl Ready {
     }
 }
 
-/// Starts a cluster with `durability` and makes it ready. On an error everything started is
-/// stopped (the kit's guards) and the error says why, with the config check's verdict or the
-/// nodes' logs when a node did not come up.
-pub fn start(setup: &Setup, durability: Durability) -> Result<Ready> {
-    let opts = Options {
+/// The reads' second baseline: 3 nodes with LiteFS's own proxy (`litefs.proxy`) in front of
+/// the same app instead of litefs-py's (litefs-py refuses both at once), its table and check row
+/// written straight to the primary's app (LiteFS's proxy does not forward writes).
+pub struct LiteFsFront {
+    pub c: ProxyCluster,
+    pub replica: u64,
+}
+
+impl LiteFsFront {
+    pub fn app(&self) -> String {
+        self.c.app_addrs[&self.replica].clone()
+    }
+
+    /// LiteFS's proxy on the replica.
+    pub fn proxy(&self) -> String {
+        self.c.proxy(self.replica).to_string()
+    }
+}
+
+/// Starts [`LiteFsFront`]; on an error everything started is stopped.
+pub fn start_litefs_front(setup: &Setup) -> Result<LiteFsFront> {
+    let mut c =
+        ProxyCluster::start_with_front(options(setup)?, &setup.litefs, NODES, &[], Front::LiteFs)
+            .context("starting 3 nodes with LiteFS's proxy")?;
+    let checked = (|| -> Result<u64> {
+        let primary = c.wait_ready(START)?;
+        let replica = (1..=NODES).find(|id| *id != primary).expect("3 nodes");
+        let agent = load::agent(Conn::KeepAlive);
+        let app = c.app_addrs[&primary].clone();
+        let r = agent
+            .post(format!("http://{app}/init"))
+            .send(&[][..])
+            .map_err(|e| anyhow!("POST /init to node {primary}'s app: {e}"))?;
+        ensure!(
+            r.status() == 200,
+            "POST /init to node {primary}'s app: {}",
+            r.status()
+        );
+        let write = Request::Write {
+            prefix: "check".into(),
+            body: 1,
+        };
+        let (status, _) = load::send(&agent, &app, &write, Conn::KeepAlive, "1")?;
+        ensure!(
+            status == 200,
+            "POST /write to node {primary}'s app: {status}"
+        );
+        // LiteFS's proxy names no node in a header: the app's answer does (`{"node":N}`).
+        let url = format!("http://{}/whoami", c.proxy(replica));
+        let body = agent
+            .get(&url)
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let node = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["node"].as_u64());
+        ensure!(
+            node == Some(replica),
+            "GET {url} (node {replica}'s LiteFS proxy) answered {body:?}, not node {replica}'s app"
+        );
+        Ok(replica)
+    })();
+    match checked {
+        Ok(replica) => Ok(LiteFsFront { c, replica }),
+        Err(e) => Err(stopped(c.shutdown().map_err(Into::into), e)),
+    }
+}
+
+/// How the benchmark's clusters run: quiet logs, as users get them, and no test faults.
+fn options(setup: &Setup) -> Result<Options> {
+    Ok(Options {
         parent: setup.dir.clone(),
         secret: random_secret()?,
         test_faults: false,
@@ -102,7 +169,14 @@ pub fn start(setup: &Setup, durability: Durability) -> Result<Ready> {
         log_level: None,
         spawn: crate::mounts::spawn_options(),
         ..Options::run(&setup.binary)
-    };
+    })
+}
+
+/// Starts a cluster with `durability` and makes it ready. On an error everything started is
+/// stopped (the kit's guards) and the error says why, with the config check's verdict or the
+/// nodes' logs when a node did not come up.
+pub fn start(setup: &Setup, durability: Durability) -> Result<Ready> {
+    let opts = options(setup)?;
     let mut extra: Vec<(&str, &str)> = vec![("durability", durability.as_str())];
     let only_replicated = match durability {
         Durability::Replicated => setup.replicated_extra.as_slice(),

@@ -4,7 +4,8 @@
 //! measured in the same run:
 //!
 //! - reads through a replica's proxy vs straight to that replica's app (kept-alive connections,
-//!   and a new connection per request);
+//!   and a new connection per request), and the same through LiteFS's own proxy on a second
+//!   cluster, running at the same time (litefs-py refuses both proxies on one node);
 //! - p50/p99 of a write forwarded from a replica vs one sent to the primary's proxy, and one
 //!   sent straight to the primary's app (the floor);
 //! - what `proxy.durability: replicated` adds over `async`: the writes again on a fresh cluster
@@ -29,7 +30,7 @@ use serde_json::{Value, json};
 use crate::measure::check_stop;
 use crate::{report, sys};
 use cases::Plan;
-use cluster::{Durability, Setup};
+use cluster::{Durability, Ready, Setup};
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
@@ -71,6 +72,11 @@ pub struct ProxyArgs {
     /// `replica-wait=2s`); repeatable.
     #[arg(long = "replicated-set", value_name = "KEY=VALUE", value_parser = cluster::parse_proxy_set)]
     replicated_set: Vec<(String, String)>,
+
+    /// Reads without the baseline of LiteFS's own proxy (a second cluster of 3 nodes with
+    /// `litefs.proxy` in front of the same app, measured in the same rounds).
+    #[arg(long)]
+    without_litefs_proxy: bool,
 
     /// A smoke run: one round of 0.5 s per case.
     #[arg(long)]
@@ -166,10 +172,12 @@ pub fn run(args: ProxyArgs, target: &Path, exe_dir: &Path) -> Result<bool> {
         };
         let measured = (|| -> Result<()> {
             if i == 0 {
-                reads = Some(cases::reads(&ready, &plan).unwrap_or_else(|e| {
-                    println!("\nreads: ERROR: {e:#}");
-                    json!({ "error": format!("{e:#}") })
-                }));
+                reads = Some(measure_reads(
+                    &setup,
+                    &ready,
+                    &plan,
+                    !args.without_litefs_proxy,
+                )?);
                 check_stop()?;
             }
             let (doc, sums) = cases::writes(&ready, &plan, d.as_str())?;
@@ -242,6 +250,40 @@ pub fn run(args: ProxyArgs, target: &Path, exe_dir: &Path) -> Result<bool> {
     };
     println!("\nJSON: {}; {elapsed:.0} s in all", path.display());
     Ok(!has_error(&doc))
+}
+
+/// The `reads` section, with LiteFS's proxy on a second cluster unless `without_litefs`; that
+/// cluster is stopped before the writes. A baseline that cannot start is the section's
+/// `litefs_proxy_error` (the run exits non-zero); the reads still run.
+fn measure_reads(setup: &Setup, ready: &Ready, plan: &Plan, with_litefs: bool) -> Result<Value> {
+    let mut front_error = None;
+    let front = if with_litefs {
+        eprintln!("litefs-py-bench: starting 3 nodes with LiteFS's own proxy, for the reads");
+        match cluster::start_litefs_front(setup) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                check_stop()?;
+                println!("\nreads through LiteFS's proxy: ERROR: {e:#}");
+                front_error = Some(format!("{e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut reads = cases::reads(ready, front.as_ref(), plan).unwrap_or_else(|e| {
+        println!("\nreads: ERROR: {e:#}");
+        json!({ "error": format!("{e:#}") })
+    });
+    if let Some(f) = front
+        && let Err(e) = f.c.shutdown()
+    {
+        front_error = Some(format!("stopping the cluster of LiteFS's proxy: {e:#}"));
+    }
+    if let Some(e) = front_error {
+        reads["litefs_proxy_error"] = json!(e);
+    }
+    Ok(reads)
 }
 
 /// The `replicated_vs_async` section: the comparison when both ran, else why not.

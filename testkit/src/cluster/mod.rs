@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub use mount_cluster::{Kind, MountCluster, Spec, Sweep};
-pub use proxy_cluster::ProxyCluster;
+pub use proxy_cluster::{Front, ProxyCluster};
 pub use run_cluster::RunCluster;
 pub use run_node::{RunNode, SLEEPING_APP};
 pub use sampler::Sampler;

@@ -1,6 +1,7 @@
 //! A [`RunCluster`] with litefs-py's proxy on every node (`proxy:` in each litefs-py.yml) and
 //! the kit's [`App`] behind each proxy, served from the test process. Ports for the proxies and
-//! the apps come from a block of their own.
+//! the apps come from a block of their own. The benchmark's baseline puts LiteFS's own proxy
+//! (`litefs.proxy`) there instead ([`Front::LiteFs`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,12 +12,23 @@ use crate::error::{Error, Result};
 use crate::ports::Block;
 use crate::proxy_app::App;
 
+/// Which proxy sits in front of each node's app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// litefs-py's (`proxy:`).
+    LitefsPy,
+    /// LiteFS's own (`litefs.proxy`, tracking the app's database): it serves reads and answers
+    /// a write on a replica with `fly-replay` only. litefs-py refuses both at once.
+    LiteFs,
+}
+
 pub struct ProxyCluster {
     /// Dropped after the apps (fields drop in order): the apps hold no file of the mounts
     /// open between requests.
     pub apps: BTreeMap<u64, App>,
     pub cluster: RunCluster,
-    /// Node id -> `host:port` of its proxy.
+    pub front: Front,
+    /// Node id -> `host:port` of its proxy (the [`Front`]'s).
     pub proxies: BTreeMap<u64, String>,
     /// Node id -> `host:port` of its app.
     pub app_addrs: BTreeMap<u64, String>,
@@ -33,6 +45,18 @@ impl ProxyCluster {
         n: u64,
         extra: &[(&str, &str)],
     ) -> Result<ProxyCluster> {
+        Self::start_with_front(opts, litefs, n, extra, Front::LitefsPy)
+    }
+
+    /// [`ProxyCluster::start`] with `front` in front of the apps (`extra`: more keys of its
+    /// section, `proxy:` or `litefs.proxy:`).
+    pub fn start_with_front(
+        opts: Options,
+        litefs: &Path,
+        n: u64,
+        extra: &[(&str, &str)],
+        front: Front,
+    ) -> Result<ProxyCluster> {
         let block = Block::reserve(2 * n as u16).map_err(Error::io("reserving ports"))?;
         let proxies: BTreeMap<u64, String> = (1..=n)
             .map(|id| (id, block.addr(2 * (id as u16 - 1))))
@@ -41,12 +65,22 @@ impl ProxyCluster {
             .map(|id| (id, block.addr(2 * (id as u16 - 1) + 1)))
             .collect();
         let mut cluster = RunCluster::create_with(opts, litefs, n, |id, c| {
-            let mut c = c
-                .set("proxy.addr", proxies[&id].clone())
-                .set("proxy.target", app_addrs[&id].clone())
-                .set("proxy.advertise-url", format!("http://{}", proxies[&id]));
+            let mut c = match front {
+                Front::LitefsPy => c
+                    .set("proxy.addr", proxies[&id].clone())
+                    .set("proxy.target", app_addrs[&id].clone())
+                    .set("proxy.advertise-url", format!("http://{}", proxies[&id])),
+                Front::LiteFs => c
+                    .set("litefs.proxy.addr", proxies[&id].clone())
+                    .set("litefs.proxy.target", app_addrs[&id].clone())
+                    .set("litefs.proxy.db", crate::proxy_app::DB),
+            };
+            let section = match front {
+                Front::LitefsPy => "proxy",
+                Front::LiteFs => "litefs.proxy",
+            };
             for (k, v) in extra {
-                c = c.set(&format!("proxy.{k}"), yaml_scalar(v));
+                c = c.set(&format!("{section}.{k}"), yaml_scalar(v));
             }
             c
         })?;
@@ -58,6 +92,7 @@ impl ProxyCluster {
             node.start(SLEEPING_APP)?;
         }
         Ok(ProxyCluster {
+            front,
             apps,
             cluster,
             proxies,
