@@ -4,7 +4,9 @@
 //!
 //! - by default the stopping primary hands off first: another node becomes primary, the
 //!   stopped run exits 0, every acknowledged row is on the new primary, never two primaries;
-//! - with `run.handoff-on-stop: false` it stops at once, and the others fail over.
+//! - with `run.handoff-on-stop: false` it stops at once, and the others fail over;
+//! - the primary's app exiting on its own (a crash) hands off the same way before the run
+//!   stops with the app's status.
 //!
 //! Both print the longest stretch without an acknowledged write (no timing assertion beyond a
 //! generous bound: this 2-core machine is shared). Needs root, /dev/fuse and `litefs`, as
@@ -27,8 +29,10 @@ use rusqlite::{Connection, OpenFlags};
 
 const START: Duration = Duration::from_secs(60);
 const DB: &str = "app.db";
-/// The app: exits 0 on SIGTERM/SIGINT (so the run's exit status is 0 on a clean stop).
-const APP: &str = "trap 'kill $! 2>/dev/null; exit 0' TERM INT; sleep 100000 & wait";
+/// The app: exits 0 on SIGTERM/SIGINT (so the run's exit status is 0 on a clean stop), and 3 on
+/// a SIGUSR1 sent to it alone (the test's app crash).
+const APP: &str = "trap 'kill $! 2>/dev/null; exit 0' TERM INT; \
+                   trap 'kill $! 2>/dev/null; exit 3' USR1; sleep 100000 & wait";
 /// Far above a handoff (about a second) and a failover (about five); only a hang fails it.
 const GAP_BOUND: Duration = Duration::from_secs(30);
 
@@ -108,9 +112,19 @@ struct Outcome {
     acked: Vec<(i64, u64, Instant)>,
 }
 
-/// Writes through the cluster, SIGTERMs `old`'s run, checks it exits 0 and that writes resume
-/// on another primary (never two at once); every acknowledged row is on the new primary.
-fn stop_primary_under_writes(c: &mut RunCluster, old: u64) -> Outcome {
+/// How the primary's run is made to stop.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// SIGTERM to `litefs-py run`: exits 0 (the app's status).
+    Sigterm,
+    /// SIGUSR1 to the app alone, which exits 3: the run stops with 3.
+    AppExits,
+}
+
+/// Writes through the cluster, stops `old`'s run as `how` says, checks its exit status and that
+/// writes resume on another primary (never two at once); every acknowledged row is on the new
+/// primary.
+fn stop_primary_under_writes(c: &mut RunCluster, old: u64, how: Stop) -> Outcome {
     let all = c.ids();
     let others: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
     let mut order = vec![old];
@@ -125,13 +139,24 @@ fn stop_primary_under_writes(c: &mut RunCluster, old: u64) -> Outcome {
     });
 
     let sent = Instant::now();
-    c.node(old).sigterm();
+    let want = match how {
+        Stop::Sigterm => {
+            c.node(old).sigterm();
+            0
+        }
+        Stop::AppExits => {
+            let app = c.node(old).app_pid().expect("the primary's app runs");
+            // SAFETY: the app our run started (its LITEFS_DIR checked by app_pid).
+            unsafe { libc::kill(app, libc::SIGUSR1) };
+            3
+        }
+    };
     let status = c.node_mut(old).wait_exit(Duration::from_secs(60)).unwrap();
     eprintln!(
-        "node {old}'s run exited {status} {:?} after SIGTERM",
+        "node {old}'s run exited {status} {:?} after the stop",
         sent.elapsed()
     );
-    assert_eq!(status.code(), Some(0), "{}", c.node(old).log_tail(60));
+    assert_eq!(status.code(), Some(want), "{}", c.node(old).log_tail(60));
     let new_primary = c.wait_one_primary(&others, START).unwrap();
     wait_for(Duration::from_secs(30), "writes on the new primary", || {
         (acked_on(&acked, new_primary) >= 50).then_some(())
@@ -175,7 +200,7 @@ fn sigterm_to_the_primary_hands_off_first() {
     };
     let _serial = serial();
     let (mut c, old) = cluster(&litefs, |_, cfg| cfg);
-    let out = stop_primary_under_writes(&mut c, old);
+    let out = stop_primary_under_writes(&mut c, old, Stop::Sigterm);
     let log = c.node(old).log();
     assert!(
         log.contains("handing it off before stopping")
@@ -204,12 +229,42 @@ fn with_handoff_on_stop_off_sigterm_stops_at_once() {
     };
     let _serial = serial();
     let (mut c, old) = cluster(&litefs, |_, cfg| cfg.set("run.handoff-on-stop", false));
-    let out = stop_primary_under_writes(&mut c, old);
+    let out = stop_primary_under_writes(&mut c, old, Stop::Sigterm);
     let log = c.node(old).log();
     assert!(
         !log.contains("handing it off") && !log.contains("handed off"),
         "a handoff despite run.handoff-on-stop: false:\n{}",
         c.node(old).log_tail(60)
+    );
+    assert!(out.gap < GAP_BOUND, "{:?}", out.gap);
+    assert!(acked_before_and_after(&out, old));
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn the_primarys_app_exiting_hands_off_before_the_run_stops() {
+    let Some(litefs) = prereq::litefs() else {
+        return;
+    };
+    let _serial = serial();
+    let (mut c, old) = cluster(&litefs, |_, cfg| cfg);
+    let out = stop_primary_under_writes(&mut c, old, Stop::AppExits);
+    let node = c.node(old);
+    assert!(
+        node.log().contains(&format!(
+            "handed off before stopping: node {} ",
+            out.new_primary
+        )),
+        "no handoff in the stopped node's log:\n{}",
+        node.log_tail(60)
+    );
+    // The app's exit came first, then the handoff, then the shim went.
+    let exited = node.log_pos("the app exited with status 3");
+    let handing = node.log_pos("the app exited; this node is the primary: handing it off");
+    assert!(
+        exited < handing && handing < node.log_pos("unmounted mountpoint"),
+        "{}",
+        node.log_tail(60)
     );
     assert!(out.gap < GAP_BOUND, "{:?}", out.gap);
     assert!(acked_before_and_after(&out, old));

@@ -52,8 +52,9 @@ pub enum Command {
     /// freshest healthy replica, as `litefs-py handoff` does (writes pause about a second
     /// instead of a failover's several seconds without a primary), for up to
     /// run.stop-handoff-timeout (default 10 s); if that fails or times out, one line says so and
-    /// the stop goes on. --no-handoff or run.handoff-on-stop: false skips it. A second signal
-    /// stops waiting for it.
+    /// the stop goes on. The same when CMD exits on its own on the primary (a crash): the
+    /// replicas catch up with its last writes before one takes over. --no-handoff or
+    /// run.handoff-on-stop: false skips it. A second signal stops waiting for it.
     ///
     /// The proxy stops first (requests in flight get 5 s). SIGTERM or SIGINT goes to CMD; CMD gets --grace to exit (then SIGKILL), then the
     /// shim is unmounted, then LiteFS is stopped (SIGTERM; SIGKILL and a lazy unmount if it
@@ -150,9 +151,9 @@ pub struct RunArgs {
     /// up to run.migrate-timeout, default 10m).
     #[arg(long, value_name = "SHELL-COMMAND")]
     pub migrate: Option<String>,
-    /// On SIGTERM/SIGINT, stop at once even if this node is the primary, without handing the
-    /// primary to another node first (the others then fail over) [default: hand off, as
-    /// run.handoff-on-stop says].
+    /// On SIGTERM/SIGINT or CMD's exit, stop at once even if this node is the primary, without
+    /// handing the primary to another node first (the others then fail over) [default: hand
+    /// off, as run.handoff-on-stop says].
     #[arg(long)]
     pub no_handoff: bool,
 

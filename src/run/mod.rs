@@ -13,8 +13,10 @@
 //! A stop signal (SIGTERM/SIGINT) on the node whose LiteFS is primary hands the primary off
 //! first, through the same steps as `litefs-py handoff` ([`crate::handoff`]), bounded by
 //! `run.stop-handoff-timeout`; the app gets the signal once that is done, so it serves (and its
-//! writes pause about a second) meanwhile. `run.handoff-on-stop: false` or `--no-handoff` skips
-//! it. A failed or timed-out handoff is logged and the stop goes on: the others fail over.
+//! writes pause about a second) meanwhile. The app's own exit on the primary hands off the same
+//! way (docs/decisions.md, "A crashed app on the primary hands off"). `run.handoff-on-stop:
+//! false` or `--no-handoff` skips it. A failed or timed-out handoff is logged and the stop goes
+//! on: the others fail over.
 //!
 //! Shutdown (SIGTERM/SIGINT, or any of the three ending): the app first (the signal passed on,
 //! `run.grace` to exit, then SIGKILL), then the shim is unmounted, then LiteFS gets SIGTERM

@@ -425,8 +425,8 @@ impl Supervisor {
         }
     }
 
-    /// Whether a stop signal now makes this node hand off first: `run.handoff-on-stop`, not
-    /// tried yet, and this node's LiteFS is primary.
+    /// Whether stopping now makes this node hand off first: `run.handoff-on-stop`, not tried
+    /// yet, and this node's LiteFS is primary.
     fn will_hand_off(&self) -> bool {
         self.opts.handoff_on_stop
             && !self.handoff_tried
@@ -434,11 +434,23 @@ impl Supervisor {
             && self.daemon.as_ref().is_some_and(Node::is_primary)
     }
 
-    /// After a stop signal, on the primary: hands the primary to the freshest healthy replica
-    /// (the steps of `litefs-py handoff`), waiting up to `run.stop-handoff-timeout` while the
-    /// app keeps serving. Whatever the outcome, one line says it and the stop goes on.
+    /// After a stop signal or the app's exit, on the primary: hands the primary to the freshest
+    /// healthy replica (the steps of `litefs-py handoff`), waiting up to
+    /// `run.stop-handoff-timeout` while the app (after a signal) keeps serving. Whatever the
+    /// outcome, one line says it and the stop goes on. Not when LiteFS, the shim or raft failed:
+    /// the node cannot vouch for its state then, and the others fail over.
     fn hand_off_before_stop(&mut self) {
-        if self.stop_signal.is_none() || !self.will_hand_off() {
+        let app_exited = self.app.as_ref().is_some_and(|a| a.exited.is_some());
+        let why = if self.stop_signal.is_some() {
+            "a stop signal"
+        } else if app_exited {
+            // A crashed app on the primary: the replicas catch up with every write it made
+            // before one takes over, instead of failing over without the stream's tail.
+            "the app exited"
+        } else {
+            ""
+        };
+        if why.is_empty() || !self.will_hand_off() {
             self.handoff_tried = true;
             return;
         }
@@ -449,7 +461,7 @@ impl Supervisor {
         let timeout = self.opts.stop_handoff_timeout;
         tracing::info!(
             ?timeout,
-            "this node is the primary: handing it off before stopping (run.handoff-on-stop; a second signal skips it)"
+            "{why}; this node is the primary: handing it off before stopping (run.handoff-on-stop; a second signal skips it)"
         );
         let deadline = Instant::now() + timeout;
         let outcome = loop {
