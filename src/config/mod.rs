@@ -19,6 +19,7 @@ mod raft_timing;
 mod run;
 mod security;
 mod tls;
+mod validate;
 pub use identity::{Bootstrap, FROM_HOSTNAME, id_from_hostname, system_hostname};
 pub use litefs_proxy::LiteFsProxyConfig;
 pub use proxy::{Durability, ProxyConfig};
@@ -28,6 +29,7 @@ pub use security::{
     CONSUL_TOKEN_ENV, LeaseToken, MIN_SECRET_LEN, check_hostname, check_private, write_private,
 };
 pub use tls::{Tls, TlsConfig, client_builder};
+use validate::check_host_port;
 
 /// Where `--config` is looked for when not given, in order.
 pub const DEFAULT_PATHS: [&str; 2] = ["./litefs-py.yml", "/etc/litefs-py.yml"];
@@ -262,18 +264,6 @@ fn default_litefs_http() -> String {
     ":20202".to_string()
 }
 
-/// Whether a `host:port` names a loopback address (`localhost`, 127.0.0.0/8, `[::1]`).
-fn is_loopback_addr(addr: &str) -> bool {
-    let Some((host, _)) = addr.rsplit_once(':') else {
-        return false;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// A YAML mapping silently keeps the last of two equal keys; a duplicated peer id must be an
 /// error instead.
 fn unique_peers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
@@ -294,30 +284,6 @@ fn unique_peers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>
         }
     }
     d.deserialize_map(PeersVisitor)
-}
-
-/// Checks a `host:port` address: a port in range and a non-empty host.
-fn check_host_port(key: &'static str, value: &str) -> Result<(), ConfigError> {
-    let (host, port) = value
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(key, format!("{value:?} is not host:port")))?;
-    port.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| {
-            invalid(
-                key,
-                format!("{value:?}: port {port:?} is not a number in 1..=65535"),
-            )
-        })?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(
-            key,
-            format!("{value:?}: missing or malformed host"),
-        ));
-    }
-    Ok(())
 }
 
 impl Config {
@@ -377,138 +343,6 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.node.id == 0 {
-            return Err(invalid("node.id", "must be > 0"));
-        }
-        if self.node.hostname.trim().is_empty() {
-            return Err(invalid("node.hostname", "must not be empty"));
-        }
-        security::check_hostname("node.hostname", &self.node.hostname)?;
-        if let Some(url) = &self.litefs.advertise_url
-            && url.contains(|c: char| c.is_whitespace() || c.is_control())
-        {
-            return Err(invalid(
-                "litefs.advertise-url",
-                format!("{url:?} contains a space or a control character"),
-            ));
-        }
-        check_host_port("node.raft-addr", &self.node.raft_addr)?;
-        check_host_port("node.http-addr", &self.node.http_addr)?;
-        if let Some(id) = self.cluster.peers.keys().find(|id| **id == 0) {
-            return Err(invalid(
-                "cluster.peers",
-                format!("peer id {id} must be > 0"),
-            ));
-        }
-        for addr in self.cluster.peers.values() {
-            check_host_port("cluster.peers", addr)?;
-        }
-        if !self.cluster.peers.is_empty() {
-            match self.cluster.peers.get(&self.node.id) {
-                None => {
-                    let ids: Vec<String> = self.cluster.peers.keys().map(u64::to_string).collect();
-                    return Err(invalid(
-                        "cluster.peers",
-                        format!(
-                            "node.id {} is not one of the peers ({})",
-                            self.node.id,
-                            ids.join(", ")
-                        ),
-                    ));
-                }
-                Some(addr) if *addr != self.node.raft_addr => {
-                    return Err(invalid(
-                        "cluster.peers",
-                        format!(
-                            "peer {} is {addr:?} but node.raft-addr is {:?}: they must match",
-                            self.node.id, self.node.raft_addr
-                        ),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        if !self.lease.addr.ip().is_loopback() {
-            return Err(invalid(
-                "lease.addr",
-                format!(
-                    "{} is not a loopback address: the lease API must not be reachable from other hosts",
-                    self.lease.addr
-                ),
-            ));
-        }
-        if self.lease.ttl < Duration::from_millis(500) || self.lease.ttl > Duration::from_secs(60) {
-            return Err(invalid(
-                "lease.ttl",
-                format!("{:?} is outside 500ms..=60s", self.lease.ttl),
-            ));
-        }
-        if self.mount.dir.starts_with(&self.mount.lower) {
-            return Err(invalid("mount.dir", "must not be inside mount.lower"));
-        }
-        // LiteFS mounts its FUSE file system at mount.lower and keeps its own files in
-        // litefs.data-dir: one inside the other would hide the data behind the mount.
-        if self.litefs.data_dir.starts_with(&self.mount.lower)
-            || self.mount.lower.starts_with(&self.litefs.data_dir)
-        {
-            return Err(invalid(
-                "litefs.data-dir",
-                format!(
-                    "{} and mount.lower {} must not be the same directory or inside each other",
-                    self.litefs.data_dir.display(),
-                    self.mount.lower.display()
-                ),
-            ));
-        }
-        if let Some(proxy) = &self.litefs.proxy {
-            proxy.validate()?;
-        }
-        if let Some(proxy) = &self.proxy {
-            proxy.validate(self.cluster.peers.len())?;
-            if self.litefs.proxy.is_some() {
-                return Err(invalid(
-                    "proxy",
-                    "set either proxy (litefs-py's proxy, which forwards writes) or litefs.proxy \
-                     (LiteFS's, for Fly.io), not both: only one can sit in front of the app",
-                ));
-            }
-        }
-        self.raft.validate()?;
-        self.run.validate()?;
-        Ok(())
-    }
-
-    /// Things that are allowed but that the operator should know.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.voters() == 2 {
-            out.push(
-                "cluster.peers: two voters cannot fail over (losing either loses the quorum); \
-                 add a third voter running `litefs-py witness`"
-                    .to_string(),
-            );
-        }
-        let plain = self.cluster.tls.is_none();
-        if plain && self.cluster.peers.values().any(|a| !is_loopback_addr(a)) {
-            out.push(
-                "cluster.peers: peers on other hosts without cluster.tls: the cluster secret \
-                 and raft traffic travel in clear; set cluster.tls (docs/operations.md, \
-                 \"Security\")"
-                    .to_string(),
-            );
-        }
-        if plain && !is_loopback_addr(&self.node.http_addr) {
-            out.push(format!(
-                "node.http-addr {} is not a loopback address: /status and /metrics answer \
-                 anyone who can reach it, without the cluster secret (roles, addresses, lag); \
-                 firewall the port or set cluster.tls (docs/operations.md, \"Security\")",
-                self.node.http_addr
-            ));
-        }
-        out
     }
 
     /// `cluster.tls`, loaded (its files read and checked), if set.
@@ -611,6 +445,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use super::validate::is_loopback_addr;
     use super::*;
 
     const GOOD: &str = "
