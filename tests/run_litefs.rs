@@ -196,6 +196,8 @@ fn the_app_exiting_stops_everything_with_its_status() {
     assert_eq!(status.code(), Some(3), "{}", r.log());
     // The app ran on a primary (LiteFS ready before it started).
     assert_eq!(r.app_file("role").as_deref(), Some("primary\n"));
+    // One node: no one to hand the primary to, so no handoff is tried.
+    assert!(!r.log().contains("handing it off"), "{}", r.log());
     let app = r.log_pos("the app exited with status 3");
     let shim = r.log_pos("unmounted mountpoint");
     let litefs = r.log_pos("litefs exited with status 0");

@@ -288,6 +288,17 @@ impl Node {
         self.services.state.load().view().role() == litefs_py_fuse::Role::Primary
     }
 
+    /// Whether raft's membership has a voter besides this node: in a one-node cluster there is
+    /// no one to hand the primary to.
+    pub fn has_other_voters(&self) -> bool {
+        let m = self.services.raft.metrics();
+        let me = self.services.raft.settings.id;
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id != me)
+    }
+
     /// This node is stopping: no handoff hands it the primary from now on.
     pub fn set_stopping(&self) {
         self.services.handoff.set_stopping();

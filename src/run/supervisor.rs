@@ -426,12 +426,16 @@ impl Supervisor {
     }
 
     /// Whether stopping now makes this node hand off first: `run.handoff-on-stop`, not tried
-    /// yet, and this node's LiteFS is primary.
+    /// yet, this node's LiteFS is primary, and another voter could take over (a one-node
+    /// cluster just stops).
     fn will_hand_off(&self) -> bool {
         self.opts.handoff_on_stop
             && !self.handoff_tried
             && self.litefs_running()
-            && self.daemon.as_ref().is_some_and(Node::is_primary)
+            && self
+                .daemon
+                .as_ref()
+                .is_some_and(|d| d.is_primary() && d.has_other_voters())
     }
 
     /// After a stop signal or the app's exit, on the primary: hands the primary to the freshest
