@@ -2,8 +2,9 @@
 //! test kit's app behind each proxy (it writes to SQLite in the node's mount, one row per
 //! request id): writes forwarded from every replica and committed on the primary, safe
 //! requests served locally, a WebSocket and a 100 MB streamed upload through a replica's
-//! proxy, a slow client beside fast ones, and a failover under a write load through every
-//! proxy where every client gets a 2xx or a clear 5xx and no request runs twice.
+//! proxy, a slow client beside fast ones, a failover under a write load through every proxy
+//! where every client gets a 2xx or a clear 5xx and no request runs twice, and the primary's app
+//! exiting (the node hands off; the replicas' writes all succeed).
 //!
 //! Needs root, /dev/fuse and a `litefs` binary; without them it says so and passes locally,
 //! and fails with `CI=true` (the kit's `prereq`). Every process is ours, stopped by PID.
@@ -323,6 +324,110 @@ fn a_failover_under_writes_through_every_proxy_runs_nothing_twice() {
     let r = call(&a, "GET", c.proxy(last), "/whoami").unwrap();
     assert_eq!((r.status, r.node), (200, Some(last)), "{r:?}");
     println!("no quorum: a write waited {waited:?} and got 503 not-executed; reads served");
+    c.shutdown().unwrap();
+}
+
+/// The primary's app exits on its own (here: the kit's HTTP app, served from this process, stops,
+/// then the run's child exits): the run hands off, then stops with the app's status. Writes
+/// through the replicas' proxies meanwhile all succeed: the old primary's proxy answers
+/// `not-executed` for its missing app, and they send the write to the next primary.
+#[test]
+fn the_primarys_app_exiting_hands_off_and_replicas_writes_go_on() {
+    let Some(litefs) = prereq::litefs() else {
+        return;
+    };
+    let _serial = serial();
+    let (mut c, primary) = start(&litefs);
+    let replicas: Vec<u64> = c
+        .cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != primary)
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each write holds it shared; the app is stopped holding it alone, so that no write is in
+    // flight at the app as it goes (one would rightly get `502 unknown`, not what is tested).
+    let gate = Arc::new(std::sync::RwLock::new(()));
+    let writers: Vec<_> = replicas
+        .iter()
+        .map(|id| {
+            let (proxy, stop, id) = (c.proxy(*id).to_string(), stop.clone(), *id);
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let a = agent(Duration::from_secs(20));
+                let mut results = Vec::new();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let rid = format!("x{id}-{i}");
+                    let _write = gate.read().unwrap();
+                    results.push((
+                        rid.clone(),
+                        call(&a, "POST", &proxy, &format!("/write?id={rid}")),
+                    ));
+                    drop(_write);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                results
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    {
+        let _alone = gate.write().unwrap();
+        // The HTTP app goes first: its port refuses, as a crashed app's does. A moment for the
+        // proxy's pool to see its kept connections to the app closed.
+        drop(c.apps.remove(&primary));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let app = c
+        .cluster
+        .node(primary)
+        .app_pid()
+        .expect("the primary's app runs");
+    // SAFETY: the app our run started (its LITEFS_DIR checked by app_pid); SIGUSR1 ends it.
+    unsafe { libc::kill(app, libc::SIGUSR1) };
+    let status = c
+        .cluster
+        .node_mut(primary)
+        .wait_exit(Duration::from_secs(60))
+        .unwrap();
+    let log = c.cluster.node(primary).log_tail(80);
+    assert_eq!(status.code(), Some(128 + libc::SIGUSR1), "{log}");
+    let new_primary = c
+        .cluster
+        .wait_one_primary(&replicas, Duration::from_secs(30))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        for (rid, r) in w.join().unwrap() {
+            match r {
+                Ok(a) if a.status == 200 => acked.push(rid),
+                other => panic!("{rid}: not a 2xx during the handoff: {other:?}\n{log}"),
+            }
+        }
+    }
+    let on_new = rows(&c.cluster.db(new_primary, DB)).unwrap();
+    let missing: Vec<&String> = acked.iter().filter(|r| !on_new.contains(r)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged, not on node {new_primary}: {missing:?}"
+    );
+    let node = c.cluster.node(primary);
+    let handing = node.log_pos("the app exited; this node is the primary: handing it off");
+    let handed = node.log_pos(&format!("handed off before stopping: node {new_primary} "));
+    assert!(
+        handing < handed && handed < node.log_pos("the proxy stopped"),
+        "{log}"
+    );
+    println!(
+        "the primary's app exited: {} writes through the replicas' proxies, all 2xx and on \
+         node {new_primary}",
+        acked.len()
+    );
     c.shutdown().unwrap();
 }
 

@@ -52,9 +52,10 @@ pub enum Command {
     /// freshest healthy replica, as `litefs-py handoff` does (writes pause about a second
     /// instead of a failover's several seconds without a primary), for up to
     /// run.stop-handoff-timeout (default 10 s); if that fails or times out, one line says so and
-    /// the stop goes on. The same when CMD exits on its own on the primary (a crash): the
-    /// replicas catch up with its last writes before one takes over. --no-handoff or
-    /// run.handoff-on-stop: false skips it. A second signal stops waiting for it.
+    /// the stop goes on. A second signal stops waiting for it. The same when CMD exits on its
+    /// own on the primary (a crash): the replicas catch up with CMD's last writes before one
+    /// takes over (a first signal stops waiting then). --no-handoff or
+    /// run.handoff-on-stop: false skips it.
     ///
     /// The proxy stops first (requests in flight get 5 s). SIGTERM or SIGINT goes to CMD; CMD gets --grace to exit (then SIGKILL), then the
     /// shim is unmounted, then LiteFS is stopped (SIGTERM; SIGKILL and a lazy unmount if it

@@ -153,7 +153,7 @@ pub(super) fn is_loopback_addr(addr: &str) -> bool {
 }
 
 /// Checks a `host:port` address: a port in 1..=65535, and a host that is an IP address (IPv6 in
-/// brackets) or a DNS name (letters, digits, `-`, `.`, `_`). A URL or a path in its place is
+/// brackets, with a numeric zone if any) or a DNS name (letters, digits, `-`, `.`, `_`). A URL or a path in its place is
 /// refused here, naming the key, rather than failing later at a connect.
 pub(super) fn check_host_port(key: &'static str, value: &str) -> Result<(), ConfigError> {
     let (host, port) = value
@@ -172,7 +172,10 @@ pub(super) fn check_host_port(key: &'static str, value: &str) -> Result<(), Conf
         return Err(invalid(key, format!("{value:?}: missing host")));
     }
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        if inner.parse::<std::net::Ipv6Addr>().is_err() {
+        // A link-local address may carry a numeric zone (`[fe80::1%2]`), as Rust's socket
+        // addresses read it.
+        let (ip, zone) = inner.split_once('%').unwrap_or((inner, "0"));
+        if ip.parse::<std::net::Ipv6Addr>().is_err() || zone.parse::<u32>().is_err() {
             return Err(invalid(
                 key,
                 format!("{value:?}: {host} is not an IPv6 address"),
@@ -216,6 +219,7 @@ mod tests {
             "node_a.svc.cluster.local:8080",
             "[::1]:65535",
             "[fe80::1]:1",
+            "[fe80::1%2]:1",
         ] {
             check_host_port("k", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
@@ -227,6 +231,7 @@ mod tests {
             ("http://node-a:8080", "a host with ':'"),
             ("::1:8080", "a host with ':'"),
             ("[node-a]:1", "not an IPv6 address"),
+            ("[fe80::1%eth0]:1", "not an IPv6 address"),
             ("node a:1", "the host has ' '"),
             ("node/a:1", "the host has '/'"),
             ("node-a\n:1", "the host has '\\n'"),

@@ -288,15 +288,16 @@ impl Node {
         self.services.state.load().view().role() == litefs_py_fuse::Role::Primary
     }
 
-    /// Whether raft's membership has a voter besides this node: in a one-node cluster there is
-    /// no one to hand the primary to.
-    pub fn has_other_voters(&self) -> bool {
-        let m = self.services.raft.metrics();
-        let me = self.services.raft.settings.id;
+    /// Whether raft's membership has a data voter (not a witness) besides this node: without
+    /// one there is no one to hand the primary to.
+    pub fn has_other_data_voters(&self) -> bool {
+        let raft = &self.services.raft;
+        let me = raft.settings.id;
+        let m = raft.metrics();
         m.membership_config
             .membership()
             .voter_ids()
-            .any(|id| id != me)
+            .any(|id| id != me && !raft.is_witness(id))
     }
 
     /// This node is stopping: no handoff hands it the primary from now on.

@@ -18,8 +18,8 @@ use hyper_util::rt::TokioIo;
 use super::consistency::{self, COOKIE_MAX_AGE_S, COOKIE_NAME, Mark, ReadPlan};
 use super::directory::{self, ANNOUNCE_PATH, Announce};
 use super::headers::{
-    DURABILITY, FORWARDED_BY, OUTCOME, PROXY_AUTH, SERVED_BY, add_forwarded, strip_hop_by_hop,
-    strip_internal, upgrade_protocol,
+    DURABILITY, FORWARDED_BY, OUTCOME, PROXY_AUTH, SERVED_BY, add_forwarded, not_executed,
+    strip_hop_by_hop, strip_internal, upgrade_protocol,
 };
 use super::lent::Lender;
 use super::replication::{self, POSITIONS_PATH, WAIT_PATH, ledger};
@@ -108,8 +108,10 @@ pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
 
 /// An unsafe request that came from a client: to this node's app if it is the primary, else to
 /// the primary's proxy. If that proxy refuses the connection (its node died and the view does
-/// not know yet), nothing was sent: the request goes to whichever primary the view names next,
-/// until `deadline` (`proxy.primary-wait` after it came).
+/// not know yet), or answers that it did not execute the request (its node is no longer the
+/// primary, or its app is gone while it hands off), the request goes to whichever primary the
+/// view names next, until `deadline` (`proxy.primary-wait` after it came), as long as the whole
+/// body can be sent again ([`Lender::whole`]).
 async fn to_primary(
     sh: &Shared,
     req: Request<Body>,
@@ -133,9 +135,25 @@ async fn to_primary(
             Err(why) => return no_primary(sh, &why),
         };
         match try_pass(sh, attempt(), peer, &hop, false, true).await {
+            // The primary's proxy says so (an app's own headers of that name never get here:
+            // a proxy strips them from its app's answers).
+            Ok(resp)
+                if matches!(hop, Hop::Peer { .. })
+                    && not_executed(resp.status(), resp.headers())
+                    && lender.whole()
+                    && Instant::now() < deadline =>
+            {
+                tracing::debug!(
+                    status = %resp.status(),
+                    "the primary's proxy did not execute the request: it waits for a primary \
+                     that does"
+                );
+                drop(resp);
+                tokio::time::sleep(REFUSED_TICK).await;
+            }
             Ok(resp) => return resp,
             // This node's own app refusing is not a failover: answered at once.
-            Err(e) if e.is_connect() && lender.unread() && Instant::now() < deadline => {
+            Err(e) if e.is_connect() && lender.whole() && Instant::now() < deadline => {
                 let Hop::Peer { node, url } = &hop else {
                     return failed(sh, &hop, true, &e);
                 };

@@ -71,6 +71,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
     }
 }
 
+/// Whether an answer is a proxy's own `not-executed` (a 5xx with [`OUTCOME`]): the request never
+/// reached an app. An app's headers of that name never pass a proxy ([`strip_internal`]).
+pub fn not_executed(status: axum::http::StatusCode, headers: &HeaderMap) -> bool {
+    status.is_server_error()
+        && headers
+            .get(OUTCOME)
+            .is_some_and(|v| v.as_bytes() == b"not-executed")
+}
+
 /// Removes every `x-litefs-py-*` header (a client's, or a peer's once it has been read).
 pub fn strip_internal(headers: &mut HeaderMap) {
     let ours: Vec<HeaderName> = headers
@@ -208,5 +217,19 @@ mod tests {
         strip_internal(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-other"]);
+    }
+
+    #[test]
+    fn only_a_proxys_5xx_says_not_executed() {
+        use axum::http::StatusCode;
+        let said = map(&[(OUTCOME, "not-executed")]);
+        assert!(not_executed(StatusCode::BAD_GATEWAY, &said));
+        assert!(not_executed(StatusCode::SERVICE_UNAVAILABLE, &said));
+        assert!(!not_executed(StatusCode::OK, &said));
+        assert!(!not_executed(
+            StatusCode::BAD_GATEWAY,
+            &map(&[(OUTCOME, "unknown")])
+        ));
+        assert!(!not_executed(StatusCode::SERVICE_UNAVAILABLE, &map(&[])));
     }
 }

@@ -1,10 +1,10 @@
-//! A request body lent to one attempt at sending it, and taken back if that attempt never read
-//! it: what lets the proxy send a write to another primary when the one it knew refused the
-//! connection (docs/proxy.md, "During a failover"). A connection that was never made cannot
-//! have executed anything, and a body that was never read can still be sent whole.
+//! A request body lent to one attempt at sending it, and lent again to the next attempt when
+//! the first one is known not to have executed anything (docs/proxy.md, "During a failover"): a
+//! connection that was never made, or a `not-executed` answer from the primary's proxy. The
+//! data an attempt read is kept, up to [`KEEP_MAX`], so that the next attempt reads the body
+//! from its start; a body larger than that can be lent again only while nothing of it was read.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -13,44 +13,64 @@ use hyper::body::{Frame, SizeHint};
 
 use super::Body;
 
-/// The body, shared by the attempts; `read` once any attempt polled it.
+/// How much of a body is kept for another attempt: a form or a JSON document, not an upload
+/// (which is streamed, and sent once).
+pub(super) const KEEP_MAX: usize = 64 * 1024;
+
+/// The body, shared by the attempts.
 struct Slot {
-    body: Mutex<Option<Body>>,
-    read: AtomicBool,
+    /// What no attempt has read yet; `None` once it ended.
+    rest: Option<Body>,
+    /// Every data frame read from `rest` so far, while they fit in [`KEEP_MAX`] (then no more
+    /// is added).
+    kept: Vec<Bytes>,
+    kept_bytes: usize,
+    /// Something was read that is not in `kept` (too large, or trailers): the body cannot be
+    /// sent again.
+    lost: bool,
 }
 
 /// The owner's handle: lends the body out, and says whether it can be lent again.
-pub(super) struct Lender(Arc<Slot>);
+pub(super) struct Lender(Arc<Mutex<Slot>>);
 
-/// One attempt's body. Dropping it (a failed connect drops the request) leaves the body in
-/// the slot for the next attempt.
-pub(super) struct Lent(Arc<Slot>);
+/// One attempt's body: first what earlier attempts read (kept), then the rest. Attempts run one
+/// after another; an abandoned one may still be polled by its connection, and only ever reads
+/// on from where the body is.
+pub(super) struct Lent {
+    slot: Arc<Mutex<Slot>>,
+    /// Frames of `kept` this attempt has given out.
+    at: usize,
+}
 
 impl Lender {
     pub(super) fn new(body: Body) -> Lender {
-        Lender(Arc::new(Slot {
-            body: Mutex::new(Some(body)),
-            read: AtomicBool::new(false),
-        }))
+        Lender(Arc::new(Mutex::new(Slot {
+            rest: Some(body),
+            kept: Vec::new(),
+            kept_bytes: 0,
+            lost: false,
+        })))
     }
 
-    /// The body for one attempt.
+    /// The body for one attempt, from its start.
     pub(super) fn lend(&self) -> Body {
         use http_body_util::BodyExt;
-        Lent(self.0.clone()).boxed_unsync()
+        Lent {
+            slot: self.0.clone(),
+            at: 0,
+        }
+        .boxed_unsync()
     }
 
-    /// True while no attempt has read any of the body: it can be sent again, whole.
-    pub(super) fn unread(&self) -> bool {
-        !self.0.read.load(Ordering::Acquire)
+    /// True while another attempt can be given the whole body: everything read so far is kept.
+    pub(super) fn whole(&self) -> bool {
+        !lock(&self.0).lost
     }
 }
 
-impl Lent {
-    fn body(&self) -> MutexGuard<'_, Option<Body>> {
-        // Poisoned only if a body's poll panicked: the body is as good as its last state.
-        self.0.body.lock().unwrap_or_else(|e| e.into_inner())
-    }
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    // Poisoned only if a body's poll panicked: the body is as good as its last state.
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl hyper::body::Body for Lent {
@@ -58,31 +78,73 @@ impl hyper::body::Body for Lent {
     type Error = hyper::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        self.0.read.store(true, Ordering::Release);
-        match self.body().as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let slot = self.slot.clone();
+        let mut s = lock(&slot);
+        if self.at < s.kept.len() {
+            let data = s.kept[self.at].clone();
+            self.at += 1;
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
+        let Some(rest) = s.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(rest).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                s.rest = None;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => {
+                s.lost = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        match frame.data_ref() {
+            Some(data) if !s.lost && s.kept_bytes + data.len() <= KEEP_MAX => {
+                s.kept_bytes += data.len();
+                s.kept.push(data.clone());
+                self.at = s.kept.len();
+            }
+            // Once something is not kept, the body is never lent again (`whole` is false); the
+            // attempt reading it goes on with the rest.
+            _ => s.lost = true,
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body().as_ref().is_none_or(|b| b.is_end_stream())
+        let s = lock(&self.slot);
+        self.at >= s.kept.len() && s.rest.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body()
+        let s = lock(&self.slot);
+        let kept: usize = s.kept[self.at.min(s.kept.len())..]
+            .iter()
+            .map(Bytes::len)
+            .sum();
+        let mut hint = s
+            .rest
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
+        let kept = kept as u64;
+        // Upper first: a lower bound above the upper one panics.
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + kept);
+        }
+        hint.set_lower(hint.lower() + kept);
+        hint
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::{BodyExt, Full, StreamBody};
     use hyper::body::Body as _;
 
     fn body(s: &'static str) -> Body {
@@ -91,15 +153,56 @@ mod tests {
             .boxed_unsync()
     }
 
+    /// A body of `n` chunks of `size` bytes each.
+    fn chunks(n: usize, size: usize) -> Body {
+        let frames = (0..n).map(move |i| {
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'a' + (i % 26) as u8; size])))
+        });
+        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
     #[tokio::test]
-    async fn a_body_no_attempt_read_is_lent_again_whole() {
+    async fn a_body_is_lent_again_whole_after_an_attempt_read_it() {
         let lender = Lender::new(body("hello"));
         let first = lender.lend();
         assert_eq!(first.size_hint().exact(), Some(5));
         drop(first); // a refused connection drops its request unread
-        assert!(lender.unread());
+        assert!(lender.whole());
         let second = lender.lend().collect().await.unwrap().to_bytes();
         assert_eq!(second, "hello");
-        assert!(!lender.unread(), "read once: it must not be sent again");
+        // Read whole, and kept: a `not-executed` answer lets a third attempt send it again.
+        assert!(lender.whole());
+        let third = lender.lend();
+        assert_eq!(third.size_hint().exact(), Some(5));
+        assert_eq!(third.collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_read_part_leaves_the_next_one_the_whole_body() {
+        let lender = Lender::new(chunks(3, 10));
+        let mut first = lender.lend();
+        let one = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(one.len(), 10);
+        drop(first);
+        assert!(lender.whole());
+        let all = lender.lend().collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 30);
+        assert_eq!(&all[..10], &[b'a'; 10]);
+        assert_eq!(&all[20..], &[b'c'; 10]);
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_keep_is_sent_once() {
+        let lender = Lender::new(chunks(3, KEEP_MAX / 2));
+        let all = lender.lend().collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 3 * (KEEP_MAX / 2));
+        assert!(
+            !lender.whole(),
+            "more was read than kept: it must not be sent again"
+        );
+        // Unread, a large body can still be lent again.
+        let lender = Lender::new(chunks(3, KEEP_MAX));
+        drop(lender.lend());
+        assert!(lender.whole());
     }
 }

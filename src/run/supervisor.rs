@@ -364,6 +364,7 @@ impl Supervisor {
             }
             if let Some(status) = self.app.as_ref().and_then(|a| a.exited) {
                 tracing::info!("the app exited with {}: stopping", describe(status));
+                self.hand_off_after_app_exit();
                 return Ok(shell_code(status));
             }
             // A replica promoted while its app runs migrates in its new term too (a rolling
@@ -426,7 +427,7 @@ impl Supervisor {
     }
 
     /// Whether stopping now makes this node hand off first: `run.handoff-on-stop`, not tried
-    /// yet, this node's LiteFS is primary, and another voter could take over (a one-node
+    /// yet, this node's LiteFS is primary, and another data voter could take over (a one-node
     /// cluster just stops).
     fn will_hand_off(&self) -> bool {
         self.opts.handoff_on_stop
@@ -435,37 +436,55 @@ impl Supervisor {
             && self
                 .daemon
                 .as_ref()
-                .is_some_and(|d| d.is_primary() && d.has_other_voters())
+                .is_some_and(|d| d.is_primary() && d.has_other_data_voters())
     }
 
-    /// After a stop signal or the app's exit, on the primary: hands the primary to the freshest
-    /// healthy replica (the steps of `litefs-py handoff`), waiting up to
-    /// `run.stop-handoff-timeout` while the app (after a signal) keeps serving. Whatever the
-    /// outcome, one line says it and the stop goes on. Not when LiteFS, the shim or raft failed:
-    /// the node cannot vouch for its state then, and the others fail over.
-    fn hand_off_before_stop(&mut self) {
-        let app_exited = self.app.as_ref().is_some_and(|a| a.exited.is_some());
-        let why = if self.stop_signal.is_some() {
-            "a stop signal"
-        } else if app_exited {
-            // A crashed app on the primary: the replicas catch up with every write it made
-            // before one takes over, instead of failing over without the stream's tail.
-            "the app exited"
-        } else {
-            ""
-        };
-        if why.is_empty() || !self.will_hand_off() {
+    /// The app exited on its own, while LiteFS, the shim and raft are fine (the watch loop
+    /// checked them first): on the primary, the replicas catch up with every write the app made
+    /// before one takes over, instead of failing over without the stream's tail
+    /// (docs/decisions.md, "A crashed app on the primary hands off"). The proxy stays open
+    /// meanwhile: it answers `not-executed` for the missing app, on which the other nodes'
+    /// proxies send the write to the next primary (closing it could cut a pooled connection
+    /// under a request, whose outcome would then be unknown). A stop signal skips the wait.
+    fn hand_off_after_app_exit(&mut self) {
+        if !self.will_hand_off() {
             self.handoff_tried = true;
             return;
         }
+        self.stop_migration();
+        if let Some(d) = &self.daemon {
+            d.set_stopping();
+        }
+        let signals = self.stop_signals;
+        self.hand_off("the app exited", signals);
+    }
+
+    /// After a stop signal, on the primary: the handoff while the app keeps serving.
+    fn hand_off_before_stop(&mut self) {
+        if self.stop_signal.is_none() || !self.will_hand_off() {
+            self.handoff_tried = true;
+            return;
+        }
+        self.hand_off("a stop signal", 1);
+    }
+
+    /// Hands the primary to the freshest healthy replica (the steps of `litefs-py handoff`),
+    /// waiting up to `run.stop-handoff-timeout`, or until more than `signals_seen` stop
+    /// signals came. Whatever the outcome, one line says it and the stop goes on.
+    fn hand_off(&mut self, why: &str, signals_seen: u32) {
         self.handoff_tried = true;
         let Some(rx) = self.daemon.as_ref().map(Node::start_stop_handoff) else {
             return;
         };
         let timeout = self.opts.stop_handoff_timeout;
+        let skip = if signals_seen == 0 {
+            "a stop signal"
+        } else {
+            "a second signal"
+        };
         tracing::info!(
             ?timeout,
-            "{why}; this node is the primary: handing it off before stopping (run.handoff-on-stop; a second signal skips it)"
+            "{why}; this node is the primary: handing it off before stopping (run.handoff-on-stop; {skip} skips it)"
         );
         let deadline = Instant::now() + timeout;
         let outcome = loop {
@@ -476,9 +495,9 @@ impl Supervisor {
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
             }
-            if self.stop_signals > 1 {
+            if self.stop_signals > signals_seen {
                 tracing::warn!(
-                    "a second stop signal: not waiting for the handoff; stopping (the other nodes fail over)"
+                    "a stop signal: not waiting for the handoff; stopping (the other nodes fail over)"
                 );
                 return;
             }
