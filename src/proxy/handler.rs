@@ -24,17 +24,19 @@ use super::headers::{
 use super::lent::Lender;
 use super::replication::{self, POSITIONS_PATH, WAIT_PATH, ledger};
 use super::route::{self, NoTarget, Target};
+use super::waits::{next_try, wait_for_target};
 use super::{Body, Shared};
 use crate::litefs::positions::Positions;
 use crate::raft::NodeId;
 
 /// Paths under this prefix are the proxies' own (secret required), never the app's.
 const INTERNAL_PREFIX: &str = "/.litefs-py/";
-/// How often a request waiting for a primary looks at the view again (it is in memory).
-const WAIT_TICK: Duration = Duration::from_millis(10);
-/// How often a write whose primary's proxy refused the connection tries again (each try is a
-/// connect; the view may still name the dead node until its lease or raft says otherwise).
+/// How soon a write whose primary's proxy refused the connection, or answered `not-executed`,
+/// tries the same node again (the view may still name it until its lease or raft says
+/// otherwise); the gap doubles up to [`MAX_RETRY_GAP`]. A new primary in the view is tried at
+/// once.
 const REFUSED_TICK: Duration = Duration::from_millis(50);
+const MAX_RETRY_GAP: Duration = Duration::from_millis(400);
 /// How long a read with a positions cookie waits for this node's LiteFS to catch up before the
 /// primary serves it (LiteFS's own proxy waits 5 s, then answers 504).
 const READ_WAIT: Duration = Duration::from_secs(2);
@@ -111,7 +113,7 @@ pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
 /// not know yet), or answers that it did not execute the request (its node is no longer the
 /// primary, or its app is gone while it hands off), the request goes to whichever primary the
 /// view names next, until `deadline` (`proxy.primary-wait` after it came), as long as the whole
-/// body can be sent again ([`Lender::whole`]).
+/// body can be sent again ([`Lender::retire`]).
 async fn to_primary(
     sh: &Shared,
     req: Request<Body>,
@@ -120,54 +122,50 @@ async fn to_primary(
 ) -> Response<Body> {
     let (head, body) = req.into_parts();
     let lender = Lender::new(body);
-    let attempt = || {
-        let mut req = Request::new(lender.lend());
+    let attempt = |hop: &Hop| {
+        // Only an attempt at another node's proxy may be followed by another one.
+        let mut req = Request::new(lender.lend(matches!(hop, Hop::Peer { .. })));
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = head.uri.clone();
         *req.version_mut() = head.version;
         *req.headers_mut() = head.headers.clone();
         req
     };
+    let mut gap = REFUSED_TICK;
     loop {
         let hop = match wait_for_target(sh, deadline).await {
             Ok(Target::Local) => Hop::App,
             Ok(Target::Primary { node, url }) => Hop::Peer { node, url },
             Err(why) => return no_primary(sh, &why),
         };
-        match try_pass(sh, attempt(), peer, &hop, false, true).await {
+        let Hop::Peer { node, url } = &hop else {
+            // This node's own app: sent once, its answer or its failure is the client's.
+            return pass(sh, attempt(&hop), peer, hop, false, true).await;
+        };
+        // `retire` last: it ends the attempt's body, and says whether the next gets it whole.
+        let why = match try_pass(sh, attempt(&hop), peer, &hop, false, true).await {
             // The primary's proxy says so (an app's own headers of that name never get here:
             // a proxy strips them from its app's answers).
             Ok(resp)
-                if matches!(hop, Hop::Peer { .. })
-                    && not_executed(resp.status(), resp.headers())
-                    && lender.whole()
-                    && Instant::now() < deadline =>
+                if not_executed(resp.status(), resp.headers())
+                    && Instant::now() < deadline
+                    && lender.retire() =>
             {
-                tracing::debug!(
-                    status = %resp.status(),
-                    "the primary's proxy did not execute the request: it waits for a primary \
-                     that does"
-                );
-                drop(resp);
-                tokio::time::sleep(REFUSED_TICK).await;
+                format!("answered {} not-executed", resp.status())
             }
             Ok(resp) => return resp,
-            // This node's own app refusing is not a failover: answered at once.
-            Err(e) if e.is_connect() && lender.whole() && Instant::now() < deadline => {
-                let Hop::Peer { node, url } = &hop else {
-                    return failed(sh, &hop, true, &e);
-                };
-                tracing::debug!(
-                    node,
-                    url,
-                    "the primary's proxy is not reachable ({}): the request waits for a primary \
-                     that is",
-                    error_chain(&e)
-                );
-                tokio::time::sleep(REFUSED_TICK).await;
+            Err(e) if e.is_connect() && Instant::now() < deadline && lender.retire() => {
+                format!("not reachable ({})", error_chain(&e))
             }
             Err(e) => return failed(sh, &hop, true, &e),
-        }
+        };
+        tracing::debug!(
+            node,
+            url,
+            "the primary's proxy {why}: the request waits for a primary that takes it"
+        );
+        next_try(sh, *node, gap, deadline).await;
+        gap = (gap * 2).min(MAX_RETRY_GAP);
     }
 }
 
@@ -251,21 +249,6 @@ fn authenticated_peer(sh: &Shared, req: &Request<Body>) -> Option<NodeId> {
     let presented = req.headers().get(PROXY_AUTH)?.as_bytes();
     let token = presented.strip_prefix(b"Bearer ")?;
     secret.matches(token).then_some(from)
-}
-
-/// Until a primary and its proxy's address are known, or `deadline` (`proxy.primary-wait` after
-/// the request came) passed.
-async fn wait_for_target(sh: &Shared, deadline: Instant) -> Result<Target, NoTarget> {
-    loop {
-        let found =
-            route::unsafe_target(sh.state.load().view(), |id| directory::lookup(&sh.raft, id));
-        let stopping = *sh.stop.borrow();
-        match found {
-            Ok(t) => return Ok(t),
-            Err(why) if Instant::now() >= deadline || stopping => return Err(why),
-            Err(_) => tokio::time::sleep(WAIT_TICK).await,
-        }
-    }
 }
 
 /// Sends the request on (to the app or to the primary's proxy) and streams the answer back.

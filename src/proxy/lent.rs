@@ -3,6 +3,10 @@
 //! connection that was never made, or a `not-executed` answer from the primary's proxy. The
 //! data an attempt read is kept, up to [`KEEP_MAX`], so that the next attempt reads the body
 //! from its start; a body larger than that can be lent again only while nothing of it was read.
+//!
+//! An attempt given up on may still be polled by its connection (hyper goes on writing a body
+//! after the answer came): [`Lender::retire`] fences it off first, in the same step that decides
+//! whether the body is whole, so that it can never read on and take data the next attempt needs.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,21 +29,25 @@ struct Slot {
     /// is added).
     kept: Vec<Bytes>,
     kept_bytes: usize,
-    /// Something was read that is not in `kept` (too large, or trailers): the body cannot be
-    /// sent again.
+    /// Something was read that is not in `kept` (too large, trailers, an error, or read by an
+    /// attempt that keeps nothing): the body cannot be sent again.
     lost: bool,
+    /// The attempt allowed to read: one with another generation is retired.
+    generation: u64,
 }
 
 /// The owner's handle: lends the body out, and says whether it can be lent again.
 pub(super) struct Lender(Arc<Mutex<Slot>>);
 
-/// One attempt's body: first what earlier attempts read (kept), then the rest. Attempts run one
-/// after another; an abandoned one may still be polled by its connection, and only ever reads
-/// on from where the body is.
+/// One attempt's body: first what earlier attempts read (kept), then the rest.
 pub(super) struct Lent {
     slot: Arc<Mutex<Slot>>,
     /// Frames of `kept` this attempt has given out.
     at: usize,
+    generation: u64,
+    /// Whether what it reads is kept for another attempt (not when it goes to this node's own
+    /// app: that attempt is never made again once it read anything).
+    keep: bool,
 }
 
 impl Lender {
@@ -49,22 +57,28 @@ impl Lender {
             kept: Vec::new(),
             kept_bytes: 0,
             lost: false,
+            generation: 0,
         })))
     }
 
-    /// The body for one attempt, from its start.
-    pub(super) fn lend(&self) -> Body {
+    /// The body for one attempt, from its start; `keep`: keep what it reads for another one.
+    pub(super) fn lend(&self, keep: bool) -> Body {
         use http_body_util::BodyExt;
         Lent {
             slot: self.0.clone(),
             at: 0,
+            generation: lock(&self.0).generation,
+            keep,
         }
         .boxed_unsync()
     }
 
-    /// True while another attempt can be given the whole body: everything read so far is kept.
-    pub(super) fn whole(&self) -> bool {
-        !lock(&self.0).lost
+    /// Gives up on the attempt lent last: from now on it reads nothing more (its body ends).
+    /// True if the next attempt can still be given the whole body.
+    pub(super) fn retire(&self) -> bool {
+        let mut s = lock(&self.0);
+        s.generation += 1;
+        !s.lost
     }
 }
 
@@ -83,6 +97,10 @@ impl hyper::body::Body for Lent {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let slot = self.slot.clone();
         let mut s = lock(&slot);
+        if self.generation != s.generation {
+            // Retired: the request it belonged to was answered or refused without running.
+            return Poll::Ready(None);
+        }
         if self.at < s.kept.len() {
             let data = s.kept[self.at].clone();
             self.at += 1;
@@ -104,21 +122,27 @@ impl hyper::body::Body for Lent {
             Poll::Ready(Some(Ok(frame))) => frame,
         };
         match frame.data_ref() {
-            Some(data) if !s.lost && s.kept_bytes + data.len() <= KEEP_MAX => {
+            Some(data) if self.keep && !s.lost && s.kept_bytes + data.len() <= KEEP_MAX => {
                 s.kept_bytes += data.len();
                 s.kept.push(data.clone());
                 self.at = s.kept.len();
             }
-            // Once something is not kept, the body is never lent again (`whole` is false); the
-            // attempt reading it goes on with the rest.
-            _ => s.lost = true,
+            // Once something is not kept, the body is never lent again; this attempt, the only
+            // one reading (the others are retired), goes on with the rest.
+            _ => {
+                s.lost = true;
+                s.kept = Vec::new();
+                s.kept_bytes = 0;
+                self.at = 0;
+            }
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
         let s = lock(&self.slot);
-        self.at >= s.kept.len() && s.rest.as_ref().is_none_or(|b| b.is_end_stream())
+        self.generation != s.generation
+            || (self.at >= s.kept.len() && s.rest.as_ref().is_none_or(|b| b.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -164,15 +188,15 @@ mod tests {
     #[tokio::test]
     async fn a_body_is_lent_again_whole_after_an_attempt_read_it() {
         let lender = Lender::new(body("hello"));
-        let first = lender.lend();
+        let first = lender.lend(true);
         assert_eq!(first.size_hint().exact(), Some(5));
         drop(first); // a refused connection drops its request unread
-        assert!(lender.whole());
-        let second = lender.lend().collect().await.unwrap().to_bytes();
+        assert!(lender.retire());
+        let second = lender.lend(true).collect().await.unwrap().to_bytes();
         assert_eq!(second, "hello");
         // Read whole, and kept: a `not-executed` answer lets a third attempt send it again.
-        assert!(lender.whole());
-        let third = lender.lend();
+        assert!(lender.retire());
+        let third = lender.lend(true);
         assert_eq!(third.size_hint().exact(), Some(5));
         assert_eq!(third.collect().await.unwrap().to_bytes(), "hello");
     }
@@ -180,12 +204,12 @@ mod tests {
     #[tokio::test]
     async fn an_attempt_that_read_part_leaves_the_next_one_the_whole_body() {
         let lender = Lender::new(chunks(3, 10));
-        let mut first = lender.lend();
+        let mut first = lender.lend(true);
         let one = first.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(one.len(), 10);
         drop(first);
-        assert!(lender.whole());
-        let all = lender.lend().collect().await.unwrap().to_bytes();
+        assert!(lender.retire());
+        let all = lender.lend(true).collect().await.unwrap().to_bytes();
         assert_eq!(all.len(), 30);
         assert_eq!(&all[..10], &[b'a'; 10]);
         assert_eq!(&all[20..], &[b'c'; 10]);
@@ -194,15 +218,35 @@ mod tests {
     #[tokio::test]
     async fn a_body_larger_than_the_keep_is_sent_once() {
         let lender = Lender::new(chunks(3, KEEP_MAX / 2));
-        let all = lender.lend().collect().await.unwrap().to_bytes();
+        let all = lender.lend(true).collect().await.unwrap().to_bytes();
         assert_eq!(all.len(), 3 * (KEEP_MAX / 2));
         assert!(
-            !lender.whole(),
+            !lender.retire(),
             "more was read than kept: it must not be sent again"
         );
         // Unread, a large body can still be lent again.
         let lender = Lender::new(chunks(3, KEEP_MAX));
-        drop(lender.lend());
-        assert!(lender.whole());
+        drop(lender.lend(true));
+        assert!(lender.retire());
+        // An attempt that keeps nothing (to this node's app) is never followed by another.
+        let lender = Lender::new(body("hello"));
+        let mut once = lender.lend(false);
+        once.frame().await.unwrap().unwrap();
+        assert!(!lender.retire());
+    }
+
+    #[tokio::test]
+    async fn a_retired_attempt_reads_nothing_more() {
+        let lender = Lender::new(chunks(3, 10));
+        let mut old = lender.lend(true);
+        old.frame().await.unwrap().unwrap();
+        assert!(lender.retire());
+        let new = lender.lend(true);
+        // Its connection polls on after the answer came: it gets nothing the new one needs.
+        assert!(old.frame().await.is_none());
+        assert!(old.is_end_stream());
+        let all = new.collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 30);
+        assert_eq!(&all[10..20], &[b'b'; 10]);
     }
 }

@@ -10,6 +10,7 @@
 //! - [`handler`]: one request, its body streamed, upgrades spliced;
 //! - [`directory`]: every node's proxy URL in raft's key/value map;
 //! - [`replication`]: `durability: replicated`, the replicas' positions and the waits on them;
+//! - [`waits`]: an unsafe request's waits for a primary that takes it;
 //! - [`server`]: the listener and its connections (hyper, HTTP/1.1).
 //!
 //! It sits above [`crate::node`] (docs/architecture.md, "Layers and the dependency rule"): it
@@ -24,6 +25,7 @@ mod lent;
 mod replication;
 mod route;
 mod server;
+mod waits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +51,8 @@ use crate::task_set::TaskSet;
 /// compiler cannot prove the client's request future `Send` (a higher-ranked `From` bound).
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
+/// How long the proxy waits for the local LiteFS's `/info` (it answers in a millisecond).
+const LITEFS_API_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long connections get to finish their requests at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 /// Pooled connections to the app and to other proxies are closed after this long unused:
@@ -90,6 +94,11 @@ struct Shared {
     stop: watch::Receiver<bool>,
     /// `durability: replicated`: the replicas' positions; `None` with `async`.
     replication: Option<Arc<replication::Replication>>,
+    /// The local LiteFS's API (`host:port`) and a client for it: a write goes to this node's
+    /// app only once LiteFS itself says it is primary ([`waits`]).
+    litefs_api: Option<(String, reqwest::Client)>,
+    /// The raft term in which LiteFS said so (0: none yet).
+    writable_term: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -186,6 +195,11 @@ impl Proxy {
             primary_wait: config.primary_wait,
             read_your_writes: config.read_your_writes,
             positions: Arc::new(PositionReader::new(&lower)),
+            litefs_api: litefs_http.and_then(|a| {
+                let client = crate::litefs::info::client(LITEFS_API_TIMEOUT).ok()?;
+                Some((a.to_string(), client))
+            }),
+            writable_term: std::sync::atomic::AtomicU64::new(0),
             lower,
             secret: raft.transport.secret.clone(),
             raft,
