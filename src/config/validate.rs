@@ -153,8 +153,9 @@ pub(super) fn is_loopback_addr(addr: &str) -> bool {
 }
 
 /// Checks a `host:port` address: a port in 1..=65535, and a host that is an IP address (IPv6 in
-/// brackets, with a numeric zone if any) or a DNS name (letters, digits, `-`, `.`, `_`). A URL or a path in its place is
-/// refused here, naming the key, rather than failing later at a connect.
+/// brackets, with a numeric zone if any) or a DNS name (letters, digits, `-`, `.`, `_`). A URL
+/// or a path in its place is refused here, naming the key, rather than failing later at a
+/// connect.
 pub(super) fn check_host_port(key: &'static str, value: &str) -> Result<(), ConfigError> {
     let (host, port) = value
         .rsplit_once(':')

@@ -455,8 +455,8 @@ impl Supervisor {
         if let Some(d) = &self.daemon {
             d.set_stopping();
         }
-        let signals = self.stop_signals;
-        self.hand_off("the app exited", signals);
+        // No stop signal came yet (the watch loop stops for one before it looks at the app).
+        self.hand_off("the app exited", 0);
     }
 
     /// After a stop signal, on the primary: the handoff while the app keeps serving.
